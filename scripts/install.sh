@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything lumen-agent needs on a Debian/Ubuntu host, idempotently:
+# Debian's BCC (bcc is not on PyPI), kernel headers, and a virtualenv in
+# .venv with the package and, with --test, what the tests use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_test=0
+[[ "${1:-}" == "--test" ]] && with_test=1
+
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+
+apt_pkgs=(python3-bpfcc python3-venv curl openssl)
+if [[ -e /etc/debian_version ]] && grep -qi ubuntu /etc/os-release; then
+  apt_pkgs+=("linux-headers-$(uname -r)")
+else
+  apt_pkgs+=(linux-headers-amd64)
+fi
+(( with_test )) && apt_pkgs+=(nodejs tmux)
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if (( ${#missing[@]} )); then
+  echo "install: apt-get install ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# BCC's Python module is built for the distribution's python3; use the same
+# minor version for the virtualenv so the module imports.
+PY=${LUMEN_PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+extra=""
+(( with_test )) && extra="[test]"
+stamp=".venv/.installed${extra}"
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e ".${extra}"
+  touch "$stamp"
+fi
