@@ -1,0 +1,77 @@
+"""The row: one LLM API call, as stored in table ``llm_calls`` (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from decimal import Decimal
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    ERROR = "error"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def from_status(cls, status: int | None, complete: bool) -> "Outcome":
+        if not complete:
+            return cls.CANCELLED
+        if status is None:
+            return cls.ERROR
+        if status == 429:
+            return cls.RATE_LIMITED
+        if status == 408 or status == 504:
+            return cls.TIMEOUT
+        if 200 <= status < 300:
+            return cls.SUCCESS
+        return cls.ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    id: str
+    ts_start: datetime  # timezone-aware UTC
+    ts_end: datetime
+    latency_ms: float
+    ttft_ms: float | None
+    host: str
+    pid: int
+    process: str | None
+    exe: str | None
+    user: str | None
+    unit: str | None
+    container_id: str | None
+    provider: str
+    endpoint: str
+    server_address: str | None
+    server_port: int | None
+    request_model: str | None
+    model: str | None
+    streaming: bool
+    status_code: int | None
+    outcome: Outcome
+    request_id: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    cache_write_1h_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: Decimal | None
+    price_id: str | None
+    unpriced: bool  # tokens known but no price row matched the model
+    usage_missing: bool  # the response reported no usage (tokens NULL, never invented)
+    api_key_hash: str | None
+    tenant: str | None
+    feature: str | None
+    capture: str  # ebpf, hook, proxy, pcap, replay
+    http_version: str = "1.1"
+    # Prompt and completion text: only when the user turned content capture on.
+    request_body: str | None = None
+    response_body: str | None = None
+
+
+CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Call))
