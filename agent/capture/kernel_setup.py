@@ -1,0 +1,265 @@
+"""Make the running kernel usable by BCC, and say what is missing.
+
+BCC compiles BPF C at start-up and needs three things from the host that a
+minimal machine may not have:
+
+* kernel headers at ``/lib/modules/$(uname -r)/build`` (and ``source``).  When
+  the exact headers are absent, headers of another installed kernel work for
+  our programs (they only use stable UAPI types and BPF helpers), so we link
+  the newest installed ``linux-headers-*`` tree there.  ``BCC_KERNEL_SOURCE``
+  alone is not enough for BCC's clang front-end, hence the symlinks.
+* tracefs mounted: attaching a uprobe through the perf PMU works without it,
+  but BCC's detach writes to ``uprobe_events`` and fails.
+* root, or CAP_BPF + CAP_PERFMON.
+
+This module never imports bcc; ``check_prerequisites`` only tries to.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MODULES_DIR = Path("/lib/modules")
+HEADERS_ROOT = Path("/usr/src")
+TRACEFS = Path("/sys/kernel/tracing")
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")
+BCC_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+
+# Capability numbers from linux/capability.h.
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+class CaptureError(Exception):
+    """A capture prerequisite is missing.  ``str()`` is one line with the fix."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} (fix: {fix})" if fix else problem)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One prerequisite, as a future ``doctor`` command prints it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def kernel_release() -> str:
+    return platform.release()
+
+
+def _version_key(name: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.-]", name))
+
+
+def find_headers_tree() -> tuple[Path, Path | None] | None:
+    """Newest installed arch-specific headers tree and its ``common`` twin.
+
+    Debian splits headers into ``linux-headers-X-amd64`` (generated files,
+    the ``build`` dir) and ``linux-headers-X-common`` (the ``source`` dir).
+    Other distributions ship one tree; then ``source`` is the same tree.
+    """
+    if not HEADERS_ROOT.is_dir():
+        return None
+    trees = [
+        p
+        for p in HEADERS_ROOT.iterdir()
+        if p.name.startswith("linux-headers-")
+        and not p.name.endswith("-common")
+        and (p / "include").is_dir()
+        and (p / "Makefile").exists()
+    ]
+    if not trees:
+        return None
+    build = max(trees, key=lambda p: _version_key(p.name))
+    # linux-headers-6.1.0-56-amd64 -> linux-headers-6.1.0-56-common
+    m = re.match(r"(linux-headers-.+?)-[^-]+$", build.name)
+    source = None
+    if m:
+        common = HEADERS_ROOT / f"{m.group(1)}-common"
+        if common.is_dir():
+            source = common
+    return build, source
+
+
+def headers_dir(release: str | None = None) -> Path:
+    return MODULES_DIR / (release or kernel_release())
+
+
+def headers_present(release: str | None = None) -> bool:
+    build = headers_dir(release) / "build"
+    return (build / "include").is_dir() or (build / "Makefile").exists()
+
+
+def ensure_kernel_headers(release: str | None = None) -> Path:
+    """Create ``/lib/modules/$(uname -r)/{build,source}`` when missing."""
+    mod = headers_dir(release)
+    if headers_present(release):
+        return mod / "build"
+    found = find_headers_tree()
+    if found is None:
+        raise CaptureError(
+            f"no kernel headers for {mod.name} and none installed in {HEADERS_ROOT}",
+            "apt-get install linux-headers-amd64 (or your distribution's kernel headers package)",
+        )
+    build, source = found
+    try:
+        mod.mkdir(parents=True, exist_ok=True)
+        for name, target in (("build", build), ("source", source or build)):
+            link = mod / name
+            if link.is_symlink() and not link.exists():
+                link.unlink()  # dangling link from an old headers package
+            if not link.exists():
+                link.symlink_to(target)
+    except OSError as exc:
+        raise CaptureError(
+            f"cannot link kernel headers into {mod}: {exc.strerror}",
+            f"run as root, or: ln -s {build} {mod}/build",
+        ) from exc
+    return mod / "build"
+
+
+def tracefs_mounted() -> bool:
+    return (TRACEFS / "uprobe_events").exists()
+
+
+def ensure_tracefs() -> None:
+    if tracefs_mounted():
+        return
+    try:
+        subprocess.run(
+            ["mount", "-t", "tracefs", "nodev", str(TRACEFS)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CaptureError(
+            f"tracefs is not mounted at {TRACEFS} and mounting it failed ({exc})",
+            f"mount -t tracefs nodev {TRACEFS}",
+        ) from exc
+    if not tracefs_mounted():
+        raise CaptureError(
+            f"tracefs mounted but {TRACEFS}/uprobe_events is missing",
+            "use a kernel built with CONFIG_UPROBE_EVENTS=y",
+        )
+
+
+def _effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def has_bpf_permissions() -> bool:
+    if os.geteuid() == 0:
+        return True
+    caps = _effective_caps()
+    if caps & (1 << CAP_SYS_ADMIN):
+        return True
+    return bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))
+
+
+def bcc_importable() -> tuple[bool, str]:
+    """Whether bcc can be imported, without importing it or touching sys.path.
+
+    ``ebpf.py`` is the one module that imports bcc (appending Debian's
+    dist-packages at the end of sys.path when needed).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("bcc")
+    if spec is not None and spec.origin:
+        return True, spec.origin
+    debian = Path(BCC_DIST_PACKAGES) / "bcc" / "__init__.py"
+    if debian.exists():
+        return True, str(debian)
+    return False, "bcc python module not found"
+
+
+def check_prerequisites() -> list[Check]:
+    """Report every prerequisite without changing anything."""
+    rel = kernel_release()
+    checks = [Check("kernel", True, rel)]
+    checks.append(
+        Check(
+            "btf",
+            BTF_VMLINUX.exists(),
+            str(BTF_VMLINUX) if BTF_VMLINUX.exists() else "absent",
+            "" if BTF_VMLINUX.exists() else "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        )
+    )
+    up = UPROBE_PMU.exists()
+    checks.append(
+        Check(
+            "uprobes",
+            up,
+            "uprobe PMU present" if up else "no uprobe PMU",
+            "" if up else "use a kernel built with CONFIG_UPROBES=y and CONFIG_UPROBE_EVENTS=y",
+        )
+    )
+    ok, detail = bcc_importable()
+    checks.append(Check("bcc", ok, detail, "" if ok else "apt-get install python3-bpfcc"))
+    if headers_present(rel):
+        checks.append(Check("headers", True, str((headers_dir(rel) / "build").resolve())))
+    else:
+        found = find_headers_tree()
+        if found:
+            checks.append(
+                Check("headers", True, f"{found[0]} (will be linked to {headers_dir(rel)}/build)")
+            )
+        else:
+            checks.append(
+                Check("headers", False, f"none for {rel}", "apt-get install linux-headers-amd64")
+            )
+    tm = tracefs_mounted()
+    checks.append(
+        Check(
+            "tracefs",
+            tm,
+            str(TRACEFS) if tm else "not mounted (will be mounted at start)",
+            "" if tm else f"mount -t tracefs nodev {TRACEFS}",
+        )
+    )
+    perm = has_bpf_permissions()
+    checks.append(
+        Check(
+            "permissions",
+            perm,
+            "root" if os.geteuid() == 0 else ("CAP_BPF+CAP_PERFMON" if perm else "not root"),
+            "" if perm else "run as root (sudo) or grant CAP_BPF,CAP_PERFMON",
+        )
+    )
+    return checks
+
+
+def prepare() -> None:
+    """Fix what can be fixed; raise CaptureError (one line + fix) otherwise."""
+    if not has_bpf_permissions():
+        raise CaptureError(
+            "eBPF capture needs root or CAP_BPF+CAP_PERFMON",
+            "run as root (sudo lumen-agent run) or grant CAP_BPF,CAP_PERFMON",
+        )
+    ensure_kernel_headers()
+    ensure_tracefs()
+    if not UPROBE_PMU.exists() and not (TRACEFS / "uprobe_events").exists():
+        raise CaptureError(
+            "this kernel has no uprobe support",
+            "use a kernel built with CONFIG_UPROBES=y and CONFIG_UPROBE_EVENTS=y",
+        )
