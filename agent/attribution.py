@@ -1,0 +1,126 @@
+"""Who made a call: process, executable, user, systemd unit, container.
+
+Looked up from /proc once per process and cached.  A cached entry is keyed
+by (pid, start time) so a recycled pid is never mistaken for the process
+that had it before; a process that has already exited keeps whatever was
+learnt about it while it ran (capture sources call ``observe`` early, at
+exec or first event, for exactly that reason).
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+# Processes remembered at once; the least recently used is forgotten.
+MAX_PROCESSES = 16384
+
+_CONTAINER_ID = re.compile(r"(?:docker|crio|cri-containerd|containerd|libpod|podman)[-/:]([0-9a-f]{12,64})")
+_BARE_ID = re.compile(r"/([0-9a-f]{64})(?:\.scope)?$")
+_UNIT = re.compile(r"([^/]+\.(?:service|scope))$")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    process: str | None = None
+    exe: str | None = None
+    user: str | None = None
+    unit: str | None = None
+    container_id: str | None = None
+
+
+UNKNOWN = ProcessInfo()
+
+
+class Attribution:
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self._proc = proc
+        self._by_pid: OrderedDict[int, tuple[int | None, ProcessInfo]] = OrderedDict()
+        self._users: dict[int, str] = {}
+
+    def observe(self, pid: int) -> ProcessInfo:
+        """Learn about ``pid`` now, while it runs; cheap when already known."""
+        start = self._start_time(pid)
+        cached = self._by_pid.get(pid)
+        if cached is not None and (start is None or cached[0] == start):
+            self._by_pid.move_to_end(pid)
+            return cached[1]
+        if start is None:  # exited before we ever saw it
+            return UNKNOWN
+        info = self._read(pid)
+        self._by_pid[pid] = (start, info)
+        if len(self._by_pid) > MAX_PROCESSES:
+            self._by_pid.popitem(last=False)
+        return info
+
+    def lookup(self, pid: int) -> ProcessInfo:
+        """What is known about ``pid``: the cache first, /proc if it is new."""
+        cached = self._by_pid.get(pid)
+        if cached is not None:
+            return cached[1]
+        return self.observe(pid)
+
+    def forget(self, pid: int) -> None:
+        self._by_pid.pop(pid, None)
+
+    def _start_time(self, pid: int) -> int | None:
+        try:
+            stat = (self._proc / str(pid) / "stat").read_text()
+        except OSError:
+            return None
+        # comm may contain spaces and parentheses: fields follow the last ')'.
+        try:
+            return int(stat[stat.rindex(")") + 2 :].split()[19])
+        except (ValueError, IndexError):
+            return None
+
+    def _read(self, pid: int) -> ProcessInfo:
+        base = self._proc / str(pid)
+        process = _read_text(base / "comm")
+        try:
+            exe = str((base / "exe").readlink())
+        except OSError:
+            exe = None
+        user = self._user(base)
+        unit, container = _cgroup_facts(_read_text(base / "cgroup") or "")
+        return ProcessInfo(process, exe, user, unit, container)
+
+    def _user(self, base: Path) -> str | None:
+        status = _read_text(base / "status") or ""
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                uid = int(line.split()[1])
+                if uid not in self._users:
+                    try:
+                        self._users[uid] = pwd.getpwuid(uid).pw_name
+                    except KeyError:
+                        self._users[uid] = str(uid)
+                return self._users[uid]
+        return None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_facts(cgroup: str) -> tuple[str | None, str | None]:
+    """The systemd unit and container id named by a /proc/PID/cgroup text."""
+    unit = container = None
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        if container is None:
+            match = _CONTAINER_ID.search(path) or _BARE_ID.search(path)
+            if match:
+                container = match.group(1)
+        if unit is None:
+            for part in reversed(path.split("/")):
+                if _UNIT.match(part) and not part.startswith(("docker-", "crio-", "libpod-")):
+                    unit = part
+                    break
+    return unit, container

@@ -1,0 +1,264 @@
+"""Per-connection reassembly: from interleaved DataEvents to finished Exchanges.
+
+Events of many processes and connections arrive interleaved.  Each
+connection (pid, conn id) gets its own state, found in an LRU table with a
+bound on its size and on idle time.  The side of the conversation the
+process is on is read from the bytes: a process that writes a request line
+(or reads a status line) is the client.  Only client sides become calls; the
+server side of a call between two local processes is the same call seen
+again, so it is ignored (and the kernel told to stop copying it).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from lumen_agent.counters import Counters
+from lumen_agent.events import DataEvent, Direction, EventFlag
+from lumen_agent.exchange import Exchange
+from lumen_agent.parsers.http1 import (
+    Body,
+    EndOfMessage,
+    Http1Parser,
+    MessageHead,
+    MessageKind,
+    Skipped,
+    Truncated,
+    looks_like_start,
+)
+
+# Open connections tracked at once; the least recently active is evicted.
+MAX_CONNECTIONS = 4096
+# A connection silent this long is forgotten (long enough for slow reasoning
+# models that think for minutes before the first byte).
+IDLE_TIMEOUT_NS = 15 * 60 * 1_000_000_000
+# Requests in flight on one HTTP/1.1 connection (pipelining is rare).
+MAX_PENDING_EXCHANGES = 64
+# Bytes seen on a connection without any HTTP start line before we decide it
+# is some other protocol and stop looking.
+MAX_SNIFF_BYTES = 64 * 1024
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Role(enum.Enum):
+    UNKNOWN = "unknown"
+    CLIENT = "client"
+    SERVER = "server"  # inbound: the other side's call, not ours to count
+    OTHER = "other"  # not HTTP, or a protocol we do not read
+
+
+class Http1Tap:
+    """Both directions of one HTTP/1.1 connection, seen from the client."""
+
+    def __init__(self, pid: int, conn: int, counters: Counters, capture_content: bool) -> None:
+        self.pid = pid
+        self.conn = conn
+        self._counters = counters
+        self._capture_content = capture_content
+        self._requests = Http1Parser(MessageKind.REQUEST)
+        self._responses = Http1Parser(MessageKind.RESPONSE)
+        self._sending: Exchange | None = None  # request being written
+        self._awaiting: deque[Exchange] = deque()  # requests sent, response not done
+        self._receiving: Exchange | None = None  # response being read
+        self._sequence = 0
+        self.saw_llm = False
+        self.saw_non_llm = False
+
+    def sent(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
+        if flags & EventFlag.GAP:
+            self._requests.lost_data()
+        self._requests.receive_data(data)
+        for event in self._requests.next_events():
+            match event:
+                case MessageHead():
+                    self._sequence += 1
+                    self._sending = Exchange(
+                        pid=self.pid,
+                        conn=self.conn,
+                        stream_id=self._sequence,
+                        http_version=event.http_version,
+                        ts_start_ns=ts_ns,
+                        request=event,
+                        capture_content=self._capture_content,
+                    )
+                case Body() if self._sending is not None:
+                    self._sending.on_request_body(event.data)
+                case EndOfMessage() if self._sending is not None:
+                    exchange, self._sending = self._sending, None
+                    if exchange.on_request_end() is None:
+                        self.saw_non_llm = True
+                    else:
+                        self.saw_llm = True
+                    if len(self._awaiting) >= MAX_PENDING_EXCHANGES:
+                        self._counters.skip("pipelining_limit")
+                        self._awaiting.popleft()
+                    self._awaiting.append(exchange)
+                case Truncated():
+                    self._sending = None
+                    self._counters.skip("request_cut")
+                case Skipped():
+                    self._counters.skip("http1_request_bytes", event.reason, event.nbytes)
+        return []
+
+    def received(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
+        done: list[Exchange] = []
+        if flags & EventFlag.GAP:
+            self._responses.lost_data()
+        self._responses.receive_data(data)
+        for event in self._responses.next_events():
+            match event:
+                case MessageHead() if event.status is not None and event.status < 200:
+                    continue  # 100 Continue and friends: the real response follows
+                case MessageHead():
+                    if not self._awaiting:
+                        self._counters.skip("response_without_request")
+                        self._receiving = None
+                        continue
+                    self._receiving = self._awaiting.popleft()
+                    self._receiving.on_response_head(event, ts_ns)
+                case Body() if self._receiving is not None:
+                    self._receiving.on_response_body(event.data)
+                case EndOfMessage() if self._receiving is not None:
+                    self._receiving.on_response_end(ts_ns)
+                    done.append(self._receiving)
+                    self._receiving = None
+                case Truncated() if self._receiving is not None:
+                    self._receiving.on_cut(ts_ns)
+                    done.append(self._receiving)
+                    self._receiving = None
+                case Skipped():
+                    self._counters.skip("http1_response_bytes", event.reason, event.nbytes)
+        return done
+
+    def close(self, ts_ns: int) -> list[Exchange]:
+        """The connection ended: whatever is still open was cut off."""
+        self._responses.connection_closed()
+        done = self.received(b"", ts_ns, EventFlag.NONE)
+        for exchange in self._awaiting:
+            exchange.on_cut(ts_ns)
+            done.append(exchange)
+        self._awaiting.clear()
+        self._sending = None
+        return done
+
+
+@dataclass(slots=True)
+class Connection:
+    pid: int
+    conn: int
+    last_ns: int
+    role: Role = Role.UNKNOWN
+    tap: Http1Tap | None = None
+    sniffed: int = 0
+
+
+@dataclass(slots=True)
+class TrackerResult:
+    exchanges: list[Exchange] = field(default_factory=list)
+    # Connections the capture may stop copying: (pid, conn).
+    ignore: list[tuple[int, int]] = field(default_factory=list)
+
+
+class ConnectionTracker:
+    def __init__(self, counters: Counters, *, capture_content: bool = False) -> None:
+        self._connections: OrderedDict[tuple[int, int], Connection] = OrderedDict()
+        self._counters = counters
+        self._capture_content = capture_content
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def feed(self, event: DataEvent, out: TrackerResult) -> None:
+        key = event.conn_key
+        connection = self._connections.get(key)
+        if connection is None:
+            if event.flags & EventFlag.CLOSE:
+                return
+            connection = Connection(event.pid, event.conn, event.ts_ns)
+            self._connections[key] = connection
+            if len(self._connections) > MAX_CONNECTIONS:
+                self._evict_oldest(event.ts_ns, out)
+        else:
+            self._connections.move_to_end(key)
+            connection.last_ns = event.ts_ns
+
+        if event.flags & EventFlag.CLOSE:
+            del self._connections[key]
+            if connection.tap is not None:
+                out.exchanges.extend(connection.tap.close(event.ts_ns))
+            return
+
+        if connection.role is Role.UNKNOWN:
+            self._sniff_role(connection, event, out)
+        if connection.role is not Role.CLIENT:
+            return
+
+        tap = connection.tap
+        if event.direction is Direction.SEND:
+            tap.sent(event.data, event.ts_ns, event.flags)
+            if tap.saw_non_llm and not tap.saw_llm:
+                # Its first request went elsewhere than an LLM API: this
+                # connection is not ours, and the kernel can stop copying it.
+                self._forget(key, "non_llm_connection", out)
+        else:
+            out.exchanges.extend(tap.received(event.data, event.ts_ns, event.flags))
+
+    def expire(self, now_ns: int, out: TrackerResult) -> None:
+        """Forget connections idle past IDLE_TIMEOUT_NS (their exchanges time out)."""
+        while self._connections:
+            key, connection = next(iter(self._connections.items()))
+            if now_ns - connection.last_ns < IDLE_TIMEOUT_NS:
+                break
+            self._evict(key, now_ns, out, "idle_connection")
+
+    def close_all(self, now_ns: int, out: TrackerResult) -> None:
+        for key in list(self._connections):
+            connection = self._connections.pop(key)
+            if connection.tap is not None:
+                out.exchanges.extend(connection.tap.close(now_ns))
+
+    # -- internals ----------------------------------------------------------
+
+    def _sniff_role(self, connection: Connection, event: DataEvent, out: TrackerResult) -> None:
+        data = event.data
+        sending = event.direction is Direction.SEND
+        if data.startswith(HTTP2_PREFACE):
+            connection.role = Role.OTHER if sending else Role.SERVER
+            self._forget(event.conn_key, "http2_connection" if sending else "inbound_connection", out)
+        elif looks_like_start(MessageKind.REQUEST, data):
+            connection.role = Role.CLIENT if sending else Role.SERVER
+        elif looks_like_start(MessageKind.RESPONSE, data):
+            connection.role = Role.SERVER if sending else Role.CLIENT
+        else:
+            connection.sniffed += len(data)
+            if connection.sniffed > MAX_SNIFF_BYTES:
+                connection.role = Role.OTHER
+                self._forget(event.conn_key, "non_http_connection", out)
+            else:
+                self._counters.skip("unsynchronised_bytes", "no HTTP start line yet", len(data))
+            return
+        if connection.role is Role.SERVER:
+            self._forget(event.conn_key, "inbound_connection", out)
+        elif connection.role is Role.CLIENT:
+            connection.tap = Http1Tap(connection.pid, connection.conn, self._counters, self._capture_content)
+
+    def _forget(self, key: tuple[int, int], reason: str, out: TrackerResult) -> None:
+        """Stop reading a connection; keep its entry so later bytes are dropped fast."""
+        self._counters.add(f"connections.{reason}")
+        connection = self._connections[key]
+        connection.role = Role.OTHER if connection.role is Role.CLIENT else connection.role
+        connection.tap = None
+        out.ignore.append(key)
+
+    def _evict_oldest(self, now_ns: int, out: TrackerResult) -> None:
+        key = next(iter(self._connections))
+        self._evict(key, now_ns, out, "evicted_connection")
+
+    def _evict(self, key: tuple[int, int], now_ns: int, out: TrackerResult, reason: str) -> None:
+        connection = self._connections.pop(key)
+        self._counters.add(f"connections.{reason}")
+        if connection.tap is not None:
+            out.exchanges.extend(connection.tap.close(now_ns))

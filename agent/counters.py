@@ -1,0 +1,36 @@
+"""Named counters for everything the pipeline skips, drops or notices.
+
+Bad input is never fatal, but it is never silent either: every skip is
+counted here under a reason, and logged the first time and then every
+``LOG_EVERY``-th time, so a flood of junk cannot flood the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+log = logging.getLogger("lumen_agent")
+
+LOG_EVERY = 1000
+
+
+class Counters:
+    def __init__(self) -> None:
+        self._values: Counter[str] = Counter()
+
+    def add(self, name: str, n: int = 1) -> None:
+        self._values[name] += n
+
+    def skip(self, reason: str, detail: str = "", n: int = 1) -> None:
+        key = f"skipped.{reason}"
+        self._values[key] += n
+        seen = self._values[key]
+        if seen == n or seen // LOG_EVERY != (seen - n) // LOG_EVERY:
+            log.warning("skipped %s%s count=%d", reason, f" ({detail})" if detail else "", seen)
+
+    def __getitem__(self, name: str) -> int:
+        return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._values)

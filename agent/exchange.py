@@ -1,0 +1,244 @@
+"""One request and its response, assembled from HTTP messages of any version.
+
+A protocol tap (HTTP/1.1 now, HTTP/2 later) drives an ``Exchange`` through
+its life with the ``on_*`` methods; the exchange owns what happens to the
+bytes: bounded buffering of the request body, content decoding of the
+response, and feeding the provider's usage reader as the body arrives, so a
+long stream is read incrementally and never held whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lumen_agent.parsers.encodings import Decoder, decoder_for
+from lumen_agent.parsers.errors import LimitExceeded, ParseError
+from lumen_agent.parsers.http1 import MessageHead
+from lumen_agent.parsers.providers import RequestInfo, UsageReader, identify, usage_reader
+from lumen_agent.parsers.sse import SseParser
+from lumen_agent.parsers.usage import Usage
+
+# Request bodies carry prompts, sometimes images: keep this much for
+# recognising the call; the model and stream flag are near the top anyway.
+MAX_REQUEST_BODY = 8 * 1024 * 1024
+# A non-streaming JSON response is parsed whole; LLM responses are far smaller.
+MAX_RESPONSE_BODY = 16 * 1024 * 1024
+# A streamed response is read incrementally; past this many decoded bytes it
+# is no longer worth reading (and a decoder that tries is a bomb).
+MAX_STREAM_BYTES = 256 * 1024 * 1024
+# Body text kept for the opt-in content capture.
+MAX_CONTENT_CAPTURE = 1024 * 1024
+
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_INCLUDE_USAGE_TRUE = re.compile(rb'"include_usage"\s*:\s*true')
+
+
+@dataclass(slots=True)
+class Exchange:
+    pid: int
+    conn: int
+    stream_id: int
+    http_version: str
+    ts_start_ns: int
+    request: MessageHead
+    capture_content: bool = False
+    request_body: bytearray = field(default_factory=bytearray)
+    request_body_truncated: bool = False
+    request_decoder: Decoder | None = None
+    info: RequestInfo | None = None
+    request_done: bool = False
+    response: MessageHead | None = None
+    ts_response_ns: int | None = None
+    ts_end_ns: int | None = None
+    complete: bool = False
+    # Why the body could not be read in full, for the skip counters.
+    body_problem: str | None = None
+    _reader: UsageReader | None = None
+    _decoder: Decoder | None = None
+    _mode: str = "json"  # json | sse | ndjson | discard
+    _body: bytearray = field(default_factory=bytearray)
+    _decoded_total: int = 0
+    _sse: SseParser | None = None
+    _content: bytearray | None = None
+
+    # -- request ------------------------------------------------------------
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.request_body_truncated:
+            return
+        if self.request_decoder is None:
+            self.request_decoder = decoder_for(self.request.header("content-encoding"))
+        budget = MAX_REQUEST_BODY - len(self.request_body)
+        try:
+            self.request_body += self.request_decoder.decode(data, budget)
+        except LimitExceeded:
+            self.request_body_truncated = True
+        except ParseError as exc:
+            self.request_body_truncated = True
+            self.body_problem = f"request body: {exc}"
+
+    def on_request_end(self) -> RequestInfo | None:
+        self.request_done = True
+        body = _parse_request_json(self.request_body, self.request_body_truncated)
+        try:
+            self.info = identify(
+                self.request.method or "",
+                self.request.target or "",
+                self.authority,
+                dict(self.request.headers),
+                body,
+            )
+        except ParseError:
+            self.info = None
+        if self.info is None and not self.capture_content:
+            self.request_body = bytearray()  # not ours: free it now
+        return self.info
+
+    @property
+    def authority(self) -> str | None:
+        return self.request.header("host") or self.request.header(":authority")
+
+    # -- response -----------------------------------------------------------
+
+    def on_response_head(self, head: MessageHead, ts_ns: int) -> None:
+        self.response = head
+        self.ts_response_ns = ts_ns
+        if self.info is None:
+            self._mode = "discard"
+            return
+        self._reader = usage_reader(self.info)
+        try:
+            self._decoder = decoder_for(head.header("content-encoding"))
+        except ParseError as exc:
+            self._mode = "discard"
+            self.body_problem = str(exc)
+            return
+        content_type = (head.header("content-type") or "").lower()
+        if "text/event-stream" in content_type:
+            self._mode = "sse"
+            self._sse = SseParser()
+        elif "ndjson" in content_type or "jsonl" in content_type:
+            self._mode = "ndjson"
+        else:
+            self._mode = "json"
+        if self.capture_content:
+            self._content = bytearray()
+
+    def on_response_body(self, data: bytes) -> None:
+        if self._mode == "discard":
+            return
+        limit = MAX_RESPONSE_BODY if self._mode == "json" else MAX_STREAM_BYTES
+        try:
+            plain = self._decoder.decode(data, limit - self._decoded_total)
+        except ParseError as exc:  # bomb, corrupt data: stop reading this body
+            self._give_up(str(exc))
+            return
+        self._decoded_total += len(plain)
+        if self._content is not None and len(self._content) < MAX_CONTENT_CAPTURE:
+            self._content += plain[: MAX_CONTENT_CAPTURE - len(self._content)]
+        try:
+            if self._mode == "sse":
+                self._sse.receive_data(plain)
+                for event in self._sse.next_events():
+                    self._reader.feed_sse(event.event, event.data)
+            elif self._mode == "ndjson":
+                self._body += plain
+                self._drain_ndjson(final=False)
+            else:
+                self._body += plain
+        except ParseError as exc:
+            self._give_up(str(exc))
+
+    def on_response_end(self, ts_ns: int) -> None:
+        self.ts_end_ns = ts_ns
+        self.complete = True
+        self._finish_body()
+
+    def on_cut(self, ts_ns: int) -> None:
+        """The connection ended (or was evicted) before the response did."""
+        self.ts_end_ns = ts_ns
+        self.complete = False
+        self._finish_body()
+
+    def usage(self) -> Usage:
+        if self._reader is None:
+            return Usage(usage_missing=True)
+        return self._reader.result()
+
+    def response_text(self) -> str | None:
+        if self._content is None:
+            return None
+        return self._content.decode("utf-8", "replace")
+
+    def request_text(self) -> str | None:
+        if not self.capture_content:
+            return None
+        return bytes(self.request_body[:MAX_CONTENT_CAPTURE]).decode("utf-8", "replace")
+
+    # -- internals ----------------------------------------------------------
+
+    def _give_up(self, why: str) -> None:
+        self.body_problem = why
+        self._mode = "discard"
+        self._body = bytearray()
+        self._sse = None
+
+    def _finish_body(self) -> None:
+        try:
+            if self._mode == "sse":
+                self._sse.end_of_stream()
+                for event in self._sse.next_events():
+                    self._reader.feed_sse(event.event, event.data)
+            elif self._mode == "ndjson":
+                self._drain_ndjson(final=True)
+            elif self._mode == "json" and self._body:
+                try:
+                    body = json.loads(self._body)
+                except (ValueError, RecursionError):
+                    if self.complete:
+                        self.body_problem = "response body is not JSON"
+                else:
+                    self._reader.feed_json(body)
+        except ParseError as exc:
+            self.body_problem = str(exc)
+        self._body = bytearray()
+        self._sse = None
+        if self._mode != "discard":
+            self._mode = "discard"
+
+    def _drain_ndjson(self, *, final: bool) -> None:
+        buf = self._body
+        lines = buf.split(b"\n")
+        rest = b"" if final else lines.pop()
+        for line in lines:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                self._reader.feed_ndjson(obj)
+        self._body = bytearray(rest)
+
+
+def _parse_request_json(body: bytearray, truncated: bool) -> Any | None:
+    if not body:
+        return None
+    if not truncated:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+    # A body cut at the limit is not valid JSON: recover what identify needs.
+    head = bytes(body[:65536])
+    found: dict[str, Any] = {}
+    if match := _MODEL_FIELD.search(head):
+        found["model"] = match.group(1).decode("utf-8", "replace")
+    if _STREAM_TRUE.search(head):
+        found["stream"] = True
+    if _INCLUDE_USAGE_TRUE.search(body):
+        found["stream_options"] = {"include_usage": True}
+    return found or None

@@ -1,0 +1,195 @@
+"""The pipeline: DataEvents in, priced and attributed Calls out.
+
+Pure apart from the /proc reads of attribution: no sockets, no clocks (time
+comes from the events), so a test, a recorded file and the kernel all drive
+it the same way.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+from lumen_agent.attribution import Attribution
+from lumen_agent.call import Call, Outcome
+from lumen_agent.connections import ConnectionTracker, TrackerResult
+from lumen_agent.counters import Counters
+from lumen_agent.events import DataEvent
+from lumen_agent.exchange import Exchange
+from lumen_agent.keyhash import credential, hash_credential
+from lumen_agent.pricing.cost import compute_cost
+from lumen_agent.pricing.table import PriceTable
+
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id", "x-goog-request-id")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    capture: str = "ebpf"
+    capture_content: bool = False  # store prompt and completion text (opt-in)
+    default_tenant: str | None = None
+    default_feature: str | None = None
+    hostname: str | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        prices: PriceTable,
+        on_call: Callable[[Call], None],
+        *,
+        salt: bytes,
+        options: PipelineOptions = PipelineOptions(),
+        attribution: Attribution | None = None,
+        on_ignore: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.counters = Counters()
+        self._prices = prices
+        self._on_call = on_call
+        self._on_ignore = on_ignore
+        self._salt = salt
+        self._options = options
+        self._host = options.hostname or socket.gethostname()
+        self._attribution = attribution or Attribution()
+        self._tracker = ConnectionTracker(self.counters, capture_content=options.capture_content)
+        self._last_ns = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._tracker)
+
+    def feed(self, event: DataEvent) -> None:
+        self.counters.add("events")
+        self.counters.add("bytes", len(event.data))
+        self._last_ns = max(self._last_ns, event.ts_ns)
+        out = TrackerResult()
+        self._tracker.feed(event, out)
+        self._emit(out)
+
+    def feed_all(self, events: Iterable[DataEvent]) -> None:
+        for event in events:
+            self.feed(event)
+
+    def tick(self, now_ns: int) -> None:
+        """Forget idle connections; call about once a second."""
+        out = TrackerResult()
+        self._tracker.expire(now_ns, out)
+        self._emit(out)
+
+    def close(self, now_ns: int | None = None) -> None:
+        """End of input: every exchange still open was cut off."""
+        out = TrackerResult()
+        self._tracker.close_all(now_ns or self._last_ns, out)
+        self._emit(out)
+
+    def _emit(self, out: TrackerResult) -> None:
+        for pid, conn in out.ignore:
+            if self._on_ignore is not None:
+                self._on_ignore(pid, conn)
+        for exchange in out.exchanges:
+            if exchange.info is None:
+                continue
+            if exchange.body_problem:
+                self.counters.skip("response_body", exchange.body_problem)
+            call = self._to_call(exchange)
+            self.counters.add("calls")
+            if call.unpriced:
+                self.counters.add("calls.unpriced")
+            self._on_call(call)
+
+    def _to_call(self, ex: Exchange) -> Call:
+        info = ex.info
+        usage = ex.usage()
+        request = ex.request
+        response = ex.response
+        status = response.status if response is not None else None
+        ts_end_ns = ex.ts_end_ns or ex.ts_start_ns
+        start = datetime.fromtimestamp(ex.ts_start_ns / 1e9, timezone.utc)
+        end = datetime.fromtimestamp(ts_end_ns / 1e9, timezone.utc)
+
+        model = usage.model or info.request_model
+        cost: Decimal | None = None
+        price_id: str | None = None
+        unpriced = False
+        if usage.has_tokens:
+            row = None
+            for name in dict.fromkeys(n for n in (usage.model, info.request_model) if n):
+                row = self._prices.lookup(name, info.provider, start)
+                if row is not None:
+                    break
+            if row is None:
+                unpriced = True
+            else:
+                cost = compute_cost(usage, row)
+                price_id = row.price_id
+
+        headers = dict(request.headers)
+        secret = credential(headers, request.target or "")
+        address, port = _split_authority(ex.authority)
+        who = self._attribution.lookup(ex.pid)
+        return Call(
+            id=uuid.uuid4().hex,
+            ts_start=start,
+            ts_end=end,
+            latency_ms=(ts_end_ns - ex.ts_start_ns) / 1e6,
+            ttft_ms=(ex.ts_response_ns - ex.ts_start_ns) / 1e6 if ex.ts_response_ns else None,
+            host=self._host,
+            pid=ex.pid,
+            process=who.process,
+            exe=who.exe,
+            user=who.user,
+            unit=who.unit,
+            container_id=who.container_id,
+            provider=info.provider,
+            endpoint=info.endpoint,
+            server_address=address,
+            server_port=port,
+            request_model=info.request_model,
+            model=model,
+            streaming=info.streaming,
+            status_code=status,
+            outcome=Outcome.from_status(status, ex.complete),
+            request_id=_first_header(response, REQUEST_ID_HEADERS),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=cost,
+            price_id=price_id,
+            unpriced=unpriced,
+            usage_missing=usage.usage_missing,
+            api_key_hash=hash_credential(secret, self._salt) if secret else None,
+            tenant=headers.get("x-lumen-tenant") or self._options.default_tenant,
+            feature=headers.get("x-lumen-feature") or self._options.default_feature,
+            capture=self._options.capture,
+            http_version=ex.http_version,
+            request_body=ex.request_text(),
+            response_body=ex.response_text(),
+        )
+
+
+def _first_header(head, names: tuple[str, ...]) -> str | None:
+    if head is None:
+        return None
+    for name in names:
+        if value := head.header(name):
+            return value
+    return None
+
+
+def _split_authority(authority: str | None) -> tuple[str | None, int | None]:
+    if not authority:
+        return None, None
+    parts = urlsplit("//" + authority)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.hostname, port or 443

@@ -1,0 +1,92 @@
+"""The recorded-capture file: DataEvents as JSON lines.
+
+One event a line, a JSON object with at least::
+
+    {"ts": 1732312345123456789, "pid": 4242, "tid": 4242, "conn": 94613810, "dir": "send",
+     "data": "UE9TVCAvdjEvY2hhdC9jb21wbGV0aW9ucyBIVFRQLzEuMQ0K..."}
+
+``ts`` is wall-clock nanoseconds, ``conn`` an id unique within the process,
+``dir`` is ``send`` (bytes the process wrote) or ``recv`` (bytes it read),
+``data`` is base64.  Optional: ``flags``, a list of ``truncated``, ``gap``,
+``close``.  Other keys are allowed and ignored, so a recording can carry
+notes.  ``lumen-agent run --record FILE`` writes this format and
+``lumen-agent replay FILE`` reads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterator
+from typing import IO
+
+from lumen_agent.events import DataEvent, Direction, EventFlag
+
+log = logging.getLogger("lumen_agent")
+
+_FLAG_NAMES = {"truncated": EventFlag.TRUNCATED, "gap": EventFlag.GAP, "close": EventFlag.CLOSE}
+
+
+class RecordingError(ValueError):
+    """A line that is not a recorded event."""
+
+
+def event_to_json(event: DataEvent) -> str:
+    record = {
+        "ts": event.ts_ns,
+        "pid": event.pid,
+        "tid": event.tid,
+        "conn": event.conn,
+        "dir": event.direction.value,
+        "data": base64.b64encode(event.data).decode("ascii"),
+    }
+    if event.flags:
+        record["flags"] = [name for name, flag in _FLAG_NAMES.items() if event.flags & flag]
+    return json.dumps(record, separators=(",", ":"))
+
+
+def event_from_json(line: str) -> DataEvent:
+    try:
+        record = json.loads(line)
+        flags = EventFlag.NONE
+        for name in record.get("flags", ()):
+            flags |= _FLAG_NAMES[name]
+        return DataEvent(
+            ts_ns=int(record["ts"]),
+            pid=int(record["pid"]),
+            tid=int(record.get("tid", record["pid"])),
+            conn=int(record["conn"]),
+            direction=Direction(record["dir"]),
+            data=base64.b64decode(record.get("data", ""), validate=True),
+            flags=flags,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise RecordingError(f"not a recorded event: {exc!s}") from None
+
+
+def read_events(stream: IO[str], on_bad_line=None) -> Iterator[DataEvent]:
+    """Events of a recording; bad lines go to ``on_bad_line(lineno, error)``."""
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            yield event_from_json(line)
+        except RecordingError as exc:
+            if on_bad_line is None:
+                raise RecordingError(f"line {lineno}: {exc}") from None
+            on_bad_line(lineno, exc)
+
+
+class Recorder:
+    """Appends events to a recording as they are captured."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, event: DataEvent) -> None:
+        self._stream.write(event_to_json(event) + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
