@@ -388,6 +388,11 @@ def load_litellm(path: Path, as_of: str) -> dict[tuple[str, str], Row]:
             continue
         provider = _LITELLM_MAP[lp]
         model = _litellm_model_name(key)
+        if "@" in model:
+            # Vertex spellings (claude-sonnet-4-5@20250929) duplicate the dashed
+            # names; the lookup maps "@version" to them, and "@" would make the
+            # price_id (provider/model@date) ambiguous.
+            continue
         row = _row_from_litellm(provider, model, entry, f"{path.name} (as of {as_of})")
         if row is None:
             continue
@@ -577,6 +582,9 @@ def build(src: Path, as_of: dict[str, str], report: list[str]) -> list[Row]:
             p = periods[0]
             if p.input == base.input and p.output == base.output and _same(p.cache_read, base.cache_read):
                 base.notes.append("agrees with " + source)
+                if base.cache_read is None and p.cache_read is not None:
+                    base.cache_read = p.cache_read
+                    base.notes.append("cache_read from " + source)
             else:
                 report.append(
                     f"{key[0]}/{base.model}: LiteLLM in/out/read {_fmt(base.input)}/{_fmt(base.output)}/"
