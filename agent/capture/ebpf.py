@@ -1,0 +1,524 @@
+"""eBPF capture: uprobes on OpenSSL, records from a BPF ring buffer -> DataEvents.
+
+The only module that imports bcc (Debian's ``python3-bpfcc``; its
+dist-packages folder is appended to the END of sys.path when bcc is not
+importable otherwise, so it never shadows the venv).
+
+    cap = EbpfCapture(on_event=print)
+    cap.start()
+    while running:
+        cap.poll(100)
+    cap.close()
+
+Attach modes (see ``CaptureOptions.attach_mode``):
+
+``global`` (default)
+    uprobes on each TLS *file* (libssl.so*, node), for every process.  The
+    kernel installs the breakpoints into any process that maps the file, at
+    mmap time, so a process started later is captured from its first call.
+    Excluded processes are dropped in the kernel before any copy, but still
+    take the uprobe trap (~14 us per SSL call on the reference machine).
+``per-process``
+    pid-filtered uprobes, attached to each included process when it execs (before
+    its libraries are even mapped) or when a /proc scan finds it using a TLS
+    file.  Other processes pay nothing at all; a process that makes a TLS call
+    within the few milliseconds between exec and the attach misses that call.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import math
+import os
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from lumen_agent.events import DataEvent, Direction, EventFlag
+
+from . import kernel_setup
+from .kernel_setup import CaptureError
+from .targets import TargetTracker, TlsTarget
+
+__all__ = ["CaptureError", "CaptureOptions", "EbpfCapture", "AttachedTarget"]
+
+# --- mirror of bpf/events.h ----------------------------------------------
+HDR_FORMAT = "<QQIIIIIHBB"
+HDR_SIZE = struct.calcsize(HDR_FORMAT)
+assert HDR_SIZE == 40
+CHUNK_SIZE = 16384
+EV_DATA, EV_CLOSE, EV_EXEC, EV_EXIT = 1, 2, 3, 4
+DIR_SEND, DIR_RECV = 0, 1
+CNT_LOST, CNT_ARGS_FULL, CNT_TRUNCATED, CNT_IGNORED = 0, 1, 2, 3
+
+# Largest per-call max we accept: the BPF loop is unrolled by the verifier.
+MAX_CALL_BYTES_LIMIT = 4 * 1024 * 1024
+# A call whose chunks stop arriving (kernel ran out of ring buffer mid-call)
+# is emitted TRUNCATED after this long.
+PARTIAL_TIMEOUT_S = 1.0
+
+# (symbol, entry program, return program or None)
+PROBES: tuple[tuple[str, str, str | None], ...] = (
+    ("SSL_write", "probe_write_enter", "probe_rw_return"),
+    ("SSL_read", "probe_read_enter", "probe_rw_return"),
+    ("SSL_write_ex", "probe_write_ex_enter", "probe_rw_ex_return"),
+    ("SSL_read_ex", "probe_read_ex_enter", "probe_rw_ex_return"),
+    ("SSL_shutdown", "probe_close", None),
+    ("SSL_free", "probe_close", None),
+)
+
+BCC_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        if BCC_DIST_PACKAGES not in sys.path:
+            sys.path.append(BCC_DIST_PACKAGES)
+        try:
+            import bcc  # noqa: F401
+        except ImportError as exc:
+            raise CaptureError(f"bcc is not importable ({exc})", "apt-get install python3-bpfcc") from exc
+    import bcc
+
+    return bcc
+
+
+def bpf_source_dir() -> Path:
+    return Path(str(resources.files("lumen_agent.bpf")))
+
+
+@dataclass
+class CaptureOptions:
+    attach_mode: str = "global"  # "global" or "per-process"
+    # Processes never captured (filtered in the kernel before any copy).
+    exclude_pids: set[int] = field(default_factory=set)
+    exclude_self: bool = True  # add the agent's own pid to exclude_pids
+    # per-process mode only: capture just these pids (None: every process
+    # that is not excluded).
+    include_pids: set[int] | None = None
+    # Bytes of one SSL call copied whole.  A bigger call delivers its first
+    # max_call_bytes bytes flagged TRUNCATED.  Rounded up to 16 KiB chunks.
+    max_call_bytes: int = 256 * 1024
+    ringbuf_pages: int = 4096  # 16 MiB of 4 KiB pages; a power of two
+    # More TLS files to probe (e.g. an app's bundled libssl) by path.
+    extra_targets: list[str] = field(default_factory=list)
+    scan_proc_at_start: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AttachedTarget:
+    path: str
+    kind: str  # "libssl" or "exe"
+    mode: str  # "global" or "per-process"
+    pids: tuple[int, ...]  # global: processes seen using it; per-process: attached pids
+    probes: int
+
+
+class _Partial:
+    __slots__ = ("hdr", "buf", "expect", "flags", "started")
+
+    def __init__(self, hdr: tuple, expect: int, flags: int) -> None:
+        self.hdr = hdr
+        self.buf = bytearray()
+        self.expect = expect
+        self.flags = flags
+        self.started = time.monotonic()
+
+
+class EbpfCapture:
+    def __init__(
+        self,
+        on_event: Callable[[DataEvent], None],
+        options: CaptureOptions | None = None,
+        on_exec: Callable[[int], None] | None = None,
+    ) -> None:
+        self.on_event = on_event
+        self.options = options or CaptureOptions()
+        self.on_exec = on_exec
+        if self.options.attach_mode not in ("global", "per-process"):
+            raise CaptureError(
+                f"unknown attach mode {self.options.attach_mode!r}", "use 'global' or 'per-process'"
+            )
+        mcb = self.options.max_call_bytes
+        if not (CHUNK_SIZE <= mcb <= MAX_CALL_BYTES_LIMIT):
+            raise CaptureError(
+                f"max_call_bytes={mcb} out of range",
+                f"use {CHUNK_SIZE}..{MAX_CALL_BYTES_LIMIT}",
+            )
+        self.max_chunks = math.ceil(mcb / CHUNK_SIZE)
+        self.max_call_bytes = self.max_chunks * CHUNK_SIZE
+        self.exclude: set[int] = set(self.options.exclude_pids)
+        if self.options.exclude_self:
+            self.exclude.add(os.getpid())
+        self.tracker = TargetTracker()
+        self._bpf = None
+        # (target key, pid or -1) -> number of probes attached
+        self._attached: dict[tuple[tuple[int, int], int], list[tuple[str, int, bool]]] = {}
+        self._records: list[tuple[tuple, bytes]] = []
+        self._partials: dict[tuple[int, int], _Partial] = {}
+        self._open_conns: dict[int, set[int]] = {}  # pid -> conns with data since last close
+        self._ignored: dict[int, set[int]] = {}  # pid -> conns in the kernel ignore map
+        self._clock_offset = 0
+        self._stats = dict(
+            events=0, bytes=0, truncated=0, gaps=0, closes=0, execs=0, exits=0,
+            attach_errors=0, partial_dropped=0,
+        )
+        self.last_attach_error = ""
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        kernel_setup.prepare()
+        bcc = _import_bcc()
+        src = bpf_source_dir() / "ssl_probes.c"
+        if not src.exists():
+            raise CaptureError(f"BPF source {src} missing", "reinstall lumen-agent")
+        pages = self.options.ringbuf_pages
+        if pages <= 0 or pages & (pages - 1):
+            raise CaptureError(f"ringbuf_pages={pages} is not a power of two", "use e.g. 4096")
+        cflags = [
+            f"-I{src.parent}",
+            f"-DLUMEN_MAX_CHUNKS={self.max_chunks}",
+            f"-DLUMEN_RINGBUF_PAGES={pages}",
+            "-Wno-macro-redefined",
+        ]
+        try:
+            self._bpf = bcc.BPF(src_file=str(src).encode(), cflags=cflags)
+            for _sym, entry, ret in PROBES:
+                self._bpf.load_func(entry.encode(), bcc.BPF.KPROBE)
+                if ret:
+                    self._bpf.load_func(ret.encode(), bcc.BPF.KPROBE)
+        except Exception as exc:  # noqa: BLE001 - bcc raises plain Exception
+            self._bpf = None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CaptureError(
+                f"compiling/loading {src.name} failed: {first}",
+                "run `lumen-agent doctor`; check kernel headers in /lib/modules/$(uname -r)/build",
+            ) from exc
+        self._sync_clock()
+        skip = self._bpf["skip_tgids"]
+        for pid in self.exclude:
+            skip[ct.c_uint(pid)] = ct.c_ubyte(1)
+        self._bpf["events"].open_ring_buffer(self._on_record)
+        # Exec/exit first, so nothing started during the scan below is missed.
+        # (TRACEPOINT_PROBE programs are attached by BPF() itself.)
+
+        new: list[TlsTarget] = list(self.tracker.add_system_libraries())
+        for p in self.options.extra_targets:
+            t = self.tracker.add_file(p)
+            if t is not None:
+                new.append(t)
+        if self.options.scan_proc_at_start:
+            new.extend(self.tracker.scan_all())
+        if self.options.attach_mode == "global":
+            for t in self.tracker.targets.values():
+                self._attach(t, -1)
+            if not self._attached:
+                self.close()
+                raise CaptureError(
+                    f"no OpenSSL library could be probed ({self.last_attach_error or 'none found'})",
+                    "install libssl3 or pass extra_targets with the path of your libssl.so",
+                )
+        else:
+            for t in self.tracker.targets.values():
+                for pid in sorted(t.pids):
+                    if self._included(pid):
+                        self._attach(t, pid)
+
+    def close(self) -> None:
+        b, self._bpf = self._bpf, None
+        if b is None:
+            return
+        try:
+            b.cleanup()
+        except Exception:  # noqa: BLE001 - closing must not raise
+            pass
+        self._attached.clear()
+
+    def __enter__(self) -> EbpfCapture:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- attaching -----------------------------------------------------------
+    def _included(self, pid: int) -> bool:
+        if pid in self.exclude:
+            return False
+        inc = self.options.include_pids
+        return inc is None or pid in inc
+
+    def _attach(self, t: TlsTarget, pid: int) -> None:
+        key = (t.key, pid)
+        if key in self._attached or self._bpf is None:
+            return
+        done: list[tuple[str, int, bool]] = []
+        path = t.path.encode()
+        for sym, entry, ret in PROBES:
+            addr = t.symbols.get(sym)
+            if addr is None:
+                continue
+            try:
+                self._bpf.attach_uprobe(name=path, addr=addr, fn_name=entry.encode(), pid=pid)
+                done.append((t.path, addr, False))
+                if ret:
+                    self._bpf.attach_uretprobe(name=path, addr=addr, fn_name=ret.encode(), pid=pid)
+                    done.append((t.path, addr, True))
+            except Exception as exc:  # noqa: BLE001
+                self._stats["attach_errors"] += 1
+                self.last_attach_error = f"{t.path}:{sym} pid {pid}: {exc}"
+        if done:
+            self._attached[key] = done
+
+    def _detach(self, tkey: tuple[int, int], pid: int) -> None:
+        probes = self._attached.pop((tkey, pid), None)
+        if not probes or self._bpf is None:
+            return
+        for path, addr, is_ret in probes:
+            try:
+                if is_ret:
+                    self._bpf.detach_uretprobe(name=path.encode(), addr=addr, pid=pid)
+                else:
+                    self._bpf.detach_uprobe(name=path.encode(), addr=addr, pid=pid)
+            except Exception:  # noqa: BLE001 - the process may be gone
+                pass
+
+    # -- control -------------------------------------------------------------
+    def ignore_connection(self, pid: int, conn: int) -> None:
+        """Stop capturing connection ``conn`` of ``pid`` (not LLM traffic)."""
+        if self._bpf is None:
+            return
+        table = self._bpf["ignored_conns"]
+        table[table.Key(tgid=pid, pad=0, ssl=conn)] = ct.c_ubyte(1)
+        self._ignored.setdefault(pid, set()).add(conn)
+        opened = self._open_conns.get(pid)
+        if opened:
+            opened.discard(conn)
+        for k in [k for k, p in self._partials.items() if k[0] == pid and p.hdr[1] == conn]:
+            del self._partials[k]
+
+    def exclude_pid(self, pid: int) -> None:
+        self.exclude.add(pid)
+        if self._bpf is not None:
+            self._bpf["skip_tgids"][ct.c_uint(pid)] = ct.c_ubyte(1)
+            for tkey, p in [k for k in self._attached if k[1] == pid]:
+                self._detach(tkey, p)
+
+    # -- reading -------------------------------------------------------------
+    def _on_record(self, _ctx, data, size) -> int:
+        # Runs inside ring_buffer_poll: copy only, decode afterwards.
+        hdr = struct.unpack(HDR_FORMAT, ct.string_at(data, HDR_SIZE))
+        n = hdr[6]
+        payload = ct.string_at(data + HDR_SIZE, n) if n and size >= HDR_SIZE + n else b""
+        self._records.append((hdr, payload))
+        return 0
+
+    def _sync_clock(self) -> None:
+        # bpf_ktime_get_ns() is CLOCK_MONOTONIC; re-read so NTP steps follow.
+        self._clock_offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(
+            time.CLOCK_MONOTONIC
+        )
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Drain the ring buffer (waiting up to timeout_ms) and deliver events."""
+        if self._bpf is None:
+            return
+        self._bpf.ring_buffer_poll(timeout_ms)
+        self._sync_clock()
+        self._process_records()
+        # Late looks at new processes' maps: libraries they loaded since exec.
+        for pid in self.tracker.due_rescans():
+            self._rescan(pid)
+        self._flush_stale_partials()
+
+    def _process_records(self) -> None:
+        while self._records:
+            records, self._records = self._records, []
+            for hdr, payload in records:
+                kind = hdr[8]
+                if kind == EV_DATA:
+                    self._on_data(hdr, payload)
+                elif kind == EV_CLOSE:
+                    self._on_close(hdr[2], hdr[3], hdr[1], hdr[0])
+                elif kind == EV_EXEC:
+                    self._on_exec(hdr[2])
+                elif kind == EV_EXIT:
+                    self._on_exit(hdr[2], hdr[0])
+
+    def _on_data(self, hdr: tuple, payload: bytes) -> None:
+        ts, conn, pid, tid, total, offset, _n, flags, _kind, _dir = hdr
+        key = (pid, tid)
+        p = self._partials.get(key)
+        if offset == 0:
+            if p is not None:  # previous call of this thread never completed
+                self._emit_partial(key, p, EventFlag.TRUNCATED)
+            expect = min(total, self.max_call_bytes)
+            p = _Partial(hdr, expect, flags)
+            self._partials[key] = p
+        elif p is None or p.hdr[1] != conn or offset != len(p.buf):
+            # middle of a call whose start we lost
+            if p is not None:
+                self._emit_partial(key, p, EventFlag.TRUNCATED)
+            self._stats["partial_dropped"] += 1
+            return
+        p.buf += payload
+        p.flags |= flags
+        if len(p.buf) >= p.expect:
+            self._emit_partial(key, p, EventFlag.NONE)
+
+    def _emit_partial(self, key: tuple[int, int], p: _Partial, extra: EventFlag) -> None:
+        self._partials.pop(key, None)
+        ts, conn, pid, tid, total, _o, _n, _f, _k, direction = p.hdr
+        flags = EventFlag(p.flags & 0x7) | extra
+        if len(p.buf) < total:
+            flags |= EventFlag.TRUNCATED
+        if not p.buf:
+            return
+        if EventFlag.TRUNCATED in flags:
+            self._stats["truncated"] += 1
+        if EventFlag.GAP in flags:
+            self._stats["gaps"] += 1
+        self._stats["events"] += 1
+        self._stats["bytes"] += len(p.buf)
+        self._open_conns.setdefault(pid, set()).add(conn)
+        self.on_event(
+            DataEvent(
+                ts_ns=ts + self._clock_offset,
+                pid=pid,
+                tid=tid,
+                conn=conn,
+                direction=Direction.RECV if direction == DIR_RECV else Direction.SEND,
+                data=bytes(p.buf),
+                flags=flags,
+            )
+        )
+
+    def _flush_stale_partials(self) -> None:
+        if not self._partials:
+            return
+        limit = time.monotonic() - PARTIAL_TIMEOUT_S
+        for key, p in list(self._partials.items()):
+            if p.started < limit:
+                self._emit_partial(key, p, EventFlag.TRUNCATED)
+
+    def _close_event(self, pid: int, tid: int, conn: int, ts: int) -> None:
+        self._stats["closes"] += 1
+        self.on_event(
+            DataEvent(
+                ts_ns=ts + self._clock_offset,
+                pid=pid,
+                tid=tid,
+                conn=conn,
+                direction=Direction.SEND,  # no meaning for CLOSE
+                data=b"",
+                flags=EventFlag.CLOSE,
+            )
+        )
+
+    def _on_close(self, pid: int, tid: int, conn: int, ts: int) -> None:
+        # Flush this connection's pending chunks first, keep order.
+        for key, p in [(k, p) for k, p in self._partials.items() if k[0] == pid and p.hdr[1] == conn]:
+            self._emit_partial(key, p, EventFlag.TRUNCATED)
+        ign = self._ignored.get(pid)
+        if ign:
+            ign.discard(conn)
+        opened = self._open_conns.get(pid)
+        # SSL_shutdown then SSL_free: one CLOSE; SSLs never seen: none.
+        if opened and conn in opened:
+            opened.discard(conn)
+            self._close_event(pid, tid, conn, ts)
+
+    def _on_exec(self, pid: int) -> None:
+        self._stats["execs"] += 1
+        # An exec replaces the image: old SSL* values mean nothing now.
+        self._forget_pid(pid, close_ts=None)
+        if self.on_exec is not None:
+            self.on_exec(pid)
+        new = self.tracker.on_exec(pid)
+        if self.options.attach_mode == "global":
+            for t in new:
+                self._attach(t, -1)
+        elif self._included(pid):
+            # Arm before the process maps its libraries: the kernel puts the
+            # breakpoints in when it mmaps the file.
+            for t in list(self.tracker.targets.values()):
+                self._attach(t, pid)
+
+    def _rescan(self, pid: int) -> None:
+        used, new = self.tracker.scan_pid(pid)
+        if self.options.attach_mode == "global":
+            for t in new:
+                self._attach(t, -1)
+        elif self._included(pid):
+            for t in used:
+                self._attach(t, pid)
+
+    def _forget_pid(self, pid: int, close_ts: int | None) -> None:
+        for key in [k for k in self._partials if k[0] == pid]:
+            self._emit_partial(key, self._partials[key], EventFlag.TRUNCATED)
+        opened = self._open_conns.pop(pid, set())
+        if close_ts is not None:
+            for conn in sorted(opened):
+                self._close_event(pid, pid, conn, close_ts)
+        ign = self._ignored.pop(pid, set())
+        if ign and self._bpf is not None:
+            table = self._bpf["ignored_conns"]
+            for conn in ign:
+                try:
+                    del table[table.Key(tgid=pid, pad=0, ssl=conn)]
+                except KeyError:
+                    pass
+
+    def _on_exit(self, pid: int, ts: int) -> None:
+        self._stats["exits"] += 1
+        self._forget_pid(pid, close_ts=ts)
+        self.tracker.on_exit(pid)
+        if self.options.attach_mode == "per-process":
+            for tkey, p in [k for k in self._attached if k[1] == pid]:
+                self._detach(tkey, p)
+        if pid in self.exclude and pid != os.getpid():
+            # The pid may be reused by an unrelated process.
+            self.exclude.discard(pid)
+            if self._bpf is not None:
+                try:
+                    del self._bpf["skip_tgids"][ct.c_uint(pid)]
+                except KeyError:
+                    pass
+
+    # -- introspection -------------------------------------------------------
+    def _counter(self, idx: int) -> int:
+        if self._bpf is None:
+            return 0
+        vals = self._bpf["counters"][ct.c_int(idx)]
+        return int(sum(vals))
+
+    def stats(self) -> dict[str, int]:
+        s = dict(self._stats)
+        s["lost"] = self._counter(CNT_LOST)
+        s["kernel_truncated"] = self._counter(CNT_TRUNCATED)
+        s["args_map_full"] = self._counter(CNT_ARGS_FULL)
+        s["ignored_calls"] = self._counter(CNT_IGNORED)
+        s["targets_attached"] = len({k[0] for k in self._attached})
+        s["probes_attached"] = sum(len(v) for v in self._attached.values())
+        return s
+
+    def targets(self) -> list[AttachedTarget]:
+        out = []
+        by_target: dict[tuple[int, int], list[int]] = {}
+        nprobes: dict[tuple[int, int], int] = {}
+        for (tkey, pid), probes in self._attached.items():
+            by_target.setdefault(tkey, []).append(pid)
+            nprobes[tkey] = nprobes.get(tkey, 0) + len(probes)
+        for tkey, pids in by_target.items():
+            t = self.tracker.targets[tkey]
+            if -1 in pids:
+                out.append(AttachedTarget(t.path, t.kind, "global", tuple(sorted(t.pids)), nprobes[tkey]))
+            else:
+                out.append(AttachedTarget(t.path, t.kind, "per-process", tuple(sorted(pids)), nprobes[tkey]))
+        return sorted(out, key=lambda a: a.path)
