@@ -1,0 +1,41 @@
+"""Provider recognition and usage readers, one module per API family.
+
+``identify`` says which LLM API a request calls (or None); ``usage_reader``
+gives the reader that turns that API's response into a normalised ``Usage``.
+"""
+
+from __future__ import annotations
+
+from .anthropic import MessagesReader
+from .base import NoUsageReader, RequestInfo, UsageError, UsageReader
+from .bedrock import ConverseReader
+from .google import GeminiReader
+from .ollama import OllamaReader
+from .openai import ChatCompletionsReader, EmbeddingsReader, ResponsesReader
+from .recognise import identify
+
+__all__ = ["RequestInfo", "UsageError", "UsageReader", "identify", "usage_reader"]
+
+
+def usage_reader(info: RequestInfo) -> UsageReader:
+    """A fresh reader for the response to the request ``info`` describes."""
+    endpoint = info.endpoint
+    if endpoint in ("chat.completions", "completions"):
+        return ChatCompletionsReader()
+    if endpoint == "responses":
+        return ResponsesReader()
+    if endpoint == "embeddings":
+        return EmbeddingsReader()
+    if endpoint == "messages":
+        return MessagesReader()
+    if endpoint in ("generateContent", "streamGenerateContent"):
+        return GeminiReader(fallback_model=info.request_model)
+    if endpoint in ("converse", "converse-stream"):
+        return ConverseReader(fallback_model=info.request_model)
+    if endpoint in ("invoke", "invoke-with-response-stream"):
+        # InvokeModel returns the model vendor's own body; Anthropic's is the
+        # one we read (other vendors' bodies give usage_missing).
+        return MessagesReader(fallback_model=info.request_model)
+    if endpoint in ("chat", "generate", "embed"):
+        return OllamaReader(embedding=endpoint == "embed")
+    return NoUsageReader()

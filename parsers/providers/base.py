@@ -1,0 +1,195 @@
+"""What every provider module shares: the request description, the reader
+protocol, and the defensive plumbing that turns odd JSON into "not reported".
+
+A usage reader is fed the decoded pieces of one response (a whole JSON body,
+SSE events, or NDJSON objects) and hands back one normalised ``Usage``.
+Readers are sans-I/O and never raise anything but ``UsageError`` (a
+``ParseError``): values of the wrong type, negative counts and missing fields
+are treated as not reported.  After a ``UsageError`` the reader's state is
+unchanged, so the caller may keep feeding it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ParseError
+from ..usage import Usage
+
+# Counts above this are not real token usage; they also would not survive a
+# JSON double or a BIGINT column unchanged.
+MAX_TOKEN_COUNT = 2**53
+
+# A model name or response id longer than this is garbage, not a name.
+MAX_NAME_LENGTH = 512
+
+
+class UsageError(ParseError):
+    """An SSE event whose data is not JSON (or not text at all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    # openai, anthropic, google, bedrock, azure, ollama, mistral, deepseek,
+    # xai, groq, openrouter, openai-compatible
+    provider: str
+    # chat.completions, completions, responses, embeddings, messages,
+    # generateContent, streamGenerateContent, converse, converse-stream,
+    # invoke, invoke-with-response-stream, chat, generate, embed
+    endpoint: str
+    request_model: str | None
+    streaming: bool  # the request asked for a stream
+    include_usage: bool | None  # OpenAI chat stream: stream_options.include_usage
+
+
+@runtime_checkable
+class UsageReader(Protocol):
+    def feed_json(self, body: Any) -> None: ...
+
+    def feed_sse(self, event: str | None, data: str) -> None: ...
+
+    def feed_ndjson(self, obj: Any) -> None: ...
+
+    def result(self) -> Usage: ...
+
+
+def token_count(value: Any) -> int | None:
+    """A JSON token count, or None when it is not a plausible one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not value.is_integer():  # also rejects NaN and infinities
+            return None
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
+    return None
+
+
+def name(value: Any) -> str | None:
+    """A model name or id: a non-empty string of sane length, else None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_NAME_LENGTH:
+        return value
+    return None
+
+
+def dig(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` through dicts only; None as soon as a step is missing."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def decode_event_data(data: Any) -> Any:
+    """The JSON value of one SSE event's data; None for ``[DONE]`` and empty data."""
+    if not isinstance(data, str):
+        raise UsageError(f"SSE data must be text, not {type(data).__name__}")
+    text = data.strip()
+    if not text or text == "[DONE]":
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"SSE data is not JSON: {exc}") from None
+
+
+def plus(total: int | None, *parts: int | None) -> int | None:
+    """``total`` plus the parts that were reported; None when total was not."""
+    if total is None:
+        return None
+    return total + sum(p for p in parts if p is not None)
+
+
+class BaseReader:
+    """Shared plumbing: every feed ends in ``_take`` with one decoded JSON value.
+
+    Subclasses record raw counts with ``_note`` (latest reported value wins,
+    which is right for every cumulative streaming format we read) and build
+    the normalised ``Usage`` in ``result``.
+    """
+
+    __slots__ = ("_counts", "_model", "_response_id", "_fallback_model")
+
+    def __init__(self, fallback_model: str | None = None) -> None:
+        self._counts: dict[str, int] = {}
+        self._model: str | None = None
+        self._response_id: str | None = None
+        # The model named by the request URL, for APIs whose responses name none.
+        self._fallback_model = fallback_model
+
+    def feed_json(self, body: Any) -> None:
+        if isinstance(body, list):
+            # Gemini streamGenerateContent without alt=sse: one JSON array of chunks.
+            for item in body:
+                self._take(item)
+        else:
+            self._take(body)
+
+    def feed_sse(self, event: str | None, data: str) -> None:
+        # The event name is not needed: every provider repeats the event type
+        # inside the data (Anthropic "type", OpenAI Responses "type").
+        obj = decode_event_data(data)
+        if obj is not None:
+            self._take(obj)
+
+    def feed_ndjson(self, obj: Any) -> None:
+        self._take(obj)
+
+    def result(self) -> Usage:
+        raise NotImplementedError
+
+    def _take(self, obj: Any) -> None:
+        raise NotImplementedError
+
+    def _note(self, key: str, value: Any) -> None:
+        count = token_count(value)
+        if count is not None:
+            self._counts[key] = count
+
+    def _note_identity(self, model: Any, response_id: Any) -> None:
+        # Latest non-empty wins: Azure streams open with a content-filter chunk
+        # whose model and id are empty strings.
+        self._model = name(model) or self._model
+        self._response_id = name(response_id) or self._response_id
+
+    def _get(self, key: str) -> int | None:
+        return self._counts.get(key)
+
+    def _usage(
+        self,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cache_read_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        cache_write_1h_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+    ) -> Usage:
+        return Usage(
+            model=self._model or self._fallback_model,
+            response_id=self._response_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache_write_1h_tokens=cache_write_1h_tokens,
+            reasoning_tokens=reasoning_tokens,
+            usage_missing=input_tokens is None and output_tokens is None,
+        )
+
+
+class NoUsageReader(BaseReader):
+    """For endpoints whose responses carry no usage we know how to read."""
+
+    __slots__ = ()
+
+    def _take(self, obj: Any) -> None:
+        if isinstance(obj, dict):
+            self._note_identity(obj.get("model"), obj.get("id"))
+
+    def result(self) -> Usage:
+        return self._usage()

@@ -1,0 +1,124 @@
+"""OpenAI-shaped usage: Chat Completions (and legacy Completions), Responses,
+Embeddings.  Also read for every OpenAI-compatible server (Azure, OpenRouter,
+Mistral, DeepSeek, xAI, Groq, Ollama's /v1, gateways).
+
+OpenAI's ``prompt_tokens`` already include ``prompt_tokens_details.cached_tokens``
+and ``completion_tokens`` include ``completion_tokens_details.reasoning_tokens``,
+so they map onto ``Usage`` unchanged.  Two compatible dialects differ:
+
+- DeepSeek reports cache hits as ``prompt_cache_hit_tokens`` (part of
+  ``prompt_tokens``);
+- xAI reports ``reasoning_tokens`` *next to* ``completion_tokens``
+  (``total_tokens = prompt + completion + reasoning``).  We recognise that
+  from the totals, not from the host, so it also works behind gateways.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..usage import Usage
+from .base import BaseReader, dig
+
+
+def _output_with_reasoning(
+    prompt: int | None, completion: int | None, reasoning: int | None, total: int | None
+) -> int | None:
+    """All generated tokens, adding reasoning when the totals show it was reported apart."""
+    if completion is None or not reasoning or prompt is None or total is None:
+        return completion
+    if total == prompt + completion + reasoning:
+        return completion + reasoning
+    return completion
+
+
+class ChatCompletionsReader(BaseReader):
+    """``/chat/completions`` and ``/completions``.
+
+    A stream carries usage only in its final chunk, and only when the request
+    set ``stream_options.include_usage`` (Mistral and OpenRouter send it
+    anyway, Groq puts it in ``x_groq.usage``).  Without it the result is
+    ``usage_missing`` with no tokens: never estimated.
+    """
+
+    __slots__ = ()
+
+    def _take(self, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            return
+        self._note_identity(obj.get("model"), obj.get("id"))
+        for usage in (obj.get("usage"), dig(obj, "x_groq", "usage")):
+            if isinstance(usage, dict):
+                self._take_usage(usage)
+
+    def _take_usage(self, usage: dict[str, Any]) -> None:
+        self._note("prompt", usage.get("prompt_tokens"))
+        self._note("completion", usage.get("completion_tokens"))
+        self._note("total", usage.get("total_tokens"))
+        self._note("cached", dig(usage, "prompt_tokens_details", "cached_tokens"))
+        self._note("cache_write", dig(usage, "prompt_tokens_details", "cache_write_tokens"))
+        self._note("reasoning", dig(usage, "completion_tokens_details", "reasoning_tokens"))
+        self._note("deepseek_hit", usage.get("prompt_cache_hit_tokens"))
+
+    def result(self) -> Usage:
+        prompt, completion = self._get("prompt"), self._get("completion")
+        reasoning = self._get("reasoning")
+        cached = self._get("cached")
+        return self._usage(
+            input_tokens=prompt,
+            output_tokens=_output_with_reasoning(prompt, completion, reasoning, self._get("total")),
+            cache_read_tokens=cached if cached is not None else self._get("deepseek_hit"),
+            cache_write_tokens=self._get("cache_write"),
+            reasoning_tokens=reasoning,
+        )
+
+
+class ResponsesReader(BaseReader):
+    """``/responses``: the body is a response object; a stream ends with a
+    ``response.completed`` (or ``.incomplete`` / ``.failed``) event whose
+    ``response`` carries the usage."""
+
+    __slots__ = ()
+
+    def _take(self, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            return
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            response = obj  # non-streaming body: the response object itself
+        self._note_identity(response.get("model"), response.get("id"))
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            self._note("input", usage.get("input_tokens"))
+            self._note("output", usage.get("output_tokens"))
+            self._note("total", usage.get("total_tokens"))
+            self._note("cached", dig(usage, "input_tokens_details", "cached_tokens"))
+            self._note("reasoning", dig(usage, "output_tokens_details", "reasoning_tokens"))
+
+    def result(self) -> Usage:
+        prompt, output = self._get("input"), self._get("output")
+        reasoning = self._get("reasoning")
+        return self._usage(
+            input_tokens=prompt,
+            output_tokens=_output_with_reasoning(prompt, output, reasoning, self._get("total")),
+            cache_read_tokens=self._get("cached"),
+            reasoning_tokens=reasoning,
+        )
+
+
+class EmbeddingsReader(BaseReader):
+    """``/embeddings``: only ``usage.prompt_tokens``; nothing is generated."""
+
+    __slots__ = ()
+
+    def _take(self, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            return
+        self._note_identity(obj.get("model"), obj.get("id"))
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self._note("prompt", usage.get("prompt_tokens"))
+
+    def result(self) -> Usage:
+        prompt = self._get("prompt")
+        return self._usage(input_tokens=prompt, output_tokens=None if prompt is None else 0)
