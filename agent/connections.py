@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from lumen_agent.counters import Counters
 from lumen_agent.events import DataEvent, Direction, EventFlag
 from lumen_agent.exchange import Exchange
+from lumen_agent.parsers.providers.recognise import provider_of_host
 from lumen_agent.parsers.http1 import (
     Body,
     EndOfMessage,
@@ -26,7 +27,7 @@ from lumen_agent.parsers.http1 import (
     MessageKind,
     Skipped,
     Truncated,
-    looks_like_start,
+    find_start,
 )
 
 # Open connections tracked at once; the least recently active is evicted.
@@ -66,6 +67,9 @@ class Http1Tap:
         self._sequence = 0
         self.saw_llm = False
         self.saw_non_llm = False
+        # A known LLM API host: other requests (model lists, file uploads) may
+        # share its connection with calls, so it is never ignored.
+        self.provider_host = False
 
     def sent(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
         if flags & EventFlag.GAP:
@@ -90,6 +94,9 @@ class Http1Tap:
                     exchange, self._sending = self._sending, None
                     if exchange.on_request_end() is None:
                         self.saw_non_llm = True
+                        self.provider_host = self.provider_host or (
+                            provider_of_host(exchange.authority) is not None
+                        )
                     else:
                         self.saw_llm = True
                     if len(self._awaiting) >= MAX_PENDING_EXCHANGES:
@@ -153,6 +160,9 @@ class Connection:
     role: Role = Role.UNKNOWN
     tap: Http1Tap | None = None
     sniffed: int = 0
+    # Bytes held while the role is unknown, per direction.
+    sniff_send: bytearray = field(default_factory=bytearray)
+    sniff_recv: bytearray = field(default_factory=bytearray)
 
 
 @dataclass(slots=True)
@@ -193,16 +203,14 @@ class ConnectionTracker:
 
         if connection.role is Role.UNKNOWN:
             self._sniff_role(connection, event, out)
+            return
         if connection.role is not Role.CLIENT:
             return
 
         tap = connection.tap
         if event.direction is Direction.SEND:
             tap.sent(event.data, event.ts_ns, event.flags)
-            if tap.saw_non_llm and not tap.saw_llm:
-                # Its first request went elsewhere than an LLM API: this
-                # connection is not ours, and the kernel can stop copying it.
-                self._forget(key, "non_llm_connection", out)
+            self._check_not_llm(connection, out)
         else:
             out.exchanges.extend(tap.received(event.data, event.ts_ns, event.flags))
 
@@ -223,27 +231,54 @@ class ConnectionTracker:
     # -- internals ----------------------------------------------------------
 
     def _sniff_role(self, connection: Connection, event: DataEvent, out: TrackerResult) -> None:
-        data = event.data
+        """Decide from the first start line seen which side of HTTP the process is on."""
         sending = event.direction is Direction.SEND
-        if data.startswith(HTTP2_PREFACE):
+        buf = connection.sniff_send if sending else connection.sniff_recv
+        buf += event.data
+        if HTTP2_PREFACE.startswith(bytes(buf[: len(HTTP2_PREFACE)])):
+            if len(buf) < len(HTTP2_PREFACE):
+                return  # could still be the HTTP/2 preface
             connection.role = Role.OTHER if sending else Role.SERVER
             self._forget(event.conn_key, "http2_connection" if sending else "inbound_connection", out)
-        elif looks_like_start(MessageKind.REQUEST, data):
-            connection.role = Role.CLIENT if sending else Role.SERVER
-        elif looks_like_start(MessageKind.RESPONSE, data):
-            connection.role = Role.SERVER if sending else Role.CLIENT
-        else:
-            connection.sniffed += len(data)
-            if connection.sniffed > MAX_SNIFF_BYTES:
+            return
+        found = find_start(buf)
+        if found is None:
+            # Keep only what may be the beginning of a start line still to come.
+            keep = len(buf) - (buf.rfind(b"\n") + 1)
+            dropped = len(buf) - keep
+            if dropped:
+                del buf[:dropped]
+                connection.sniffed += dropped
+                self._counters.skip("unsynchronised_bytes", "no HTTP start line yet", dropped)
+            if connection.sniffed > MAX_SNIFF_BYTES or keep > MAX_SNIFF_BYTES:
                 connection.role = Role.OTHER
                 self._forget(event.conn_key, "non_http_connection", out)
-            else:
-                self._counters.skip("unsynchronised_bytes", "no HTTP start line yet", len(data))
             return
+        offset, kind = found
+        is_request = kind is MessageKind.REQUEST
+        connection.role = Role.CLIENT if is_request == sending else Role.SERVER
         if connection.role is Role.SERVER:
             self._forget(event.conn_key, "inbound_connection", out)
-        elif connection.role is Role.CLIENT:
-            connection.tap = Http1Tap(connection.pid, connection.conn, self._counters, self._capture_content)
+            return
+        if offset:
+            self._counters.skip("unsynchronised_bytes", "joined mid-stream", offset)
+        tap = connection.tap = Http1Tap(connection.pid, connection.conn, self._counters, self._capture_content)
+        sent, received = bytes(connection.sniff_send), bytes(connection.sniff_recv)
+        connection.sniff_send = connection.sniff_recv = bytearray()
+        # Both parsers start by hunting for a boundary, so the bytes before
+        # the start line are dropped (and counted) there.
+        if sent:
+            tap.sent(sent, event.ts_ns, EventFlag.NONE)
+            self._check_not_llm(connection, out)
+        if received:
+            out.exchanges.extend(tap.received(received, event.ts_ns, EventFlag.NONE))
+
+    def _check_not_llm(self, connection: Connection, out: TrackerResult) -> None:
+        tap = connection.tap
+        if tap is not None and tap.saw_non_llm and not tap.saw_llm and not tap.provider_host:
+            # Its first request went to no LLM API: this connection is not
+            # ours, and the kernel can stop copying it.
+            self._forget((connection.pid, connection.conn), "non_llm_connection", out)
 
     def _forget(self, key: tuple[int, int], reason: str, out: TrackerResult) -> None:
         """Stop reading a connection; keep its entry so later bytes are dropped fast."""

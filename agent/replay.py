@@ -1,0 +1,60 @@
+"""Run a recorded capture through the pipeline again, into a DuckDB file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lumen_agent import paths
+from lumen_agent.keyhash import load_or_create_salt
+from lumen_agent.pipeline import Pipeline, PipelineOptions
+from lumen_agent.pricing.table import PriceTable
+from lumen_agent.recording import read_events
+from lumen_agent.store import CallStore
+
+log = logging.getLogger("lumen_agent")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    events: int
+    bad_lines: int
+    calls: int
+    unpriced: int
+    skipped: int
+    rows_written: int
+
+
+def replay(recording: Path, db_path: Path, *, price_overrides: Path | None = None,
+           capture_content: bool = False) -> ReplaySummary:
+    prices = PriceTable.load(price_overrides)
+    store = CallStore(db_path)
+    pipeline = Pipeline(
+        prices,
+        store.add,
+        salt=load_or_create_salt(paths.state_dir()),
+        options=PipelineOptions(capture="replay", capture_content=capture_content),
+    )
+    bad = 0
+
+    def on_bad_line(lineno: int, error: Exception) -> None:
+        nonlocal bad
+        bad += 1
+        log.warning("skipped recording line=%d error=%s", lineno, error)
+
+    with open(recording, encoding="utf-8") as stream:
+        for event in read_events(stream, on_bad_line):
+            pipeline.feed(event)
+            store.maybe_flush()
+    pipeline.close()
+    store.close()
+    counters = pipeline.counters.snapshot()
+    return ReplaySummary(
+        events=counters.get("events", 0),
+        bad_lines=bad,
+        calls=counters.get("calls", 0),
+        unpriced=counters.get("calls.unpriced", 0),
+        skipped=sum(v for k, v in counters.items() if k.startswith("skipped.")),
+        rows_written=store.stats().get("rows_written", 0),
+    )
