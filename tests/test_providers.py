@@ -482,16 +482,33 @@ def test_reader_fed_nothing_is_missing(reader_class):
 
 
 @pytest.mark.parametrize("reader_class", ALL_READERS)
-def test_bad_sse_data_raises_usage_error_and_keeps_state(reader_class):
+def test_non_json_sse_data_is_skipped(reader_class):
+    # One odd event must not cost the usage that a later event carries.
     reader = reader_class()
     reader.feed_json({"usage": {"prompt_tokens": 3}, "model": "m"})
     before = reader.result()
-    with pytest.raises(UsageError):
-        reader.feed_sse(None, "{not json")
-    with pytest.raises(UsageError):
-        reader.feed_sse(None, "[" * 100_000)  # deeper than the JSON decoder recurses
+    reader.feed_sse(None, "{not json")
+    reader.feed_sse("ping", "keep-alive")
+    reader.feed_sse(None, "[" * 100_000)  # deeper than the JSON decoder recurses
+    reader.feed_sse(None, "")
     assert reader.result() == before
+
+
+def test_openai_stream_survives_an_odd_event():
+    reader = ChatCompletionsReader()
+    events = sse_events(fixture_body("openai_chat_completions_stream_text.txt"))
+    for event, data in events[:3] + [(None, "not json")] + events[3:]:
+        reader.feed_sse(event, data)
+    assert (reader.result().input_tokens, reader.result().output_tokens) == (78, 9)
+
+
+@pytest.mark.parametrize("reader_class", ALL_READERS)
+def test_sse_data_not_text_raises_usage_error(reader_class):
+    reader = reader_class()
+    with pytest.raises(UsageError):
+        reader.feed_sse(None, b'{"usage": {}}')
     assert issubclass(UsageError, ParseError)
+    assert reader.result() == Usage(usage_missing=True)
 
 
 def test_odd_values_are_not_counts():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lumen_agent.parsers.providers import RequestInfo, identify
+from lumen_agent.parsers.providers.recognise import provider_of_host
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 ANTHROPIC = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": []}
@@ -151,3 +152,33 @@ def test_host_from_headers_and_absolute_target():
     info = identify("POST", "http://api.openai.com/v1/chat/completions", None, {}, CHAT)
     assert info == RequestInfo("openai", "chat.completions", "gpt-4o", False, None)
     assert identify("POST", "/v1/chat/completions", "API.OpenAI.com.", {}, CHAT).provider == "openai"
+
+
+def test_truncated_body_with_only_the_model():
+    # The pipeline recovers model/stream/include_usage from a body cut at its limit.
+    partial = {"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}}
+    assert identify("POST", "/v1/chat/completions", "api.openai.com", {}, partial) == RequestInfo(
+        "openai", "chat.completions", "gpt-4o", True, True
+    )
+    info = identify("POST", "/v1/messages", "api.anthropic.com", {"anthropic-version": "2023-06-01"},
+                    {"model": "claude-opus-4-1", "stream": True})
+    assert info == RequestInfo("anthropic", "messages", "claude-opus-4-1", True, None)
+
+
+@pytest.mark.parametrize(("authority", "provider"), [
+    ("api.openai.com", "openai"),
+    ("api.openai.com:443", "openai"),
+    ("eu.api.openai.com", "openai"),
+    ("x.openai.azure.com", "azure"),
+    ("bedrock-runtime.us-east-1.amazonaws.com", "bedrock"),
+    ("bedrock-runtime-fips.us-gov-west-1.amazonaws.com", "bedrock"),
+    ("s3.amazonaws.com", None),
+    ("europe-west4-aiplatform.googleapis.com", "google"),
+    ("localhost:11434", "ollama"),
+    ("localhost:8080", None),
+    ("notopenai.com", None),
+    ("api.openai.com.evil.example", None),
+    (None, None),
+])
+def test_provider_of_host(authority, provider):
+    assert provider_of_host(authority) == provider

@@ -5,8 +5,9 @@ A usage reader is fed the decoded pieces of one response (a whole JSON body,
 SSE events, or NDJSON objects) and hands back one normalised ``Usage``.
 Readers are sans-I/O and never raise anything but ``UsageError`` (a
 ``ParseError``): values of the wrong type, negative counts and missing fields
-are treated as not reported.  After a ``UsageError`` the reader's state is
-unchanged, so the caller may keep feeding it.
+are treated as not reported, and SSE events whose data is not JSON are
+skipped.  After a ``UsageError`` the reader's state is unchanged, so the
+caller may keep feeding it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ MAX_NAME_LENGTH = 512
 
 
 class UsageError(ParseError):
-    """An SSE event whose data is not JSON (or not text at all)."""
+    """Input a reader cannot take at all (SSE data that is not text)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,12 @@ def dig(obj: Any, *keys: str) -> Any:
 
 
 def decode_event_data(data: Any) -> Any:
-    """The JSON value of one SSE event's data; None for ``[DONE]`` and empty data."""
+    """The JSON value of one SSE event's data; None for ``[DONE]``, empty data,
+    and data that is not JSON (a keep-alive, a proxy's note).
+
+    One odd event must not cost the usage in the stream's final event, so it
+    is skipped, not an error.
+    """
     if not isinstance(data, str):
         raise UsageError(f"SSE data must be text, not {type(data).__name__}")
     text = data.strip()
@@ -93,8 +99,8 @@ def decode_event_data(data: Any) -> Any:
         return None
     try:
         return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise UsageError(f"SSE data is not JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        return None
 
 
 def plus(total: int | None, *parts: int | None) -> int | None:

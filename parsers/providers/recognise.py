@@ -15,8 +15,11 @@ gives the provider its proper name:
 - Gemini (``.../models/NAME:generateContent`` / ``:streamGenerateContent``):
   the host's provider, else ``google``;
 - Bedrock (``.../model/ID/converse`` and friends): ``bedrock``;
-- Ollama native (``/api/chat``, ``/api/generate``, ``/api/embed`` with an
-  Ollama body, or anything on port 11434): ``ollama``.
+- Ollama native (``/api/chat``, ``/api/generate``, ``/api/embed`` with a
+  ``model`` in the body, or an unknown body on port 11434): ``ollama``.
+
+A body that is only partly known (None, or just the ``model`` recovered from a
+truncated body) passes the shape checks: the path then decides alone.
 
 Everything else (GET requests, ``/v1/models``, unknown paths) is not an LLM
 call: ``identify`` returns None.  It never raises.
@@ -63,8 +66,7 @@ _GEMINI_METHODS = ("generateContent", "streamGenerateContent")
 _VERTEX_ANTHROPIC_METHODS = ("rawPredict", "streamRawPredict")
 _BEDROCK_ACTIONS = ("converse", "converse-stream", "invoke", "invoke-with-response-stream")
 _BEDROCK_STREAMING = ("converse-stream", "invoke-with-response-stream")
-# Ollama native endpoint -> the body key its requests always carry.
-_OLLAMA_ENDPOINTS = {"chat": "messages", "generate": "prompt", "embed": "input"}
+_OLLAMA_ENDPOINTS = ("chat", "generate", "embed")
 
 
 def identify(
@@ -149,11 +151,8 @@ def _shape(
 
     # Ollama native: /api/chat, /api/generate, /api/embed
     if len(s) >= 2 and s[-2] == "api" and last in _OLLAMA_ENDPOINTS:
-        ollama_body = (
-            isinstance(body, dict)
-            and isinstance(body.get("model"), str)
-            and _OLLAMA_ENDPOINTS[last] in body
-        )
+        # Every Ollama request names its model (a web app's own /api/chat rarely does).
+        ollama_body = isinstance(body, dict) and isinstance(body.get("model"), str)
         if ollama_body or (body is None and port == OLLAMA_PORT):
             # Ollama streams unless the body says "stream": false.
             streaming = last != "embed" and not (
@@ -168,7 +167,7 @@ def _shape(
     if last == "completions":
         return ("openai", "completions", None, asks_stream) if _shaped(body, "prompt") else None
     if last == "responses":
-        keys = ("input", "model", "previous_response_id", "prompt")
+        keys = ("input", "previous_response_id", "prompt")
         return ("openai", "responses", None, asks_stream) if _shaped(body, *keys) else None
     if last == "embeddings":
         return ("openai", "embeddings", None, False) if _shaped(body, "input") else None
@@ -186,12 +185,20 @@ def _shape(
 
 
 def _shaped(body: Any, *keys: str) -> bool:
-    """The body has one of ``keys``, or is unknown (unparseable, truncated)."""
-    return body is None or _has(body, *keys)
+    """The body has one of ``keys``, or is unknown: None (unparseable), or
+    only the ``model`` recovered from a truncated body."""
+    return body is None or _has(body, "model", *keys)
 
 
 def _has(body: Any, *keys: str) -> bool:
     return isinstance(body, dict) and any(key in body for key in keys)
+
+
+def provider_of_host(authority: str | None) -> str | None:
+    """The provider a known host (``host[:port]``) belongs to, else None."""
+    if not isinstance(authority, str):
+        return None
+    return _host_provider(*_authority(authority))
 
 
 def _header(headers: Mapping[str, str], key: str) -> str | None:
