@@ -1,9 +1,233 @@
-"""Command-line interface (placeholder until the pipeline lands)."""
+"""``lumen-agent``: the command line, a thin layer over the library.
 
+Every command that prints rows takes ``--format table|json|csv`` and renders
+through :func:`lumen_agent.output.render`.  User errors (no database, bad
+SQL, bad ``--since``, a lock held too long, a bad price file) print one line
+``error: ...`` to stderr and exit 2; no traceback.
+
+To add a command: write the work in a library module, then a small function
+here decorated with ``@app.command()`` (or ``@pricing_app.command()``) and
+``@user_errors``, reusing ``DbOption`` / ``FormatOption``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import duckdb
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+from .output import Format, render
+from .paths import default_db_path, default_price_overrides_path
+from .queries import REPORT_KEYS, QueryError
+from .schema import SchemaError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="See, price and attribute every LLM API call this host makes.",
+)
+pricing_app = typer.Typer(no_args_is_help=True, help="The price table and models it does not price.")
+app.add_typer(pricing_app, name="pricing")
+
+EXIT_USER_ERROR = 2
+
+# -- shared options ------------------------------------------------------
+
+DbOption = Annotated[
+    Optional[Path],
+    typer.Option("--db", help="DuckDB file [default: the agent's database]", show_default=False),
+]
+FormatOption = Annotated[
+    Format,
+    typer.Option("--format", "-f", help="Output format.", case_sensitive=False),
+]
+PricesOption = Annotated[
+    Optional[Path],
+    typer.Option("--prices", help="Price overrides TOML [default: the agent's prices.toml]", show_default=False),
+]
+SinceOption = Annotated[
+    Optional[str],
+    typer.Option("--since", help="Only calls since: 7d, 24h, 30m or an ISO date.", show_default=False),
+]
+
+
+def _db(path: Path | None) -> Path:
+    return path if path is not None else default_db_path()
+
+
+def _price_table(overrides: Path | None):
+    from .pricing.table import PriceTable
+
+    return PriceTable.load(overrides if overrides is not None else default_price_overrides_path())
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from .pricing.table import PricingError
+
+    return (QueryError, SchemaError, PricingError, duckdb.Error, OSError)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def user_errors(fn: F) -> F:
+    """Turn the library's user-facing errors into one ``error:`` line, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_error_types() as exc:
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- data commands -------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run, read-only.")],
+    db: DbOption = None,
+    fmt: FormatOption = Format.TABLE,
+) -> None:
+    """Run a read-only SQL query on the database (table llm_calls)."""
+    from .queries import run_sql
+
+    result = run_sql(_db(db), query)
+    render(result.columns, result.rows, fmt)
+
+
+@app.command()
+@user_errors
+def report(
+    by: Annotated[str, typer.Option("--by", help=f"Group by: {', '.join(REPORT_KEYS)}.")] = "model",
+    since: SinceOption = None,
+    db: DbOption = None,
+    fmt: FormatOption = Format.TABLE,
+) -> None:
+    """Calls, tokens and spend grouped by model, process, provider, day, key or tenant."""
+    from .queries import report as build_report
+
+    result = build_report(_db(db), by, since)
+    render(result.columns, result.rows, fmt)
+
+
+@app.command()
+@user_errors
+def reprice(
+    since: SinceOption = None,
+    db: DbOption = None,
+    prices: PricesOption = None,
+) -> None:
+    """Recompute cost_usd of stored calls with the current price table."""
+    from .queries import reprice as do_reprice
+
+    table = _price_table(prices)
+    r = do_reprice(_db(db), table, since)
+    typer.echo(
+        f"repriced {r.examined} calls: {r.changed} changed "
+        f"({r.newly_priced} newly priced, {r.now_unpriced} now unpriced)"
+    )
+
+
+# -- pricing -------------------------------------------------------------
+
+PRICE_COLUMNS = (
+    "price_id",
+    "provider",
+    "model",
+    "effective_from",
+    "effective_to",
+    "input",
+    "output",
+    "cache_read",
+    "cache_write_5m",
+    "cache_write_1h",
+    "tiers",
+    "source",
+)
+
+
+@pricing_app.command("show")
+@user_errors
+def pricing_show(
+    model: Annotated[str, typer.Argument(help="Model name, as a provider or request names it.")],
+    provider: Annotated[Optional[str], typer.Option("--provider", help="Only this provider's rows.")] = None,
+    prices: PricesOption = None,
+    fmt: FormatOption = Format.TABLE,
+) -> None:
+    """All dated price rows (USD per 1M tokens) for MODEL."""
+    table = _price_table(prices)
+    rows = table.rows_for(model)
+    if provider:
+        rows = [r for r in rows if r.provider == provider.lower()]
+    if not rows:
+        where = f" of provider {provider!r}" if provider else ""
+        raise QueryError(f"no price rows{where} for model {model!r}")
+    render(
+        PRICE_COLUMNS,
+        [
+            (
+                r.price_id,
+                r.provider,
+                r.model,
+                r.effective_from,
+                r.effective_to,
+                r.input,
+                r.output,
+                r.cache_read,
+                r.cache_write_5m,
+                r.cache_write_1h,
+                "; ".join(
+                    f">{t.above_input_tokens}: in {t.input:f} out {t.output:f}" for t in r.tiers
+                )
+                or None,
+                r.source,
+            )
+            for r in rows
+        ],
+        fmt,
+    )
+
+
+@pricing_app.command("missing")
+@user_errors
+def pricing_missing(
+    since: SinceOption = None,
+    db: DbOption = None,
+    fmt: FormatOption = Format.TABLE,
+) -> None:
+    """Models seen with tokens but no price, by calls and tokens."""
+    from .queries import missing_prices
+
+    result = missing_prices(_db(db), since)
+    render(result.columns, result.rows, fmt)
+
+
+# -- agent commands ------------------------------------------------------
+# `run`, `replay`, `status` and `doctor` go here: each a thin wrapper,
+# decorated with @app.command() and @user_errors, over its library module
+# (the run loop owns a lumen_agent.store.CallStore, flushing it with
+# maybe_flush() and closing it on SIGTERM/SIGINT).
 
 
 def main() -> None:
-    app()
+    app(prog_name="lumen-agent")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import io
 import json
 import math
 import sys
@@ -120,13 +121,18 @@ def _render_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], out: Te
     for row in rows:
         table.add_row(*(text(v) for v in row))
     interactive = out.isatty() if hasattr(out, "isatty") else False
-    # Not a terminal: never squeeze or cut columns to 80 characters.
-    console = Console(
-        file=out,
-        width=None if interactive else 100_000,
+    if interactive:
+        Console(file=out, highlight=False, markup=False, emoji=False).print(table)
+        return
+    # Not a terminal: never squeeze or cut columns to 80 characters, no
+    # colour, no trailing blanks.
+    buffer = io.StringIO()
+    Console(
+        file=buffer,
+        width=100_000,
         highlight=False,
         markup=False,
         emoji=False,
-        color_system="auto" if interactive else None,
-    )
-    console.print(table, crop=False, soft_wrap=False)
+        color_system=None,
+    ).print(table, crop=False, soft_wrap=False)
+    out.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
