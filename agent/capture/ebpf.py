@@ -201,10 +201,10 @@ class EbpfCapture:
                 "run `lumen-agent doctor`; check kernel headers in /lib/modules/$(uname -r)/build",
             ) from exc
         self._sync_clock()
-        skip = self._bpf["skip_tgids"]
+        skip = self._bpf[b"skip_tgids"]
         for pid in self.exclude:
             skip[ct.c_uint(pid)] = ct.c_ubyte(1)
-        self._bpf["events"].open_ring_buffer(self._on_record)
+        self._bpf[b"events"].open_ring_buffer(self._on_record)
         # Exec/exit first, so nothing started during the scan below is missed.
         # (TRACEPOINT_PROBE programs are attached by BPF() itself.)
 
@@ -294,7 +294,7 @@ class EbpfCapture:
         """Stop capturing connection ``conn`` of ``pid`` (not LLM traffic)."""
         if self._bpf is None:
             return
-        table = self._bpf["ignored_conns"]
+        table = self._bpf[b"ignored_conns"]
         table[table.Key(tgid=pid, pad=0, ssl=conn)] = ct.c_ubyte(1)
         self._ignored.setdefault(pid, set()).add(conn)
         opened = self._open_conns.get(pid)
@@ -306,7 +306,7 @@ class EbpfCapture:
     def exclude_pid(self, pid: int) -> None:
         self.exclude.add(pid)
         if self._bpf is not None:
-            self._bpf["skip_tgids"][ct.c_uint(pid)] = ct.c_ubyte(1)
+            self._bpf[b"skip_tgids"][ct.c_uint(pid)] = ct.c_ubyte(1)
             for tkey, p in [k for k in self._attached if k[1] == pid]:
                 self._detach(tkey, p)
 
@@ -468,7 +468,7 @@ class EbpfCapture:
                 self._close_event(pid, pid, conn, close_ts)
         ign = self._ignored.pop(pid, set())
         if ign and self._bpf is not None:
-            table = self._bpf["ignored_conns"]
+            table = self._bpf[b"ignored_conns"]
             for conn in ign:
                 try:
                     del table[table.Key(tgid=pid, pad=0, ssl=conn)]
@@ -487,7 +487,7 @@ class EbpfCapture:
             self.exclude.discard(pid)
             if self._bpf is not None:
                 try:
-                    del self._bpf["skip_tgids"][ct.c_uint(pid)]
+                    del self._bpf[b"skip_tgids"][ct.c_uint(pid)]
                 except KeyError:
                     pass
 
@@ -495,7 +495,7 @@ class EbpfCapture:
     def _counter(self, idx: int) -> int:
         if self._bpf is None:
             return 0
-        vals = self._bpf["counters"][ct.c_int(idx)]
+        vals = self._bpf[b"counters"][ct.c_int(idx)]
         return int(sum(vals))
 
     def stats(self) -> dict[str, int]:
