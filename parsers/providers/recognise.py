@@ -93,7 +93,7 @@ def identify(
     hostname, port = _authority(host)
     host_provider = _host_provider(hostname, port)
 
-    shape = _shape(segments, headers, body, hostname, port, host_provider)
+    shape = _shape(segments, headers, body, port, host_provider)
     if shape is None:
         return None
     family, endpoint, path_model, streaming = shape
@@ -122,7 +122,6 @@ def _shape(
     s: list[str],
     headers: Mapping[str, str],
     body: Any,
-    hostname: str,
     port: int | None,
     host_provider: str | None,
 ) -> tuple[str, str, str | None, bool] | None:
