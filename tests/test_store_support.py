@@ -90,7 +90,15 @@ def _write(db: str, n: int, seconds: float, flush_interval: float) -> None:
 def _hold(db: str, seconds: float, rw: bool) -> None:
     import duckdb
 
-    con = duckdb.connect(db, read_only=not rw)
+    deadline = time.monotonic() + 30
+    while True:  # the writer may be mid-flush: wait for it, like any reader
+        try:
+            con = duckdb.connect(db, read_only=not rw)
+            break
+        except duckdb.IOException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     print("held", flush=True)
     time.sleep(seconds)
     con.close()
