@@ -38,6 +38,7 @@ UNKNOWN = ProcessInfo()
 class Attribution:
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self._proc = proc
+        self._proc_prefix = f"{proc}/"
         self._by_pid: OrderedDict[int, tuple[int | None, ProcessInfo]] = OrderedDict()
         self._users: dict[int, str] = {}
 
@@ -48,9 +49,9 @@ class Attribution:
         if cached is not None and (start is None or cached[0] == start):
             self._by_pid.move_to_end(pid)
             return cached[1]
-        if start is None:  # exited before we ever saw it
-            return UNKNOWN
-        info = self._read(pid)
+        # A pid gone before we saw it stays unknown (cached, so a stream of
+        # its events does not read /proc each time).
+        info = UNKNOWN if start is None else self._read(pid)
         self._by_pid[pid] = (start, info)
         if len(self._by_pid) > MAX_PROCESSES:
             self._by_pid.popitem(last=False)
@@ -68,7 +69,8 @@ class Attribution:
 
     def _start_time(self, pid: int) -> int | None:
         try:
-            stat = (self._proc / str(pid) / "stat").read_text()
+            with open(f"{self._proc_prefix}{pid}/stat") as f:
+                stat = f.read()
         except OSError:
             return None
         # comm may contain spaces and parentheses: fields follow the last ')'.

@@ -72,7 +72,7 @@ class Http1Tap:
         self.provider_host = False
 
     def sent(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
-        if flags & EventFlag.GAP:
+        if flags and flags & EventFlag.GAP:
             self._requests.lost_data()
         self._requests.receive_data(data)
         for event in self._requests.next_events():
@@ -112,7 +112,7 @@ class Http1Tap:
 
     def received(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
         done: list[Exchange] = []
-        if flags & EventFlag.GAP:
+        if flags and flags & EventFlag.GAP:
             self._responses.lost_data()
         self._responses.receive_data(data)
         for event in self._responses.next_events():
@@ -185,7 +185,7 @@ class ConnectionTracker:
         key = event.conn_key
         connection = self._connections.get(key)
         if connection is None:
-            if event.flags & EventFlag.CLOSE:
+            if event.flags and event.flags & EventFlag.CLOSE:
                 return
             connection = Connection(event.pid, event.conn, event.ts_ns)
             self._connections[key] = connection
@@ -195,7 +195,7 @@ class ConnectionTracker:
             self._connections.move_to_end(key)
             connection.last_ns = event.ts_ns
 
-        if event.flags & EventFlag.CLOSE:
+        if event.flags and event.flags & EventFlag.CLOSE:
             del self._connections[key]
             if connection.tap is not None:
                 out.exchanges.extend(connection.tap.close(event.ts_ns))

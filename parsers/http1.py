@@ -30,8 +30,14 @@ MAX_HUNT_BYTES = 64 * 1024
 
 _MAX_START_LINE = 8300  # the longest start line the patterns below accept
 _METHODS = rb"(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)"
-REQUEST_LINE = re.compile(rb"(?:^|(?<=\n))" + _METHODS + rb" [^\s]{1,8192} HTTP/1\.[01]\r?\n")
-STATUS_LINE = re.compile(rb"(?:^|(?<=\n))HTTP/1\.[01] [1-5]\d\d(?: [^\r\n]*)?\r?\n")
+_REQUEST_LINE = rb"" + _METHODS + rb" [^\s]{1,8192} HTTP/1\.[01]\r?\n"
+_STATUS_LINE = rb"HTTP/1\.[01] [1-5]\d\d(?: [^\r\n]*)?\r?\n"
+# Anchored forms for the common case, a message that starts the data; the
+# others find a start line at any line boundary (slower: they scan).
+REQUEST_AT_START = re.compile(_REQUEST_LINE)
+STATUS_AT_START = re.compile(_STATUS_LINE)
+REQUEST_LINE = re.compile(rb"(?:^|(?<=\n))" + _REQUEST_LINE)
+STATUS_LINE = re.compile(rb"(?:^|(?<=\n))" + _STATUS_LINE)
 
 
 class MessageKind(enum.Enum):
@@ -80,10 +86,18 @@ class Skipped:
 Event = MessageHead | Body | EndOfMessage | Truncated | Skipped
 
 
-def looks_like_start(kind: MessageKind, data: bytes) -> bool:
-    """Whether ``data`` begins with what starts a message of ``kind``."""
-    pattern = REQUEST_LINE if kind is MessageKind.REQUEST else STATUS_LINE
-    return pattern.match(data) is not None
+def find_start(data: bytes | bytearray) -> tuple[int, MessageKind] | None:
+    """The first start line in ``data`` (at a line boundary): its offset and kind."""
+    if REQUEST_AT_START.match(data):
+        return (0, MessageKind.REQUEST)
+    if STATUS_AT_START.match(data):
+        return (0, MessageKind.RESPONSE)
+    found = None
+    for kind, pattern in ((MessageKind.REQUEST, REQUEST_LINE), (MessageKind.RESPONSE, STATUS_LINE)):
+        match = pattern.search(data)
+        if match is not None and (found is None or match.start() < found[0]):
+            found = (match.start(), kind)
+    return found
 
 
 class _Callbacks:
@@ -184,6 +198,11 @@ class Http1Parser:
     def _hunt(self, data: bytes) -> bytes:
         """Drop bytes up to the next start line; return what follows it."""
         buf = self._hunt_buffer
+        if not buf:
+            at_start = REQUEST_AT_START if self.kind is MessageKind.REQUEST else STATUS_AT_START
+            if at_start.match(data):
+                self._hunting = False
+                return data
         buf += data
         pattern = REQUEST_LINE if self.kind is MessageKind.REQUEST else STATUS_LINE
         # A start line ends in the new bytes, so it begins at most one
@@ -267,5 +286,5 @@ __all__ = [
     "ParseError",
     "Skipped",
     "Truncated",
-    "looks_like_start",
+    "find_start",
 ]
