@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install what the agent needs (idempotent), then run it in the foreground on
+# the default database (/var/lib/lumen-agent/lumen.duckdb as root).
+# Extra arguments go to `lumen-agent run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec .venv/bin/lumen-agent run "$@"
