@@ -163,11 +163,13 @@ def server(tls_dir, collector):
     proc.wait()
 
 
-def _popen_wait(col: Collector, argv, **kw) -> tuple[int, bytes]:
-    """Run a client to completion while polling, as the agent's loop does
-    (exec events are handled, and new TLS executables attached, meanwhile)."""
+def _popen_wait(col: Collector, argv, poll: bool = True, **kw) -> tuple[int, bytes]:
+    """Run a client to completion, polling meanwhile as the agent's loop does
+    (exec events are handled, and new TLS executables attached, meanwhile);
+    with poll=False nothing in user space reacts until the client is done."""
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-    col.poll_until(lambda: p.poll() is not None, timeout=60)
+    if poll:
+        col.poll_until(lambda: p.poll() is not None, timeout=60)
     out, err = p.communicate(timeout=10)
     assert p.returncode == 0, err.decode()
     return p.pid, out
@@ -296,7 +298,10 @@ def test_node_fetch_static_openssl(collector, server, tls_dir):
         ".then(r => r.text()).then(t => process.stdout.write(t))"
     )
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(tls_dir / "cert.pem")}
-    pid, out = _popen_wait(collector, ["node", "-e", js], env=env)
+    # node's OpenSSL is found by the start-up executable search; once that is
+    # in, node is probed by inode like libssl (no race with its first call).
+    assert collector.poll_until(lambda: collector.cap.executables_scanned, timeout=60)
+    pid, out = _popen_wait(collector, ["node", "-e", js], poll=False, env=env)
     body = f"node-body-{tag}".encode()
     assert out == f"got {len(body)} bytes for /node/{tag}".encode()
     assert collector.poll_until(lambda: out in collector.joined(pid, Direction.RECV))

@@ -32,6 +32,7 @@ import math
 import os
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from lumen_agent.events import DataEvent, Direction, EventFlag
 
 from . import kernel_setup
 from .kernel_setup import CaptureError
-from .targets import TargetTracker, TlsTarget
+from .targets import TargetTracker, TlsTarget, find_tls_executables
 
 __all__ = ["CaptureError", "CaptureOptions", "EbpfCapture", "AttachedTarget"]
 
@@ -109,6 +110,10 @@ class CaptureOptions:
     # More TLS files to probe (e.g. an app's bundled libssl) by path.
     extra_targets: list[str] = field(default_factory=list)
     scan_proc_at_start: bool = True
+    # Look for executables with their own OpenSSL (node) in the usual bin
+    # folders at start (in a background thread), so that even their first
+    # process is probed from its first call.  Others are found at exec.
+    scan_executables: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +175,8 @@ class EbpfCapture:
             attach_errors=0, partial_dropped=0,
         )
         self.last_attach_error = ""
+        self._exe_scan: threading.Thread | None = None
+        self._exe_found: list | None = None
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -229,6 +236,34 @@ class EbpfCapture:
                 for pid in sorted(t.pids):
                     if self._included(pid):
                         self._attach(t, pid)
+        if self.options.scan_executables:
+            self._exe_scan = threading.Thread(
+                target=self._scan_executables, name="lumen-exe-scan", daemon=True
+            )
+            self._exe_scan.start()
+
+    def _scan_executables(self) -> None:
+        try:
+            found = find_tls_executables()
+        except Exception:  # noqa: BLE001 - a scan failure only loses the head start
+            found = []
+        self._exe_found = found  # picked up by poll() on the main thread
+
+    @property
+    def executables_scanned(self) -> bool:
+        """True once the start-up search for executables like node is in."""
+        return self._exe_scan is None
+
+    def _take_exe_scan(self) -> None:
+        found = self._exe_found
+        if found is None or self._exe_scan is None:
+            return
+        self._exe_found = None
+        self._exe_scan = None
+        for path, st, syms in found:
+            t = self.tracker.add_known(path, st, "exe", syms)
+            if t is not None and self.options.attach_mode == "global":
+                self._attach(t, -1)
 
     def close(self) -> None:
         b, self._bpf = self._bpf, None
@@ -331,6 +366,7 @@ class EbpfCapture:
             return
         self._bpf.ring_buffer_poll(timeout_ms)
         self._sync_clock()
+        self._take_exe_scan()
         self._process_records()
         # Late looks at new processes' maps: libraries they loaded since exec.
         for pid in self.tracker.due_rescans():
