@@ -219,10 +219,98 @@ def pricing_missing(
 
 
 # -- agent commands ------------------------------------------------------
-# `run`, `replay`, `status` and `doctor` go here: each a thin wrapper,
-# decorated with @app.command() and @user_errors, over its library module
-# (the run loop owns a lumen_agent.store.CallStore, flushing it with
-# maybe_flush() and closing it on SIGTERM/SIGINT).
+
+
+@app.command()
+@user_errors
+def run(
+    db: DbOption = None,
+    prices: PricesOption = None,
+    record: Annotated[
+        Optional[Path], typer.Option("--record", help="Also append captured events to FILE (replay format).")
+    ] = None,
+    attach: Annotated[
+        str, typer.Option("--attach", help="global: probe TLS library files (every process, from its first "
+                          "call); per-process: probe only included processes (others pay nothing).")
+    ] = "global",
+    exclude_pid: Annotated[
+        list[int], typer.Option("--exclude-pid", help="Never capture this process (repeatable).")
+    ] = [],
+    capture_content: Annotated[
+        bool, typer.Option("--capture-content", help="Also store prompt and completion text.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every skip and attach.")] = False,
+) -> None:
+    """Capture LLM calls (eBPF) until SIGTERM/SIGINT, writing rows to the database."""
+    from .capture.ebpf import CaptureOptions, EbpfCapture
+    from .logs import setup_logging
+    from .runner import Agent, AgentSettings
+
+    setup_logging(verbose)
+    if attach not in ("global", "per-process"):
+        raise QueryError(f"--attach must be global or per-process, not {attach!r}")
+    options = CaptureOptions(attach_mode=attach, exclude_pids=set(exclude_pid))
+    settings = AgentSettings(
+        db_path=_db(db),
+        capture_content=capture_content,
+        record=record,
+        price_overrides=prices if prices is not None else default_price_overrides_path(),
+    )
+    agent = Agent(settings, lambda on_event, on_exec: EbpfCapture(on_event, options, on_exec=on_exec))
+    agent.run()
+
+
+@app.command()
+@user_errors
+def replay(
+    recording: Annotated[Path, typer.Argument(help="Recorded capture (JSON lines, see docs/recording.md).")],
+    db: DbOption = None,
+    prices: PricesOption = None,
+) -> None:
+    """Run a recorded capture through the pipeline into the database."""
+    from .logs import setup_logging
+    from .replay import replay as do_replay
+
+    setup_logging(False)
+    if not recording.is_file():
+        raise QueryError(f"no such recording: {recording}")
+    s = do_replay(recording, _db(db),
+                  price_overrides=prices if prices is not None else default_price_overrides_path())
+    typer.echo(
+        f"replayed {s.events} events: {s.calls} calls ({s.unpriced} unpriced), "
+        f"{s.rows_written} rows written, {s.skipped} bytes/items skipped, {s.bad_lines} bad lines"
+    )
+
+
+@app.command()
+def status(fmt: FormatOption = Format.TABLE) -> None:
+    """Exit 0 and summarise the running agent; exit 1 when none is capturing."""
+    from .runner import read_status, status_rows
+
+    current = read_status()
+    if current is None:
+        typer.echo("no lumen-agent is running", err=True)
+        raise typer.Exit(1)
+    render(("what", "value"), status_rows(current), fmt)
+    if not current.get("targets"):
+        typer.echo("agent is running but nothing is attached", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(db: DbOption = None) -> None:
+    """Check every prerequisite of capture; exit 1 if any fails."""
+    from .doctor import run_checks
+
+    checks = run_checks(_db(db))
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        line = f"{mark} {check.name}: {check.detail}"
+        if not check.ok and check.fix:
+            line += f"  (fix: {check.fix})"
+        typer.echo(line)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -137,7 +137,7 @@ class Agent:
             "started": self._started,
             "updated": time.time(),
             "db": str(self.settings.db_path),
-            "targets": [str(t) for t in self.capture.targets()],
+            "targets": [_describe_target(t) for t in self.capture.targets()],
             "capture": capture,
             "pipeline": counters.snapshot(),
             "open_connections": self.pipeline.open_connections,
@@ -155,6 +155,13 @@ class Agent:
             log.warning("cannot write status file path=%s error=%s", path, exc)
 
 
+def _describe_target(target: Any) -> str:
+    path = getattr(target, "path", None)
+    if path is None:
+        return str(target)
+    return f"{path} ({target.kind}, {target.mode}, {len(target.pids)} processes)"
+
+
 def read_status(path: Path | None = None) -> dict[str, Any] | None:
     """The running agent's last status, or None when no agent is running."""
     path = path or paths.runtime_dir() / "status.json"
@@ -169,3 +176,29 @@ def read_status(path: Path | None = None) -> dict[str, Any] | None:
     except (OSError, KeyError, ValueError):
         return None
     return status
+
+
+def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The status file as (what, value) rows for ``lumen-agent status``."""
+    capture = status.get("capture", {})
+    pipeline = status.get("pipeline", {})
+    store = status.get("store", {})
+    skipped = sum(v for k, v in pipeline.items() if k.startswith("skipped."))
+    return [
+        ("pid", status.get("pid")),
+        ("database", status.get("db")),
+        ("uptime_s", round(status.get("updated", 0) - status.get("started", 0))),
+        ("targets_attached", len(status.get("targets", []))),
+        ("targets", ", ".join(status.get("targets", []))),
+        ("events", capture.get("events", pipeline.get("events", 0))),
+        ("bytes", capture.get("bytes", pipeline.get("bytes", 0))),
+        ("lost", capture.get("lost", 0)),
+        ("truncated", capture.get("truncated", 0)),
+        ("calls", pipeline.get("calls", 0)),
+        ("unpriced", pipeline.get("calls.unpriced", 0)),
+        ("skipped", skipped),
+        ("open_connections", status.get("open_connections", 0)),
+        ("rows_written", store.get("rows_written", 0)),
+        ("rows_pending", store.get("pending", 0)),
+        ("rows_dropped", store.get("dropped", 0)),
+    ]
