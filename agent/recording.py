@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import IO
 
@@ -27,6 +28,16 @@ from lumen_agent.events import DataEvent, Direction, EventFlag
 log = logging.getLogger("lumen_agent")
 
 _FLAG_NAMES = {"truncated": EventFlag.TRUNCATED, "gap": EventFlag.GAP, "close": EventFlag.CLOSE}
+
+
+# Credentials never reach a recording: their header values are replaced.
+_CREDENTIAL_HEADER = re.compile(rb"(?im)^(authorization|proxy-authorization|x-api-key|x-goog-api-key|api-key)"
+                                rb"[ \t]*:[^\r\n]*")
+REDACTED = b"[redacted]"
+
+
+def redact_credentials(data: bytes) -> bytes:
+    return _CREDENTIAL_HEADER.sub(lambda m: m.group(1) + b": " + REDACTED, data)
 
 
 class RecordingError(ValueError):
@@ -80,12 +91,15 @@ def read_events(stream: IO[str], on_bad_line=None) -> Iterator[DataEvent]:
 
 
 class Recorder:
-    """Appends events to a recording as they are captured."""
+    """Appends events to a recording as they are captured, credentials redacted."""
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
 
     def write(self, event: DataEvent) -> None:
+        if event.direction is Direction.SEND and event.data:
+            event = DataEvent(event.ts_ns, event.pid, event.tid, event.conn, event.direction,
+                              redact_credentials(event.data), event.flags)
         self._stream.write(event_to_json(event) + "\n")
 
     def flush(self) -> None:
