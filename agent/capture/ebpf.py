@@ -293,6 +293,8 @@ class EbpfCapture:
         key = (t.key, pid)
         if key in self._attached or self._bpf is None:
             return
+        if pid != -1 and not os.path.exists(f"/proc/{pid}"):
+            return  # gone already (libbcc would print an error per probe)
         done: list[tuple[str, int, bool]] = []
         path = t.path.encode()
         for sym, entry, ret in PROBES:
