@@ -65,7 +65,7 @@ import uuid
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 # --------------------------------------------------------------------------------------
@@ -897,64 +897,70 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         encoder = _Encoder(coding)
         abort_after = knobs.get("abort_after")
         delay = (knobs.get("delay_ms") or 0) / 1000
-        pieces_sent = 0
-        aborted = False
+
+        def record(aborted: bool) -> None:
+            # Logged before the response's last bytes leave, so a client that has
+            # finished always finds its entry in the log.
+            self.server.record({
+                "ts_start": started,
+                "ts_end": time.time(),
+                "method": self.command,
+                "path": self.path,
+                "status": reply.status,
+                "scenario": reply.scenario,
+                "request_id": reply.request_id,
+                "model": reply.model,
+                "tokens": asdict(reply.tokens) if reply.tokens else None,
+                "encoding": coding,
+                "transfer": transfer,
+                "aborted": aborted,
+                "client": list(self.client_address[:2]),
+                "connection_id": self.connection_id,
+                "request_on_connection": self.requests_on_connection,
+                **{k: v for k, v in reply.info.items() if k != "knobs"},
+            })
+
         if transfer == "length":
             encoded = b"".join(encoder.feed(p) for p in reply.pieces) + encoder.finish()
             self.send_header("Content-Length", str(len(encoded)))
             self.end_headers()
-            if abort_after is not None:
+            aborted = abort_after is not None
+            if aborted:
                 encoded = encoded[: len(encoded) // 2]
-                aborted = True
-            self.wfile.write(encoded)
-        else:
-            if transfer == "chunked":
-                self.send_header("Transfer-Encoding", "chunked")
-            else:
-                self.send_header("Connection", "close")
                 self.close_connection = True
-            self.end_headers()
-            for i, piece in enumerate(reply.pieces):
-                if abort_after is not None and pieces_sent >= abort_after:
-                    aborted = True
-                    break
-                if i and delay:
-                    time.sleep(delay)
-                self._write(encoder.feed(piece), transfer)
-                pieces_sent += 1
-            if not aborted:
-                tail = encoder.finish()
-                if tail:
-                    self._write(tail, transfer)
-                if transfer == "chunked":
-                    self.wfile.write(b"0\r\n\r\n")
-        if aborted:
-            self.close_connection = True
-        self.server.record({
-            "ts_start": started,
-            "ts_end": time.time(),
-            "method": self.command,
-            "path": self.path,
-            "status": reply.status,
-            "scenario": reply.scenario,
-            "request_id": reply.request_id,
-            "model": reply.model,
-            "tokens": asdict(reply.tokens) if reply.tokens else None,
-            "encoding": coding,
-            "transfer": transfer,
-            "aborted": aborted,
-            "client": list(self.client_address[:2]),
-            "connection_id": self.connection_id,
-            "request_on_connection": self.requests_on_connection,
-            **{k: v for k, v in reply.info.items() if k != "knobs"},
-        })
-
-    def _write(self, data: bytes, transfer: str) -> None:
-        if not data:
-            return  # an empty chunk would end a chunked body
+            record(aborted)
+            self.wfile.write(encoded)
+            return
         if transfer == "chunked":
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        self.wfile.write(data)
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        last = len(reply.pieces) - 1
+        for i, piece in enumerate(reply.pieces):
+            if abort_after is not None and i >= abort_after:
+                self.close_connection = True
+                record(True)
+                return
+            if i and delay:
+                time.sleep(delay)
+            data = self._frame(encoder.feed(piece), transfer)
+            if i == last:  # the last event, the encoder's tail and the terminator in one write
+                data += self._frame(encoder.finish(), transfer)
+                if transfer == "chunked":
+                    data += b"0\r\n\r\n"
+                record(False)
+            if data:
+                self.wfile.write(data)
+
+    @staticmethod
+    def _frame(data: bytes, transfer: str) -> bytes:
+        if not data:
+            return b""  # an empty chunk would end a chunked body
+        if transfer == "chunked":
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
