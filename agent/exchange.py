@@ -32,6 +32,11 @@ MAX_STREAM_BYTES = 256 * 1024 * 1024
 # Body text kept for the opt-in content capture.
 MAX_CONTENT_CAPTURE = 1024 * 1024
 
+# Stream events after which a provider sends nothing that matters: a client
+# may close the connection right after one (the openai SDK does, before the
+# chunked body's last chunk), and the call still ended normally.
+_FINAL_SSE_EVENTS = frozenset({"message_stop", "response.completed", "response.incomplete", "response.failed"})
+
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 _INCLUDE_USAGE_TRUE = re.compile(rb'"include_usage"\s*:\s*true')
@@ -63,6 +68,7 @@ class Exchange:
     _body: bytearray = field(default_factory=bytearray)
     _decoded_total: int = 0
     _sse: SseParser | None = None
+    _stream_finished: bool = False
     _content: bytearray | None = None
 
     # -- request ------------------------------------------------------------
@@ -143,8 +149,7 @@ class Exchange:
         try:
             if self._mode == "sse":
                 self._sse.receive_data(plain)
-                for event in self._sse.next_events():
-                    self._reader.feed_sse(event.event, event.data)
+                self._feed_sse_events()
             elif self._mode == "ndjson":
                 self._body += plain
                 self._drain_ndjson(final=False)
@@ -161,8 +166,8 @@ class Exchange:
     def on_cut(self, ts_ns: int) -> None:
         """The connection ended (or was evicted) before the response did."""
         self.ts_end_ns = ts_ns
-        self.complete = False
         self._finish_body()
+        self.complete = self._stream_finished
 
     def usage(self) -> Usage:
         if self._reader is None:
@@ -191,8 +196,7 @@ class Exchange:
         try:
             if self._mode == "sse":
                 self._sse.end_of_stream()
-                for event in self._sse.next_events():
-                    self._reader.feed_sse(event.event, event.data)
+                self._feed_sse_events()
             elif self._mode == "ndjson":
                 self._drain_ndjson(final=True)
             elif self._mode == "json" and self._body:
@@ -209,6 +213,12 @@ class Exchange:
         self._sse = None
         if self._mode != "discard":
             self._mode = "discard"
+
+    def _feed_sse_events(self) -> None:
+        for event in self._sse.next_events():
+            if event.data == "[DONE]" or event.event in _FINAL_SSE_EVENTS:
+                self._stream_finished = True
+            self._reader.feed_sse(event.event, event.data)
 
     def _drain_ndjson(self, *, final: bool) -> None:
         buf = self._body

@@ -275,3 +275,16 @@ event_strategy = st.builds(
 def test_no_event_sequence_crashes_the_pipeline(prices, events):
     calls, pipeline = run(prices, events)
     assert pipeline.open_connections == 0
+
+
+def test_stream_closed_right_after_done_is_a_success(prices):
+    """The openai SDK closes a stream after `data: [DONE]`, before the last chunk of the body."""
+    events = openai_stream(include_usage=True)
+    sends = [e for e in events if e.direction is Direction.SEND]
+    recv = b"".join(e.data for e in events if e.direction is Direction.RECV)
+    cut_at = recv.index(b"data: [DONE]") + len(b"data: [DONE]\n\n\r\n")
+    cut = sends + [DataEvent(sends[-1].ts_ns + 1, 4242, 4242, 0xABC, Direction.RECV, recv[:cut_at]),
+                   DataEvent(sends[-1].ts_ns + 2, 4242, 4242, 0xABC, Direction.SEND, b"", EventFlag.CLOSE)]
+    (call,), _ = run(prices, cut)
+    assert call.outcome is Outcome.SUCCESS
+    assert (call.input_tokens, call.output_tokens) == (78, 9)
