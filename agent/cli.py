@@ -31,6 +31,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="See, price and attribute every LLM API call this host makes.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"lumen-agent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """See, price and attribute every LLM API call this host makes."""
 pricing_app = typer.Typer(no_args_is_help=True, help="The price table and models it does not price.")
 app.add_typer(pricing_app, name="pricing")
 
@@ -69,7 +86,13 @@ def _price_table(overrides: Path | None):
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from .pricing.table import PricingError
 
-    return (QueryError, SchemaError, PricingError, duckdb.Error, OSError)
+    from .capture.kernel_setup import CaptureError
+    from .config import ConfigError
+
+    from .agent_main import CaptureUnavailable
+
+    return (QueryError, SchemaError, PricingError, ConfigError, CaptureError, CaptureUnavailable,
+            duckdb.Error, OSError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -221,43 +244,69 @@ def pricing_missing(
 # -- agent commands ------------------------------------------------------
 
 
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="Configuration TOML [default: /etc/lumen-agent/config.toml as root]",
+                 show_default=False),
+]
+
+
+def _config(config_path: Path | None, **overrides):
+    from .config import load
+
+    return load(config_path, overrides)
+
+
 @app.command()
 @user_errors
 def run(
     db: DbOption = None,
+    config_path: ConfigOption = None,
     prices: PricesOption = None,
     record: Annotated[
         Optional[Path], typer.Option("--record", help="Also append captured events to FILE (replay format).")
     ] = None,
+    capture: Annotated[
+        Optional[str], typer.Option("--capture", help="auto (eBPF when it can), ebpf, or hook (events only from "
+                                    "hooked processes over the ingest socket).", show_default=False)
+    ] = None,
     attach: Annotated[
-        str, typer.Option("--attach", help="global: probe TLS library files (every process, from its first "
-                          "call); per-process: probe only included processes (others pay nothing).")
-    ] = "global",
+        Optional[str], typer.Option("--attach", help="global: probe TLS library files (every process, from its "
+                                    "first call); per-process: probe only included processes.", show_default=False)
+    ] = None,
     exclude_pid: Annotated[
         list[int], typer.Option("--exclude-pid", help="Never capture this process (repeatable).")
     ] = [],
     capture_content: Annotated[
-        bool, typer.Option("--capture-content", help="Also store prompt and completion text.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every skip and attach.")] = False,
+        Optional[bool], typer.Option("--capture-content/--no-capture-content",
+                                     help="Also store prompt and completion text.", show_default=False)
+    ] = None,
+    metrics_addr: Annotated[
+        Optional[str], typer.Option("--metrics-addr", help="Serve Prometheus metrics on HOST:PORT.",
+                                    show_default=False)
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Capture LLM calls (eBPF) until SIGTERM/SIGINT, writing rows to the database."""
-    from .capture.ebpf import CaptureOptions, EbpfCapture
-    from .logs import setup_logging
-    from .runner import Agent, AgentSettings
+    """Capture LLM calls until SIGTERM/SIGINT, writing rows to the database."""
+    from .agent_main import run_agent
 
-    setup_logging(verbose)
-    if attach not in ("global", "per-process"):
-        raise QueryError(f"--attach must be global or per-process, not {attach!r}")
-    options = CaptureOptions(attach_mode=attach, exclude_pids=set(exclude_pid))
-    settings = AgentSettings(
-        db_path=_db(db),
-        capture_content=capture_content,
-        record=record,
-        price_overrides=prices if prices is not None else default_price_overrides_path(),
-    )
-    agent = Agent(settings, lambda on_event, on_exec: EbpfCapture(on_event, options, on_exec=on_exec))
-    agent.run()
+    config = _config(config_path, db=db, price_overrides=prices, record=record, capture=capture, attach=attach,
+                     capture_content=capture_content, metrics_addr=metrics_addr,
+                     log_level="debug" if verbose else None)
+    run_agent(config, exclude_pids=set(exclude_pid))
+
+
+config_app = typer.Typer(no_args_is_help=True, help="The agent's configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config_path: ConfigOption = None, db: DbOption = None) -> None:
+    """Print the effective configuration (file, then flags) as TOML."""
+    from .config import as_toml
+
+    typer.echo(as_toml(_config(config_path, db=db)), nl=False)
 
 
 @app.command()
@@ -283,11 +332,20 @@ def replay(
 
 
 @app.command()
-def status(fmt: FormatOption = Format.TABLE) -> None:
+def status(config_path: ConfigOption = None, fmt: FormatOption = Format.TABLE) -> None:
     """Exit 0 and summarise the running agent; exit 1 when none is capturing."""
+    from .control import request
     from .runner import read_status, status_rows
 
-    current = read_status()
+    try:
+        config = _config(config_path)
+    except Exception as exc:  # noqa: BLE001
+        typer.echo(f"error: {_one_line(exc)}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    try:
+        current = request(config.socket_path, "status")
+    except (OSError, ValueError):
+        current = read_status(config.runtime_dir)
     if current is None:
         typer.echo("no lumen-agent is running", err=True)
         raise typer.Exit(1)

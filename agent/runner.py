@@ -1,10 +1,11 @@
 """The agent's run loop: capture -> pipeline -> store, until told to stop.
 
-One thread does everything, in short turns: drain the capture (at most
-``POLL_MS`` of waiting), then once a second expire idle connections, flush
-the store when due and publish the status file.  SIGTERM/SIGINT end the
-loop; the capture is detached first so nothing new arrives, then every open
-exchange is closed out and the store flushed.
+One thread owns the pipeline and does everything in short turns: drain the
+capture (at most ``POLL_MS`` of waiting) and the events that hooked
+processes hand in over the ingest socket, then once a second expire idle
+connections, flush the store when due and publish the status.  SIGTERM and
+SIGINT end the loop; the capture is detached first so nothing new arrives,
+then every open exchange is closed out and the store flushed.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from lumen_agent import paths
 from lumen_agent.attribution import Attribution
+from lumen_agent.call import Call
+from lumen_agent.config import Config
+from lumen_agent.control import ControlServer
 from lumen_agent.events import DataEvent
 from lumen_agent.keyhash import load_or_create_salt
 from lumen_agent.pipeline import Pipeline, PipelineOptions
@@ -34,50 +39,130 @@ POLL_MS = 100
 HOUSEKEEPING_S = 1.0
 # A status file older than this means the agent is gone or stuck.
 STATUS_STALE_S = 5.0
+# Ingested events handled per turn, so capture is never starved.
+MAX_INGEST_PER_TURN = 10_000
 
 
 class CaptureSource(Protocol):
     def start(self) -> None: ...
     def poll(self, timeout_ms: int = POLL_MS) -> None: ...
     def ignore_connection(self, pid: int, conn: int) -> None: ...
+    def exclude_pid(self, pid: int) -> None: ...
     def stats(self) -> dict[str, int]: ...
     def targets(self) -> list[Any]: ...
     def close(self) -> None: ...
 
 
-@dataclass
-class AgentSettings:
-    db_path: Path
-    capture_content: bool = False
-    record: Path | None = None
-    price_overrides: Path | None = None
-    status_path: Path = field(default_factory=lambda: paths.runtime_dir() / "status.json")
+class IngestOnly:
+    """No capture of our own: events come only from hooks over the ingest socket."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+
+    def start(self) -> None:
+        pass
+
+    def poll(self, timeout_ms: int = POLL_MS) -> None:
+        time.sleep(timeout_ms / 1000)
+
+    def ignore_connection(self, pid: int, conn: int) -> None:
+        pass
+
+    def exclude_pid(self, pid: int) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def targets(self) -> list[Any]:
+        return ["ingest socket"]
+
+    def close(self) -> None:
+        pass
+
+
+MakeCapture = Callable[[Callable[[DataEvent], None], Callable[[int], None]], CaptureSource]
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, make_capture: Callable[[Callable[[DataEvent], None], Callable[[int], None]], CaptureSource], capture_name: str = "ebpf") -> None:
-        self.settings = settings
+    def __init__(self, config: Config, make_capture: MakeCapture, capture_name: str = "ebpf") -> None:
+        self.config = config
         self._stop = False
         self._started = time.time()
         self._record_file: IO[str] | None = None
         self._recorder: Recorder | None = None
-        prices = PriceTable.load(settings.price_overrides)
-        self.store = CallStore(settings.db_path)
+        self._status: dict[str, Any] = {}
+        self._call_listeners: list[Callable[[Call], None]] = []
+        self._tick_listeners: list[Callable[[], None]] = []
+        self._excluded: set[int] = set()
+        self._allowed: set[int] = set()
+        self.ready_at: float | None = None
+        prices = PriceTable.load(config.price_overrides)
+        self.store = CallStore(config.db, flush_interval=config.flush_interval_s)
         self.attribution = Attribution()
         self.pipeline = Pipeline(
             prices,
-            self.store.add,
+            self._on_call,
             salt=load_or_create_salt(paths.state_dir()),
-            options=PipelineOptions(capture=capture_name, capture_content=settings.capture_content),
+            options=PipelineOptions(
+                capture=capture_name,
+                capture_content=config.capture_content,
+                default_tenant=config.default_tenant,
+                default_feature=config.default_feature,
+            ),
             attribution=self.attribution,
             on_ignore=self._ignore,
         )
-        self.capture = make_capture(self._on_event, self.attribution.observe)
+        self.control = ControlServer(config.runtime_dir)
+        self.control.register("status", lambda _request: self._status)
+        self.capture = make_capture(self._on_event, self._on_exec)
+
+    # -- extension points (live view, metrics, service manager) ---------------
+
+    def add_call_listener(self, listener: Callable[[Call], None]) -> None:
+        """Called on the run loop's thread for every call, after it is queued for the store."""
+        self._call_listeners.append(listener)
+
+    def add_tick_listener(self, listener: Callable[[], None]) -> None:
+        """Called on the run loop's thread about once a second."""
+        self._tick_listeners.append(listener)
+
+    # -- the loop -------------------------------------------------------------
+
+    def _on_call(self, call: Call) -> None:
+        self.store.add(call)
+        for listener in self._call_listeners:
+            try:
+                listener(call)
+            except Exception:  # noqa: BLE001 - a broken view must not stop capture
+                log.exception("call listener failed")
 
     def _on_event(self, event: DataEvent) -> None:
+        if not self._captured(event.pid):
+            return
         if self._recorder is not None:
             self._recorder.write(event)
         self.pipeline.feed(event)
+
+    def _on_exec(self, pid: int) -> None:
+        self._allowed.discard(pid)
+        self._excluded.discard(pid)
+        self._captured(pid)
+
+    def _captured(self, pid: int) -> bool:
+        """Apply the process filters once per process; excluded ones are dropped in the kernel."""
+        if pid in self._allowed:
+            return True
+        if pid in self._excluded:
+            return False
+        info = self.attribution.observe(pid)
+        if self.config.filters.is_trivial or self.config.filters.allows(info):
+            self._allowed.add(pid)
+            return True
+        self._excluded.add(pid)
+        self.pipeline.counters.add("processes.excluded")
+        self.capture.exclude_pid(pid)
+        return False
 
     def _ignore(self, pid: int, conn: int) -> None:
         self.capture.ignore_connection(pid, conn)
@@ -86,20 +171,24 @@ class Agent:
         self._stop = True
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
-        if self.settings.record is not None:
-            self._record_file = open(self.settings.record, "a", encoding="utf-8")
+        if self.config.record is not None:
+            self._record_file = open(self.config.record, "a", encoding="utf-8")
             self._recorder = Recorder(self._record_file)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        self.store.flush()  # create the file and schema now, not at the first call
-        self.capture.start()
-        log.info("capturing db=%s targets=%d", self.settings.db_path, len(self.capture.targets()))
-        if ready is not None:
-            ready()
-        next_housekeeping = 0.0
         try:
+            self.store.flush()  # create the file and schema now, not at the first call
+            self.capture.start()
+            self.control.start()
+            self.ready_at = time.time()
+            self._housekeeping()
+            log.info("capturing db=%s targets=%d", self.config.db, len(self.capture.targets()))
+            if ready is not None:
+                ready()
+            next_housekeeping = time.monotonic() + HOUSEKEEPING_S
             while not self._stop:
                 self.capture.poll(POLL_MS)
+                self._drain_ingest()
                 now = time.monotonic()
                 if now >= next_housekeeping:
                     next_housekeeping = now + HOUSEKEEPING_S
@@ -107,49 +196,68 @@ class Agent:
         finally:
             self.shutdown()
 
+    def _drain_ingest(self) -> None:
+        events = self.control.events
+        for _ in range(MAX_INGEST_PER_TURN):
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                return
+            self._on_event(event)
+
     def _housekeeping(self) -> None:
         self.pipeline.tick(time.time_ns())
         self.store.maybe_flush(time.monotonic())
         if self._recorder is not None:
             self._recorder.flush()
+        for listener in self._tick_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001
+                log.exception("tick listener failed")
+        self._status = self.status()
         self.write_status()
 
     def shutdown(self) -> None:
+        started = time.monotonic()
         try:
             self.capture.close()
         finally:
+            self.control.close()
+            self._drain_ingest()
             self.pipeline.close(time.time_ns())
             self.store.close()
             if self._record_file is not None:
                 self._record_file.close()
             try:
-                self.settings.status_path.unlink()
+                self.config.status_path.unlink()
             except OSError:
                 pass
-            log.info("stopped rows_written=%d", self.store.stats().get("rows_written", 0))
+            log.info("stopped rows_written=%d shutdown_s=%.2f",
+                     self.store.stats().get("rows_written", 0), time.monotonic() - started)
 
     def status(self) -> dict[str, Any]:
-        capture = self.capture.stats()
-        counters = self.pipeline.counters
-        store = self.store.stats()
         return {
             "pid": os.getpid(),
             "started": self._started,
+            "ready": self.ready_at,
             "updated": time.time(),
-            "db": str(self.settings.db_path),
+            "db": str(self.config.db),
             "targets": [_describe_target(t) for t in self.capture.targets()],
-            "capture": capture,
-            "pipeline": counters.snapshot(),
+            "capture": self.capture.stats(),
+            "pipeline": self.pipeline.counters.snapshot(),
+            "ingest": {"events": self.control.ingested, "bad_lines": self.control.bad_lines},
             "open_connections": self.pipeline.open_connections,
-            "store": store,
+            "store": self.store.stats(),
         }
 
     def write_status(self) -> None:
-        path = self.settings.status_path
+        path = self.config.status_path
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status(), default=str))
+            tmp.write_text(json.dumps(self._status, default=str))
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%s", path, exc)
@@ -162,9 +270,9 @@ def _describe_target(target: Any) -> str:
     return f"{path} ({target.kind}, {target.mode}, {len(target.pids)} processes)"
 
 
-def read_status(path: Path | None = None) -> dict[str, Any] | None:
+def read_status(runtime_dir: Path | None = None) -> dict[str, Any] | None:
     """The running agent's last status, or None when no agent is running."""
-    path = path or paths.runtime_dir() / "status.json"
+    path = (runtime_dir or paths.runtime_dir()) / "status.json"
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -179,7 +287,7 @@ def read_status(path: Path | None = None) -> dict[str, Any] | None:
 
 
 def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The status file as (what, value) rows for ``lumen-agent status``."""
+    """The status as (what, value) rows for ``lumen-agent status``."""
     capture = status.get("capture", {})
     pipeline = status.get("pipeline", {})
     store = status.get("store", {})
@@ -189,11 +297,12 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
         ("database", status.get("db")),
         ("uptime_s", round(status.get("updated", 0) - status.get("started", 0))),
         ("targets_attached", len(status.get("targets", []))),
-        ("targets", ", ".join(status.get("targets", []))),
+        ("targets", "; ".join(status.get("targets", []))),
         ("events", capture.get("events", pipeline.get("events", 0))),
         ("bytes", capture.get("bytes", pipeline.get("bytes", 0))),
         ("lost", capture.get("lost", 0)),
         ("truncated", capture.get("truncated", 0)),
+        ("ingested_events", status.get("ingest", {}).get("events", 0)),
         ("calls", pipeline.get("calls", 0)),
         ("unpriced", pipeline.get("calls.unpriced", 0)),
         ("skipped", skipped),

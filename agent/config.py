@@ -1,0 +1,237 @@
+"""The agent's configuration: one TOML file, overridden by command-line flags.
+
+Every option, its default and its meaning is in ``OPTIONS`` below, which is
+also what ``lumen-agent config show`` prints and what docs/configuration.md
+documents.  The file is ``/etc/lumen-agent/config.toml`` as root (the
+per-user config folder otherwise, or ``--config PATH``); a missing file means
+all defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lumen_agent import paths
+from lumen_agent.filters import FIELDS, ProcessFilter
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used (one line, names the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # [agent]
+    db: Path = field(default_factory=paths.default_db_path)
+    capture: str = "auto"  # auto | ebpf | hook | proxy
+    attach: str = "global"  # global | per-process
+    capture_content: bool = False
+    record: Path | None = None
+    flush_interval_s: float = 2.0
+    max_call_bytes: int = 256 * 1024
+    metrics_addr: str | None = None  # e.g. "127.0.0.1:9464"; off when unset
+    runtime_dir: Path = field(default_factory=paths.runtime_dir)
+    log_level: str = "info"
+    # [pricing]
+    price_overrides: Path = field(default_factory=paths.default_price_overrides_path)
+    # [attribution]
+    default_tenant: str | None = None
+    default_feature: str | None = None
+    # [filters]
+    filters: ProcessFilter = field(default_factory=ProcessFilter)
+    # [proxy]
+    proxy_listen: str = "127.0.0.1:8787"
+    # Where your application's requests go, by path prefix: "/openai" ->
+    # "https://api.openai.com".  See docs/configuration.md.
+    proxy_upstreams: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "agent.sock"
+
+    @property
+    def status_path(self) -> Path:
+        return self.runtime_dir / "status.json"
+
+
+# option name -> (section, key, description); the order is the documented order.
+OPTIONS: dict[str, tuple[str, str, str]] = {
+    "db": ("agent", "db", "DuckDB file the agent appends calls to"),
+    "capture": ("agent", "capture", "how calls are seen: auto, ebpf, hook or proxy"),
+    "attach": ("agent", "attach", "eBPF attach mode: global or per-process (see README)"),
+    "capture_content": ("agent", "capture_content", "also store prompt and completion text"),
+    "record": ("agent", "record", "also append captured events to this file (replay format)"),
+    "flush_interval_s": ("agent", "flush_interval_s", "seconds between appends to the database"),
+    "max_call_bytes": ("agent", "max_call_bytes", "bytes of one SSL call copied whole by the probes"),
+    "metrics_addr": ("agent", "metrics_addr", "serve Prometheus metrics on HOST:PORT (off when empty)"),
+    "runtime_dir": ("agent", "runtime_dir", "folder of the agent's socket and status file"),
+    "log_level": ("agent", "log_level", "debug, info, warning or error"),
+    "price_overrides": ("pricing", "overrides", "TOML file that adds or replaces prices (pricing/README.md)"),
+    "default_tenant": ("attribution", "tenant", "tenant of calls that send no x-lumen-tenant header"),
+    "default_feature": ("attribution", "feature", "feature of calls that send no x-lumen-feature header"),
+    "filters": ("filters", "*", "include_/exclude_ process, exe, user, unit, container: lists of patterns"),
+    "proxy_listen": ("proxy", "listen", "address of `lumen-agent proxy`"),
+    "proxy_upstreams": ("proxy", "upstreams", "path prefix -> upstream base URL"),
+}
+
+_CHOICES = {
+    "capture": ("auto", "ebpf", "hook", "proxy"),
+    "attach": ("global", "per-process"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+def default_config_path() -> Path:
+    return paths.config_dir() / "config.toml"
+
+
+def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """The file's settings (all defaults when the default file is absent), then ``overrides``.
+
+    ``overrides`` are command-line values by option name; None means "not given".
+    """
+    explicit = path is not None
+    path = path or default_config_path()
+    values: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        data = {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    values.update(_from_toml(data, path))
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    return _build(values, path)
+
+
+def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    by_key = {(section, key): name for name, (section, key, _) in OPTIONS.items()}
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section!r} must be a [section]")
+        if section == "filters":
+            values["filters"] = _filters(table, path)
+            continue
+        for key, value in table.items():
+            name = by_key.get((section, key))
+            if name is None:
+                raise ConfigError(f"{path}: unknown option [{section}] {key}")
+            values[name] = value
+    return values
+
+
+def _filters(table: dict[str, Any], path: Path) -> ProcessFilter:
+    include: dict[str, tuple[str, ...]] = {}
+    exclude: dict[str, tuple[str, ...]] = {}
+    for key, patterns in table.items():
+        kind, _, what = key.partition("_")
+        if kind not in ("include", "exclude") or what not in FIELDS:
+            raise ConfigError(f"{path}: unknown filter {key!r} (use include_/exclude_ + {', '.join(FIELDS)})")
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise ConfigError(f"{path}: filter {key} must be a list of strings")
+        (include if kind == "include" else exclude)[what] = tuple(patterns)
+    return ProcessFilter(include, exclude)
+
+
+def _build(values: dict[str, Any], path: Path) -> Config:
+    config = Config()
+    types = {f.name: f.type for f in fields(Config)}
+    clean: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "filters":
+            clean[name] = value if isinstance(value, ProcessFilter) else _filters(value, path)
+            continue
+        kind = types[name]
+        try:
+            clean[name] = _coerce(kind, value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: option {name} has a bad value {value!r}") from None
+        if name in _CHOICES and clean[name] not in _CHOICES[name]:
+            raise ConfigError(f"{path}: option {name} must be one of {', '.join(_CHOICES[name])}, "
+                              f"not {clean[name]!r}")
+    if clean.get("metrics_addr") == "":
+        clean["metrics_addr"] = None
+    if clean.get("record") == Path(""):
+        clean["record"] = None
+    return replace(config, **clean)
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    if kind == "Path" or kind.startswith("Path"):
+        if value in ("", None):
+            return None if "None" in kind else Path(str(value))
+        return Path(str(value))
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if kind == "int":
+        if isinstance(value, bool):
+            raise TypeError
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    if kind.startswith("dict"):
+        if not isinstance(value, dict):
+            raise TypeError
+        return {str(k): str(v) for k, v in value.items()}
+    if value is None:
+        return None
+    return str(value)
+
+
+def as_toml(config: Config) -> str:
+    """The effective configuration, as a TOML file that would reproduce it."""
+    sections: dict[str, list[str]] = {}
+    for name, (section, key, description) in OPTIONS.items():
+        value = getattr(config, name)
+        lines = sections.setdefault(section, [])
+        if name == "filters":
+            for kind, rules in (("include", value.include), ("exclude", value.exclude)):
+                for what, patterns in rules.items():
+                    lines.append(f"{kind}_{what} = {_toml_value(list(patterns))}")
+            if not lines:
+                lines.append("# " + description)
+            continue
+        lines.append(f"# {description}")
+        if value is None:
+            lines.append(f"# {key} =")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    out = []
+    for section, lines in sections.items():
+        out.append(f"[{section}]")
+        out.extend(lines)
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
