@@ -53,4 +53,14 @@ def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
     else:
         raise CaptureUnavailable(f"unknown capture {capture!r}")
     agent = Agent(config, make_capture, capture_name=capture)
+    install_extensions(agent, config)
     agent.run()
+
+
+def install_extensions(agent: Agent, config: Config) -> None:
+    """What rides along the run loop: live view for `top`, metrics, the service manager."""
+    from lumen_agent import live, metrics, service
+
+    live.install(agent, config)
+    metrics.install(agent, config)
+    service.install(agent, config)

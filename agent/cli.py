@@ -371,6 +371,14 @@ def doctor(db: DbOption = None) -> None:
         raise typer.Exit(1)
 
 
+# -- commands that live in their own modules -------------------------------
+
+from . import cli_hook, cli_proxy, cli_top  # noqa: E402
+
+for _module in (cli_top, cli_hook, cli_proxy):
+    _module.register(app)
+
+
 def main() -> None:
     app(prog_name="lumen-agent")
 
