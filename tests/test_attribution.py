@@ -1,0 +1,114 @@
+"""Who made a call: /proc facts, cgroup parsing, key hashing, process filters, configuration."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lumen_agent import config as config_mod
+from lumen_agent.attribution import Attribution, ProcessInfo, _cgroup_facts
+from lumen_agent.filters import ProcessFilter
+from lumen_agent.keyhash import credential, hash_credential, load_or_create_salt
+
+
+def test_own_process_is_attributed():
+    info = Attribution().observe(os.getpid())
+    assert info.process == Path("/proc/self/comm").read_text().strip()
+    assert info.exe == os.path.realpath(sys.executable) or info.exe == os.readlink("/proc/self/exe")
+    import pwd
+    assert info.user == pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_exited_process_keeps_what_was_learnt():
+    child = subprocess.Popen(["sleep", "5"])
+    attribution = Attribution()
+    assert attribution.observe(child.pid).process == "sleep"
+    child.kill()
+    child.wait()
+    assert attribution.lookup(child.pid).process == "sleep"
+
+
+def test_unknown_pid_is_unknown_not_an_error():
+    assert Attribution().lookup(2**22 + 12345) == ProcessInfo()
+
+
+@pytest.mark.parametrize("cgroup,unit,container", [
+    ("0::/system.slice/api-gateway.service\n", "api-gateway.service", None),
+    ("0::/user.slice/user-1000.slice/session-3.scope\n", "session-3.scope", None),
+    ("0::/system.slice/docker-" + "a" * 64 + ".scope\n", None, "a" * 64),
+    ("12:pids:/kubepods/besteffort/pod1/" + "b" * 64 + "\n", None, "b" * 64),
+    ("0::/machine.slice/libpod-" + "c" * 64 + ".scope/container\n", None, "c" * 64),
+    ("0::/\n", None, None),
+])
+def test_cgroup_facts(cgroup, unit, container):
+    assert _cgroup_facts(cgroup) == (unit, container)
+
+
+def test_credentials_from_every_provider_header():
+    assert credential({"authorization": "Bearer sk-test-fake"}, "/") == "sk-test-fake"
+    assert credential({"x-api-key": "sk-ant-test-fake"}, "/") == "sk-ant-test-fake"
+    assert credential({"x-goog-api-key": "g-fake"}, "/") == "g-fake"
+    assert credential({"api-key": "azure-fake"}, "/") == "azure-fake"
+    assert credential({}, "/v1beta/models/x:generateContent?key=q-fake&alt=sse") == "q-fake"
+    sigv4 = ("AWS4-HMAC-SHA256 Credential=AKIAFAKEFAKEFAKE/20251122/us-east-1/bedrock/aws4_request, "
+             "SignedHeaders=host, Signature=abc")
+    assert credential({"authorization": sigv4}, "/") == "AKIAFAKEFAKEFAKE"
+    assert credential({}, "/v1/chat/completions") is None
+
+
+def test_key_hash_is_salted_stable_and_never_the_key(tmp_path):
+    salt = load_or_create_salt(tmp_path)
+    assert load_or_create_salt(tmp_path) == salt
+    assert (tmp_path / "key-salt").stat().st_mode & 0o777 == 0o600
+    digest = hash_credential("sk-test-fake-0000", salt)
+    assert len(digest) == 16 and "sk-test" not in digest
+    assert digest == hash_credential("sk-test-fake-0000", salt)
+    assert digest != hash_credential("sk-test-fake-0000", b"x" * 32)
+
+
+def test_process_filters():
+    curl = ProcessInfo("curl", "/usr/bin/curl", "alice", "batch.service", None)
+    python = ProcessInfo("python3", "/opt/app/bin/python3", "svc", "api.service", "d" * 64)
+    assert ProcessFilter().allows(curl)
+    exclude_curl = ProcessFilter(exclude={"process": ("curl",)})
+    assert not exclude_curl.allows(curl) and exclude_curl.allows(python)
+    only_app = ProcessFilter(include={"exe": ("/opt/*",)})
+    assert only_app.allows(python) and not only_app.allows(curl)
+    both = ProcessFilter(include={"user": ("svc",)}, exclude={"container": ("d*",)})
+    assert not both.allows(python)
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[agent]\ndb = "/data/x.duckdb"\nattach = "per-process"\n'
+                    '[filters]\nexclude_process = ["nginx"]\n[attribution]\ntenant = "acme"\n')
+    config = config_mod.load(path, {"db": Path("/flag.duckdb"), "attach": None})
+    assert config.db == Path("/flag.duckdb")
+    assert config.attach == "per-process"
+    assert config.default_tenant == "acme"
+    assert config.filters.exclude == {"process": ("nginx",)}
+    again = config_mod.load(_write(tmp_path / "again.toml", config_mod.as_toml(config)))
+    assert again == config
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[agent]\nattach = 'sometimes'\n", "option attach must be one of global, per-process, not 'sometimes'"),
+    ("[agent]\nflush_interval_s = 'soon'\n", "option flush_interval_s has a bad value 'soon'"),
+    ("[agent]\nfrobnicate = 1\n", "unknown option [agent] frobnicate"),
+    ("[filters]\ninclude_colour = ['red']\n", "unknown filter 'include_colour'"),
+    ("not toml ==", "not valid TOML"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, text, message):
+    path = _write(tmp_path / "c.toml", text)
+    with pytest.raises(config_mod.ConfigError) as err:
+        config_mod.load(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
