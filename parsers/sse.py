@@ -47,6 +47,13 @@ class SseParser:
 
     def _split_lines(self) -> None:
         buf = self._buffer
+        if b"\r" not in buf:
+            # The usual case, LF line endings only: one split does it all.
+            *lines, rest = buf.split(b"\n")
+            for line in lines:
+                self._line(line)
+            self._buffer = bytearray(rest)
+            return
         start = 0
         while True:
             lf = buf.find(b"\n", start)

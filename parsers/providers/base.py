@@ -138,6 +138,11 @@ class BaseReader:
     def feed_sse(self, event: str | None, data: str) -> None:
         # The event name is not needed: every provider repeats the event type
         # inside the data (Anthropic "type", OpenAI Responses "type").
+        if self._model is not None and isinstance(data, str) and "usage" not in data and "Usage" not in data:
+            # Once the model is known, only events that carry usage matter
+            # (every provider names it so); skipping the JSON decoding of
+            # the text deltas makes long streams several times cheaper.
+            return
         obj = decode_event_data(data)
         if obj is not None:
             self._take(obj)
