@@ -127,11 +127,13 @@ def main() -> None:
         ("streamed x100 chunks", stream_events(args.streams), args.streams, 500),
     ):
         base = baseline(events)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         elapsed, rows = measure(events, n, prices)
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         rate = rows / elapsed
         print(f"{label:22s} {rows:6d} calls  {len(events):8d} events  {elapsed:6.2f} s  "
               f"{rate:9.0f} calls/s  (aim {aim})  baseline llhttp-only {n / base:9.0f} calls/s  "
-              f"ratio {elapsed / base:5.1f}x")
+              f"ratio {elapsed / base:5.1f}x  peak RSS growth while running {max(grew, 0) / 1024:.0f} MiB")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"peak RSS {rss / 1024:.0f} MiB (at start {rss0 / 1024:.0f} MiB; includes the generated events)")
 
