@@ -30,7 +30,10 @@ class SseParser:
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
-        self._split_lines()
+        # No line ends in the new bytes: no new line is complete (a CR left
+        # at the end before may now be complete, so look then too).
+        if b"\n" in data or b"\r" in data or self._buffer[-len(data) - 1 : -len(data)] == b"\r":
+            self._split_lines()
         if len(self._buffer) + self._pending_size > MAX_EVENT_BYTES:
             raise LimitExceeded("server-sent event exceeds MAX_EVENT_BYTES")
 

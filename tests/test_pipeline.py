@@ -288,3 +288,58 @@ def test_stream_closed_right_after_done_is_a_success(prices):
     (call,), _ = run(prices, cut)
     assert call.outcome is Outcome.SUCCESS
     assert (call.input_tokens, call.output_tokens) == (78, 9)
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_huge_bodies_stay_within_limits(prices):
+    from lumen_agent.exchange import MAX_REQUEST_BODY, MAX_RESPONSE_BODY
+    prompt = "x" * (MAX_REQUEST_BODY + 4 * 1024 * 1024)
+    request = request_bytes("POST", "https://api.openai.com/v1/chat/completions",
+                            {"model": "gpt-4o-mini", "stream": False, "messages": [{"role": "user", "content": prompt}]})
+    huge = b'{"pad": "' + b"y" * (MAX_RESPONSE_BODY + 8 * 1024 * 1024) + b'"}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(huge)
+    piece = 256 * 1024
+    sends = [DataEvent(1, 7, 7, 1, Direction.SEND, request[i:i + piece]) for i in range(0, len(request), piece)]
+    recvs = [DataEvent(2, 7, 7, 1, Direction.RECV, (head + huge)[i:i + piece])
+             for i in range(0, len(head) + len(huge), piece)]
+    del request, huge
+    calls = []
+    pipeline = Pipeline(prices, calls.append, salt=SALT)
+
+    def feed():
+        pipeline.feed_all(sends + recvs)
+
+    peak = _peak_bytes(feed)
+    # The request is kept up to its limit, the response up to its limit, never both whole.
+    assert peak < MAX_REQUEST_BODY + MAX_RESPONSE_BODY + 8 * 1024 * 1024
+    (call,) = calls
+    assert call.request_model == "gpt-4o-mini" and call.usage_missing
+    assert pipeline.counters["skipped.response_body"] == 1
+
+
+def test_giant_stream_event_is_cut_and_counted(prices):
+    from lumen_agent.parsers.sse import MAX_EVENT_BYTES
+    request = request_bytes("POST", "https://api.openai.com/v1/chat/completions",
+                            {"model": "gpt-4o-mini", "stream": True, "messages": []})
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    events = [DataEvent(1, 7, 7, 1, Direction.SEND, request), DataEvent(2, 7, 7, 1, Direction.RECV, head)]
+    blob = b"data: " + b"z" * (64 * 1024)
+    for _ in range(MAX_EVENT_BYTES // len(blob) + 10):  # one event that never ends
+        events.append(DataEvent(3, 7, 7, 1, Direction.RECV, b"%x\r\n%s\r\n" % (len(blob), blob)))
+    events.append(DataEvent(4, 7, 7, 1, Direction.RECV, b"0\r\n\r\n"))
+    calls = []
+    pipeline = Pipeline(prices, calls.append, salt=SALT)
+    peak = _peak_bytes(lambda: pipeline.feed_all(events))
+    assert peak < 3 * MAX_EVENT_BYTES
+    (call,) = calls
+    assert call.usage_missing and call.outcome is Outcome.SUCCESS
+    assert pipeline.counters["skipped.response_body"] == 1
