@@ -168,8 +168,8 @@ def _effective_caps() -> int:
 
 
 def has_bpf_permissions() -> bool:
-    if os.geteuid() == 0:
-        return True
+    # Root without capabilities (a container, `setpriv --bounding-set=-all`)
+    # cannot load BPF either: the effective set decides, not the uid.
     caps = _effective_caps()
     if caps & (1 << CAP_SYS_ADMIN):
         return True
@@ -242,8 +242,10 @@ def check_prerequisites() -> list[Check]:
         Check(
             "permissions",
             perm,
-            "root" if os.geteuid() == 0 else ("CAP_BPF+CAP_PERFMON" if perm else "not root"),
-            "" if perm else "run as root (sudo) or grant CAP_BPF,CAP_PERFMON",
+            ("root" if os.geteuid() == 0 else "CAP_BPF+CAP_PERFMON") if perm
+            else "no CAP_BPF+CAP_PERFMON in the effective capability set",
+            "" if perm else "run as root (sudo) with full capabilities, or grant CAP_BPF,CAP_PERFMON,"
+            "CAP_SYS_PTRACE,CAP_DAC_READ_SEARCH",
         )
     )
     return checks
