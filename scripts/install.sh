@@ -26,7 +26,7 @@ done
 if (( ${#missing[@]} )); then
   echo "install: apt-get install ${missing[*]}" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # BCC's Python module is built for the distribution's python3; use the same
