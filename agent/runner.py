@@ -94,6 +94,7 @@ class Agent:
         self._status: dict[str, Any] = {}
         self._call_listeners: list[Callable[[Call], None]] = []
         self._tick_listeners: list[Callable[[], None]] = []
+        self._shutdown_listeners: list[Callable[[], None]] = []
         self._excluded: set[int] = set()
         self._allowed: set[int] = set()
         self.ready_at: float | None = None
@@ -126,6 +127,15 @@ class Agent:
     def add_tick_listener(self, listener: Callable[[], None]) -> None:
         """Called on the run loop's thread about once a second."""
         self._tick_listeners.append(listener)
+
+    def add_shutdown_listener(self, listener: Callable[[], None]) -> None:
+        """Called once when the agent starts shutting down, before the capture is detached."""
+        self._shutdown_listeners.append(listener)
+
+    @property
+    def last_status(self) -> dict[str, Any]:
+        """The status as of the last housekeeping turn (a fresh dict each second; read-only)."""
+        return self._status
 
     # -- the loop -------------------------------------------------------------
 
@@ -220,6 +230,11 @@ class Agent:
 
     def shutdown(self) -> None:
         started = time.monotonic()
+        for listener in self._shutdown_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001
+                log.exception("shutdown listener failed")
         try:
             self.capture.close()
         finally:
