@@ -490,3 +490,26 @@ def test_command_user_errors(tmp_path) -> None:
                               capture_output=True, text=True, env=env, timeout=30)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+
+
+def test_head_get_and_pipelined_requests_keep_the_connection(proxy, server) -> None:
+    """HEAD has no body whatever its Content-Length; a GET is forwarded but is no call;
+    requests written back to back are answered in order on the same connections."""
+    host = f"127.0.0.1:{proxy.port}"
+    head = f"HEAD /openai/healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    get = f"GET /openai/v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer sk-x\r\n\r\n".encode()
+    chat = _request("openai.chat", "/openai", host, {"x-lumen-tenant": "pipelined"}).replace(
+        b"Connection: close\r\n", b"")
+    last = get.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    response = _raw(proxy.port, head + get + chat + last)
+    statuses = re.findall(rb"(?m)^HTTP/1\.1 (\d{3})", response)
+    assert statuses == [b"200"] * 4, response[:2000]
+    assert response.count(b"\r\n\r\nok") == 2  # the two GET bodies; HEAD's Content-Length: 3 sent no body
+    assert b"chat.completion" in response
+    deadline = time.monotonic() + 10
+    while not (mine := [c for c in proxy.calls.of(os.getpid(), 1) if c.tenant == "pipelined"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [c.endpoint for c in mine] == ["chat.completions"]
+    served = [e for e in server.served() if e["path"] in ("/healthz", "/v1/models")]
+    assert served and all(e["method"] in ("GET", "HEAD") for e in served)
