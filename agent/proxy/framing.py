@@ -68,9 +68,9 @@ class Head:
         return None
 
 
-def _lines(head: bytes) -> list[bytes]:
-    if not head.endswith(b"\n\n") and not head.endswith(b"\r\n\r\n"):
-        raise ValueError("incomplete head")
+def _lines(head: bytes, error: type[ValueError]) -> list[bytes]:
+    if not head.endswith(b"\n\n") and not head.endswith(b"\n\r\n"):
+        raise error("incomplete head")
     lines = head.split(b"\n")[:-2]  # drop the empty line and what follows it
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
@@ -127,10 +127,7 @@ def parse_request_head(head: bytes) -> Head:
     """A complete request head (through the empty line), strictly."""
     if len(head) > MAX_HEAD_BYTES:
         raise BadRequest("request head too large")
-    try:
-        lines = _lines(head)
-    except ValueError:
-        raise BadRequest("incomplete request head") from None
+    lines = _lines(head, BadRequest)
     while lines and not lines[0]:  # RFC 9112 2.2: ignore empty lines before the request line
         lines.pop(0)
     if not lines:
@@ -154,7 +151,7 @@ def parse_response_head(head: bytes, request_method: bytes) -> Head:
     """A complete response head; ``request_method`` decides HEAD's empty body."""
     if len(head) > MAX_HEAD_BYTES:
         raise BadResponse("response head too large")
-    lines = _lines(head)
+    lines = _lines(head, BadResponse)
     match = _STATUS_LINE.match(lines[0]) if lines else None
     if match is None:
         raise BadResponse(f"malformed status line {lines[0][:80] if lines else b''!r}")

@@ -1,0 +1,172 @@
+"""The proxy's pure parts: framing (whole and byte by byte, fuzzed), routes, head rewriting,
+and finding the local process behind a TCP peer."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lumen_agent.proxy.framing import (
+    BadRequest,
+    BadResponse,
+    BodyFramer,
+    Framing,
+    find_head_end,
+    parse_request_head,
+    parse_response_head,
+)
+from lumen_agent.proxy.peers import PeerResolver
+from lumen_agent.proxy.routes import DEFAULT_UPSTREAMS, RouteError, Routes
+from lumen_agent.proxy.server import error_response, rewrite_head
+
+CHUNKED = b"5\r\nhello\r\n1a;ext=1\r\n" + b"x" * 26 + b"\r\n0\r\nTrailer: t\r\n\r\n"
+
+
+def test_chunked_end_whole_and_byte_by_byte() -> None:
+    tail = b"GET /next HTTP/1.1\r\n"
+    framer = BodyFramer(Framing.CHUNKED)
+    assert framer.feed(CHUNKED + tail) == len(CHUNKED)
+    assert framer.done
+    framer = BodyFramer(Framing.CHUNKED)
+    used = 0
+    for i in range(len(CHUNKED + tail)):
+        used += framer.feed((CHUNKED + tail)[i:i + 1])
+    assert used == len(CHUNKED) and framer.done
+
+
+def test_length_close_none() -> None:
+    framer = BodyFramer(Framing.LENGTH, 4)
+    assert (framer.feed(b"abc"), framer.done) == (3, False)
+    assert (framer.feed(b"defg"), framer.done) == (1, True)
+    framer = BodyFramer(Framing.CLOSE)
+    assert framer.feed(b"abc") == 3 and not framer.done
+    assert framer.connection_closed() and framer.done
+    assert BodyFramer(Framing.NONE).done
+    cut = BodyFramer(Framing.CHUNKED)
+    cut.feed(b"5\r\nhel")
+    assert not cut.connection_closed()
+
+
+@pytest.mark.parametrize("bad", [b"zz\r\n", b"5\r\nhelloXX\r\n", b"1" * 20 + b"\r\n", b"5" + b" " * 5000])
+def test_bad_chunked_bodies(bad: bytes) -> None:
+    with pytest.raises(BadResponse):
+        BodyFramer(Framing.CHUNKED).feed(bad)
+
+
+def test_request_heads() -> None:
+    head = parse_request_head(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
+    assert (head.method, head.target, head.version) == (b"POST", b"/openai/v1/chat/completions", b"HTTP/1.1")
+    assert (head.framing, head.length, head.keep_alive) == (Framing.LENGTH, 12, True)
+    head = parse_request_head(b"POST / HTTP/1.1\nTransfer-Encoding: gzip, chunked\nConnection: close\n\n")
+    assert (head.framing, head.keep_alive) == (Framing.CHUNKED, False)
+    assert parse_request_head(b"GET / HTTP/1.0\r\n\r\n").keep_alive is False
+    assert parse_request_head(b"\r\nGET / HTTP/1.1\r\n\r\n").framing is Framing.NONE
+
+
+@pytest.mark.parametrize("bad", [
+    b"GET /\r\n\r\n",
+    b"GET / HTTP/2.0\r\n\r\n",
+    b"GET  / HTTP/1.1\r\n\r\n",
+    b"G\x00T / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+])
+def test_bad_request_heads(bad: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_request_head(bad)
+
+
+def test_response_heads() -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+    assert parse_response_head(ok, b"POST").framing is Framing.LENGTH
+    assert parse_response_head(ok, b"HEAD").framing is Framing.NONE
+    assert parse_response_head(b"HTTP/1.1 204 No Content\r\n\r\n", b"POST").framing is Framing.NONE
+    close = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n", b"POST")
+    assert (close.framing, close.keep_alive) == (Framing.CLOSE, False)
+    assert parse_response_head(b"HTTP/1.1 100 Continue\r\n\r\n", b"POST").status == 100
+    with pytest.raises(BadResponse):
+        parse_response_head(b"HTTP/1.1 OK\r\n\r\n", b"GET")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_only_our_errors(data: bytes) -> None:
+    """Any input parses or raises the proxy's own errors, nothing else (h11's invariant)."""
+    end = find_head_end(data)
+    if end >= 0:
+        for parse, error in ((parse_request_head, BadRequest),
+                             (lambda h: parse_response_head(h, b"GET"), BadResponse)):
+            try:
+                parse(data[:end])
+            except error:
+                pass
+    for framing in (Framing.CHUNKED, Framing.LENGTH, Framing.CLOSE):
+        framer = BodyFramer(framing, 50)
+        try:
+            framer.feed(data)
+        except BadResponse:
+            pass
+
+
+def test_routes() -> None:
+    routes = Routes.build({"/openrouter": "https://openrouter.ai/api"}, ["/mine=http://localhost:11434/"])
+    route, target = routes.match("/openai/v1/chat/completions?x=1")
+    assert (str(route.upstream), target) == ("https://api.openai.com", "/v1/chat/completions?x=1")
+    route, target = routes.match("/openrouter/v1/chat/completions")
+    assert (str(route.upstream), target) == ("https://openrouter.ai/api", "/api/v1/chat/completions")
+    route, target = routes.match("/mine")
+    assert (route.upstream.authority, route.upstream.tls, target) == ("localhost:11434", False, "/")
+    assert routes.match("/openaix/v1") is None  # whole segments only
+    assert routes.match("/elsewhere") is None
+    assert {r.prefix for r in routes} >= set(DEFAULT_UPSTREAMS)
+    only = Routes.build({}, ["https://api.anthropic.com:8443"])
+    assert [r.prefix for r in only] == ["/"]
+    route, target = only.match("/v1/messages")
+    assert (route.upstream.authority, target) == ("api.anthropic.com:8443", "/v1/messages")
+    for bad in (["ftp://x"], ["a", "b"], ["/p=https://"], ["/p=https://h:99999"]):
+        with pytest.raises(RouteError):
+            Routes.build({}, bad)
+
+
+def test_rewrite_head_sets_the_upstream_host() -> None:
+    req = parse_request_head(b"POST /openai/v1/x HTTP/1.1\r\nhost: 127.0.0.1:8787\r\nX-Api-Key: k\r\n\r\n")
+    assert rewrite_head(req, "/v1/x", "api.openai.com") == (
+        b"POST /v1/x HTTP/1.1\r\nhost: api.openai.com\r\nX-Api-Key: k\r\n\r\n")
+    req = parse_request_head(b"GET /a HTTP/1.0\r\nAccept: */*\r\n\r\n")
+    assert rewrite_head(req, "/b", "h:1") == b"GET /b HTTP/1.0\r\nHost: h:1\r\nAccept: */*\r\n\r\n"
+
+
+def test_error_response_is_json() -> None:
+    raw = error_response(502, "upstream_unreachable", "cannot connect")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body == b'{"error": {"type": "lumen_proxy_error", "code": "upstream_unreachable", ' \
+                   b'"message": "cannot connect"}}'
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_peer_pid_of_a_loopback_client(family, host) -> None:
+    try:
+        listener = socket.socket(family)
+        listener.bind((host, 0))
+    except OSError:
+        pytest.skip(f"no {host}")
+    with listener:
+        listener.listen()
+        client = socket.create_connection(listener.getsockname()[:2])
+        accepted, peer = listener.accept()
+        with client, accepted:
+            resolver = PeerResolver()
+            assert resolver.pid_of(peer, accepted.getsockname()) == os.getpid()
+            assert resolver.pid_of(peer, accepted.getsockname()) == os.getpid()  # the recent-pid path
+            assert resolver.pid_of(("203.0.113.9", 5000), accepted.getsockname()) is None
