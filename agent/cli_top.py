@@ -39,7 +39,10 @@ def top(
         typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     seconds = WINDOW_BY_LABEL[window.value]
-    code = print_once(config.socket_path, seconds) if once else run(config.socket_path, seconds)
+    try:
+        code = print_once(config.socket_path, seconds) if once else run(config.socket_path, seconds)
+    except KeyboardInterrupt:  # before the view started (the view itself quits on Ctrl-C with 0)
+        code = 130
     raise typer.Exit(code)
 
 

@@ -27,6 +27,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -161,64 +162,88 @@ def _health_line(health: dict[str, Any]) -> Text:
         value = health.get(key) or 0
         return (f"{name} {count(value)}", "bold red" if bad and value else "")
 
-    return _line(f"agent pid {health.get('pid')}  up {duration(health.get('uptime_s'))}  ",
+    return _line(f"agent pid {health.get('pid')} up {duration(health.get('uptime_s'))}  ",
                  f"events {count(health.get('events'))}  ", counter("lost", "lost"), "  ",
-                 counter("truncated", "truncated"), "  ", counter("skipped", "skipped", bad=False), "  ",
-                 f"rows pending {count(health.get('rows_pending'))}  ", counter("dropped", "rows_dropped"))
+                 counter("truncated", "truncated"), "  ", counter("rows dropped", "rows_dropped"), "  ",
+                 f"pending {count(health.get('rows_pending'))}  ", counter("skipped", "skipped", bad=False))
 
 
 @dataclass(frozen=True, slots=True)
 class _Column:
     key: str
     header: str
-    width: int  # what it needs at least, padding excluded
     justify: str = "left"
-    flexible: bool = False  # takes the slack (in proportion to ratio), cut with an ellipsis
-    ratio: int = 1
+    # A flexible column gets what room is left and is cut with an ellipsis; while
+    # columns are chosen it claims its longest cell, at most ``claim``.  Other
+    # columns always get their longest cell.
+    flexible: bool = False
+    claim: int = 0
 
 
 _TOP_COLUMNS = (  # in the order they are given room; shown in this order too
-    _Column("name", "", 8, flexible=True),
-    _Column("cost", "COST", 9, "right"),
-    _Column("calls", "CALLS", 6, "right"),
-    _Column("tokens", "TOKENS", 8, "right"),
+    _Column("name", "", flexible=True, claim=20),
+    _Column("cost", "COST", "right"),
+    _Column("calls", "CALLS", "right"),
+    _Column("tokens", "TOKENS", "right"),
 )
 _LATEST_ORDER = ("time", "process", "pid", "provider", "model", "in", "out", "cost", "latency", "outcome")
 _LATEST_COLUMNS = (  # in the order they are given room
-    _Column("process", "PROCESS", 8, flexible=True),
-    _Column("model", "MODEL", 10, flexible=True, ratio=2),
-    _Column("cost", "COST", 9, "right"),
-    _Column("time", "TIME", 8),
-    _Column("outcome", "OUTCOME", 7),
-    _Column("latency", "LATENCY", 7, "right"),
-    _Column("in", "IN", 6, "right"),
-    _Column("out", "OUT", 6, "right"),
-    _Column("provider", "PROVIDER", 9),
-    _Column("pid", "PID", 7, "right"),
+    _Column("process", "PROCESS", flexible=True, claim=15),
+    _Column("model", "MODEL", flexible=True, claim=22),
+    _Column("cost", "COST", "right"),
+    _Column("time", "TIME"),
+    _Column("outcome", "OUTCOME"),
+    _Column("latency", "LATENCY", "right"),
+    _Column("in", "IN", "right"),
+    _Column("out", "OUT", "right"),
+    _Column("provider", "PROVIDER"),
+    _Column("pid", "PID", "right"),
 )
 _OUTCOME_STYLE = {"success": "green", "rate_limited": "yellow", "cancelled": "yellow"}
 
 
-def _fit(columns: Sequence[_Column], width: int) -> list[_Column]:
-    """The columns that fit in ``width`` (each takes its width plus a gap), in priority order."""
+def _need(column: _Column, rows: list[dict[str, Any]]) -> int:
+    return max([cell_len(column.header)] + [_cell_len(r[column.key]) for r in rows])
+
+
+def _cell_len(value: str | Text) -> int:
+    return value.cell_len if isinstance(value, Text) else cell_len(value)
+
+
+def _fit(columns: Sequence[_Column], width: int, rows: list[dict[str, Any]]) -> list[_Column]:
+    """The columns of ``rows`` that fit in ``width`` (each with a gap), given room in priority order."""
     chosen: list[_Column] = []
     used = -1
     for column in columns:
-        if used + column.width + 1 <= width or not chosen:
+        need = _need(column, rows)
+        if column.flexible:
+            need = min(need, column.claim)
+        if used + need + 1 <= width or not chosen:
             chosen.append(column)
-            used += column.width + 1
+            used += need + 1
     return chosen
 
 
-def _table(columns: Sequence[_Column], rows: list[dict[str, Any]], empty: str) -> Table:
-    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), expand=True, show_edge=False,
-                  header_style="bold reverse")
-    for column in columns:
-        table.add_column(column.header, justify=column.justify, no_wrap=True,
-                         overflow="ellipsis", ratio=column.ratio if column.flexible else None,
-                         min_width=column.width if column.flexible else None)
+def _flexible_widths(columns: Sequence[_Column], rows: list[dict[str, Any]], width: int) -> dict[str, int]:
+    """Room for the flexible columns: what the others leave, shared out so short ones keep their cells."""
+    flexible = sorted((c for c in columns if c.flexible), key=lambda c: _need(c, rows))
+    room = width - (len(columns) - 1) - sum(_need(c, rows) for c in columns if not c.flexible)
+    widths: dict[str, int] = {}
+    for i, column in enumerate(flexible):
+        share = max(1, min(_need(column, rows), room // (len(flexible) - i)))
+        widths[column.key] = share
+        room -= share
+    return widths
+
+
+def _table(columns: Sequence[_Column], rows: list[dict[str, Any]], empty: str, width: int) -> Table:
     if not rows:
-        table.add_row(Text(empty, style="dim"), *([""] * (len(columns) - 1)))
+        rows = [{c.key: Text(empty, style="dim") if i == 0 else "" for i, c in enumerate(columns)}]
+    widths = _flexible_widths(columns, rows, width)
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), show_edge=False, header_style="bold reverse")
+    for column in columns:
+        table.add_column(column.header, justify=column.justify, no_wrap=True, overflow="ellipsis",
+                         width=widths.get(column.key))
     for row in rows:
         table.add_row(*(row[c.key] for c in columns))
     return table
@@ -259,11 +284,11 @@ def _top_block(snapshot: dict[str, Any], dims: Sequence[str]) -> _Block:
         each = width if len(dims) == 1 else (width - 2 * (len(dims) - 1)) // len(dims)
         tables = []
         for dim in dims:
-            columns = _fit(_TOP_COLUMNS, each)
-            columns[0] = replace(columns[0], header=DIMENSION_TITLES[dim])
             rows = [{"name": e["name"], "cost": _entry_cost(e), "calls": count(e["calls"]),
                      "tokens": count(e["tokens"])} for e in tops.get(dim, [])[:lines]]
-            tables.append(_table(columns, rows, "no calls"))
+            columns = [replace(c, header=DIMENSION_TITLES[dim]) if c.key == "name" else c for c in _TOP_COLUMNS]
+            columns = _fit(columns, each, rows)
+            tables.append(_table(columns, rows, "no calls", each))
         if len(tables) == 1:
             return tables[0]
         grid = Table.grid(expand=True, padding=(0, 2, 0, 0))
@@ -280,8 +305,6 @@ def _latest_block(snapshot: dict[str, Any]) -> _Block:
     latest = snapshot.get("latest", [])
 
     def make(lines: int, width: int) -> RenderableType:
-        chosen = {c.key: c for c in _fit(_LATEST_COLUMNS, width)}
-        columns = [chosen[key] for key in _LATEST_ORDER if key in chosen]
         rows = []
         for call in latest[:lines]:
             outcome = call.get("outcome") or "-"
@@ -297,10 +320,12 @@ def _latest_block(snapshot: dict[str, Any]) -> _Block:
                 "latency": latency(call.get("latency_ms")),
                 "outcome": Text(outcome, _OUTCOME_STYLE.get(outcome, "red")),
             })
+        chosen = {c.key: c for c in _fit(_LATEST_COLUMNS, width, rows)}
+        columns = [chosen[key] for key in _LATEST_ORDER if key in chosen]
         # Name the table in its first header: LATEST above the times, or before the first column.
         first = columns[0]
         columns[0] = replace(first, header="LATEST" if first.key == "time" else f"LATEST {first.header}")
-        return _table(columns, rows, "no calls yet")
+        return _table(columns, rows, "no calls yet", width)
 
     return _Block("latest", max(len(latest), 1), make)
 
@@ -391,7 +416,7 @@ def print_once(socket_path: Path, window: int, console: Console | None = None) -
     try:
         snapshot = fetch(socket_path, window)
     except AgentUnreachable as exc:
-        Console(stderr=True, highlight=False).print(str(exc), markup=False, soft_wrap=True)
+        print(exc, file=sys.stderr)
         return 1
     # In a terminal, fit it; in a pipe or file, show everything.
     height = console.height if console.is_terminal else 1000
@@ -409,15 +434,13 @@ def _terminal_size(fd: int) -> tuple[int, int]:
 
 def run(socket_path: Path, window: int) -> int:
     """The interactive view until q, Ctrl-C, SIGTERM or the terminal goes away."""
-    err = Console(stderr=True, highlight=False)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        err.print("error: top needs a terminal; use `lumen-agent top --once` for one snapshot",
-                  markup=False, soft_wrap=True)
+        print("error: top needs a terminal; use `lumen-agent top --once` for one snapshot", file=sys.stderr)
         return 2
     try:
         snapshot: dict[str, Any] | None = fetch(socket_path, window)
     except AgentUnreachable as exc:
-        err.print(str(exc), markup=False, soft_wrap=True)
+        print(exc, file=sys.stderr)
         return 1
 
     stdin = sys.stdin.fileno()
