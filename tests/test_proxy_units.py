@@ -170,3 +170,31 @@ def test_peer_pid_of_a_loopback_client(family, host) -> None:
             assert resolver.pid_of(peer, accepted.getsockname()) == os.getpid()
             assert resolver.pid_of(peer, accepted.getsockname()) == os.getpid()  # the recent-pid path
             assert resolver.pid_of(("203.0.113.9", 5000), accepted.getsockname()) is None
+
+
+def test_choose_sink(tmp_path, monkeypatch) -> None:
+    """No agent: a pipeline here.  An ingest-only agent: its socket.  An eBPF agent: nothing
+    (it already sees the proxy's TLS traffic; shipping events too would count calls twice)."""
+    import json
+    import time
+
+    from lumen_agent.config import load
+    from lumen_agent.proxy.runner import ProxyOptions, choose_sink
+    from lumen_agent.proxy.sink import AgentSink, LocalSink, NullSink
+
+    monkeypatch.setenv("LUMEN_CONFIG_DIR", str(tmp_path))
+    config = load(None, {"runtime_dir": tmp_path / "run", "db": tmp_path / "x.duckdb"})
+    assert isinstance(choose_sink(config, ProxyOptions()), LocalSink)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ingest.sock").touch()
+
+    def agent(targets):
+        status = {"pid": os.getpid(), "updated": time.time(), "targets": targets}
+        (tmp_path / "run" / "status.json").write_text(json.dumps(status))
+
+    agent(["ingest socket"])
+    assert isinstance(choose_sink(config, ProxyOptions()), AgentSink)
+    assert isinstance(choose_sink(config, ProxyOptions(db=tmp_path / "y.duckdb")), LocalSink)
+    agent(["/usr/lib/x86_64-linux-gnu/libssl.so.3 (libssl, global, 12 processes)"])
+    assert isinstance(choose_sink(config, ProxyOptions()), NullSink)
+    assert isinstance(choose_sink(config, ProxyOptions(sink="local")), LocalSink)
