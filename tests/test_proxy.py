@@ -481,6 +481,52 @@ def test_command_runs_until_sigterm(tmp_path, server, certs) -> None:
     assert rows == [(result.pid, "curl", "proxy", "openai", 78, 9, Decimal("0.00001710"))]
 
 
+def _wait_listening(proc: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 20
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("listening on "):
+            return line.split()[-1]
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("proxy did not start: " + "".join(lines))
+
+
+def test_command_with_a_running_ingest_agent(tmp_path, server, certs) -> None:
+    """`lumen-agent run --capture proxy` + `lumen-agent proxy`: rows land in the agent's
+    database, under the proxy's pid (the agent stamps the sender's pid on ingested events)."""
+    env = {**os.environ, **certs.env, "LUMEN_STATE_DIR": str(tmp_path / "state"),
+           "LUMEN_CONFIG_DIR": str(tmp_path / "config"), "LUMEN_RUNTIME_DIR": str(tmp_path / "run")}
+    db = tmp_path / "agent.duckdb"
+    agent = subprocess.Popen([str(LUMEN), "run", "--capture", "proxy", "--db", str(db)], env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proxy = None
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run([str(LUMEN), "status"], env=env, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
+            time.sleep(0.1)
+        proxy = subprocess.Popen(
+            [str(LUMEN), "proxy", "--listen", "127.0.0.1:0", "--upstream", f"/openai=https://api.openai.com:{server.port}",
+             "--resolve", f"api.openai.com:{server.port}:127.0.0.1"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = _wait_listening(proxy)
+        result = clients.curl(url + "/openai", certs, "openai.chat.stream", calls=2)
+        assert_ok(result)
+    finally:
+        for proc in (proxy, agent):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=30)
+    assert (proxy.returncode, agent.returncode) == (0, 0)
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT pid, capture, provider, input_tokens, output_tokens, cost_usd, outcome "
+                           "FROM llm_calls").fetchall()
+    assert rows == [(proxy.pid, "proxy", "openai", 78, 9, Decimal("0.00001710"), "success")] * 2
+
+
 def test_command_user_errors(tmp_path) -> None:
     env = {**os.environ, "LUMEN_RUNTIME_DIR": str(tmp_path), "LUMEN_CONFIG_DIR": str(tmp_path)}
     for args, message in ((["--upstream", "ftp://x"], "must be an http:// or https:// URL"),
