@@ -45,7 +45,9 @@ class EventBuffer:
         queue.append(item)
         self.accepted += 1
         self.accepted_bytes += nbytes
-        if len(queue) <= 2:  # was empty (or two threads raced): wake the shipper
+        # Was empty (or two threads raced) and the shipper sleeps: wake it.
+        # Event.set takes a lock; reading the flag first does not.
+        if len(queue) <= 2 and not self.wake.is_set():
             self.wake.set()
 
     def take(self, limit: int) -> list[tuple]:

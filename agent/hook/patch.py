@@ -58,7 +58,18 @@ Sink = Callable[[tuple, int], Any]
 
 _time_ns = time.time_ns
 _native_id = threading.get_native_id
-_tls = threading.local()
+
+
+class _PerThread(threading.local):
+    """Per thread: events recorded so far (the nesting check) and the thread id
+    (``get_native_id`` is a system call; asked once per thread)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.tid = _native_id()
+
+
+_tls = _PerThread()
 _conn_numbers = itertools.count(1)
 
 # Set by install(); the wrappers read them on every call.
@@ -70,23 +81,22 @@ ignored: set[int] = set()
 _originals: dict[tuple[type, str], Any] = {}
 
 
-def _conn_of(obj: Any) -> int:
-    d = obj.__dict__
-    conn = d.get(CONN_ATTR)
-    if conn is None:
-        conn = 0 if getattr(obj, "server_side", False) else next(_conn_numbers)
-        d[CONN_ATTR] = conn
+def _new_conn(obj: Any) -> int:
+    conn = 0 if getattr(obj, "server_side", False) else next(_conn_numbers)
+    obj.__dict__[CONN_ATTR] = conn
     return conn
 
 
-def _emit(obj: Any, direction: int, data: bytes, flags: int = 0) -> None:
-    conn = _conn_of(obj)
+def _emit(obj: Any, direction: int, data: bytes, t: _PerThread, flags: int = 0) -> None:
+    conn = obj.__dict__.get(CONN_ATTR)
+    if conn is None:
+        conn = _new_conn(obj)
     if not conn or conn in ignored:
         return
-    _tls.n = getattr(_tls, "n", 0) + 1
+    t.n += 1
     sink = _sink
     if sink is not None:
-        sink((_time_ns(), _native_id(), conn, direction, data, flags), len(data))
+        sink((_time_ns(), t.tid, conn, direction, data, flags), len(data))
 
 
 def _fault(exc: BaseException) -> None:
@@ -126,11 +136,12 @@ def _wrap_write(orig):
     """send(data, flags=0) / write(data): returns how many bytes went out."""
 
     def wrapper(self, data, *args, **kwargs):
-        mark = getattr(_tls, "n", 0)
+        t = _tls
+        mark = t.n
         n = orig(self, data, *args, **kwargs)
-        if n and _sink is not None and getattr(_tls, "n", 0) == mark:
+        if n and t.n == mark and _sink is not None:
             try:
-                _emit(self, SEND, _copy(data, n))
+                _emit(self, SEND, data if type(data) is bytes and n == len(data) else _copy(data, n), t)
             except Exception as exc:  # noqa: BLE001
                 _fault(exc)
         return n
@@ -142,13 +153,14 @@ def _wrap_sendall(orig):
     """sendall(data, flags=0): returns None once everything is written."""
 
     def wrapper(self, data, *args, **kwargs):
-        mark = getattr(_tls, "n", 0)
+        t = _tls
+        mark = t.n
         result = orig(self, data, *args, **kwargs)
-        if _sink is not None and getattr(_tls, "n", 0) == mark:
+        if t.n == mark and _sink is not None:
             try:
                 payload = _copy(data, None)
                 if payload:
-                    _emit(self, SEND, payload)
+                    _emit(self, SEND, payload, t)
             except Exception as exc:  # noqa: BLE001
                 _fault(exc)
         return result
@@ -164,18 +176,24 @@ def _wrap_read(orig, size_index: int, size_name: str, buffer_index: int | None, 
     """
 
     def wrapper(self, *args, **kwargs):
-        mark = getattr(_tls, "n", 0)
+        t = _tls
+        mark = t.n
         result = orig(self, *args, **kwargs)
-        if _sink is not None and getattr(_tls, "n", 0) == mark:
+        if t.n == mark and _sink is not None:
             try:
-                if type(result) is int:
+                if type(result) is bytes:
+                    if result:
+                        _emit(self, RECV, result, t)
+                    else:
+                        _maybe_eof(self, args, kwargs, size_index, size_name, default_size, None)
+                elif type(result) is int:
                     buffer = _buffer_arg(args, kwargs, buffer_index, buffer_name)
                     if result > 0 and buffer is not None:
-                        _emit(self, RECV, _copy(buffer, result))
+                        _emit(self, RECV, _copy(buffer, result), t)
                     elif result == 0:
                         _maybe_eof(self, args, kwargs, size_index, size_name, default_size, buffer)
                 elif result:
-                    _emit(self, RECV, result if type(result) is bytes else _copy(result, None))
+                    _emit(self, RECV, _copy(result, None), t)
                 else:
                     _maybe_eof(self, args, kwargs, size_index, size_name, default_size, None)
             except Exception as exc:  # noqa: BLE001
@@ -200,10 +218,11 @@ def _emit_close(obj: Any) -> None:
     """CLOSE for a connection that was recorded (others are nobody's business)."""
     conn = obj.__dict__.get(CONN_ATTR)
     if conn and conn not in ignored:
-        _tls.n = getattr(_tls, "n", 0) + 1
+        t = _tls
+        t.n += 1
         sink = _sink
         if sink is not None:
-            sink((_time_ns(), _native_id(), conn, RECV, b"", FLAG_CLOSE), 0)
+            sink((_time_ns(), t.tid, conn, RECV, b"", FLAG_CLOSE), 0)
 
 
 def _wrap_close(orig):
@@ -273,4 +292,4 @@ def installed() -> bool:
 def reset_after_fork() -> None:
     """In a forked child: a fresh per-thread counter (threads did not survive)."""
     global _tls
-    _tls = threading.local()
+    _tls = _PerThread()
