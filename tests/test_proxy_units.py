@@ -198,3 +198,44 @@ def test_choose_sink(tmp_path, monkeypatch) -> None:
     agent(["/usr/lib/x86_64-linux-gnu/libssl.so.3 (libssl, global, 12 processes)"])
     assert isinstance(choose_sink(config, ProxyOptions()), NullSink)
     assert isinstance(choose_sink(config, ProxyOptions(sink="local")), LocalSink)
+
+
+def test_switching_protocols_becomes_a_tunnel(tmp_path) -> None:
+    """101 (a WebSocket upgrade, e.g. a realtime API): bytes flow both ways until either side closes."""
+    import threading
+
+    from lumen_agent.proxy.runner import ProxyThread
+    from lumen_agent.proxy.sink import NullSink
+
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen()
+
+    def serve() -> None:
+        conn, _ = upstream.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            assert data.startswith(b"GET /v1/realtime HTTP/1.1\r\n")
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            while chunk := conn.recv(4096):
+                conn.sendall(chunk.upper())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    routes = Routes.build({}, [f"/rt=http://127.0.0.1:{upstream.getsockname()[1]}"])
+    with ProxyThread(routes, NullSink()) as proxy, upstream:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+            client.sendall(b"GET /rt/v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                           b"Connection: Upgrade\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += client.recv(4096)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            client.sendall(b"hello frames")
+            echoed = b""
+            while len(echoed) < 12:
+                echoed += client.recv(4096)
+            assert echoed == b"HELLO FRAMES"
+    thread.join(5)

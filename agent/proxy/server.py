@@ -251,14 +251,14 @@ class _Session:
         first = True
         while True:
             end = find_head_end(self.buf, max(0, searched - 3))
+            if end > MAX_HEAD_BYTES or (end < 0 and len(self.buf) > MAX_HEAD_BYTES):
+                await self._send_error(ProxyError(431, "head_too_large", "request head too large"))
+                return None
             if end >= 0:
                 head = bytes(self.buf[:end])
                 del self.buf[:end]
                 return head
             searched = len(self.buf)
-            if searched > MAX_HEAD_BYTES:
-                await self._send_error(ProxyError(431, "head_too_large", "request head too large"))
-                return None
             timeout = CLIENT_IDLE_TIMEOUT_S if first and not self.buf else CLIENT_READ_TIMEOUT_S
             try:
                 data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
