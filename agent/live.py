@@ -81,21 +81,35 @@ class _Bucket:
             entry[2] += tokens
             entry[3] += unpriced
 
+    def copy(self) -> "_Bucket":
+        return _Bucket(self.cost, self.calls, self.tokens, self.unpriced,
+                       {dim: {name: list(entry) for name, entry in groups.items()} for dim, groups in self.by.items()})
+
 
 class _Ring:
-    """Buckets of ``resolution`` seconds covering the last ``span`` seconds."""
+    """Buckets of ``resolution`` seconds covering the last ``span`` seconds.
+
+    Only the newest bucket changes, so a reader may sum the others without
+    the lock; a bucket older than the newest (the clock stepped back) is
+    replaced by a changed copy, never changed in place.
+    """
 
     def __init__(self, resolution: int, span: int) -> None:
         self.resolution = resolution
         self.count = span // resolution
         self._buckets: dict[int, _Bucket] = {}
+        self._newest = -1
 
     def bucket(self, now: float) -> _Bucket:
+        """The bucket to add to at ``now`` (under the feed's lock)."""
         index = int(now // self.resolution)
         bucket = self._buckets.get(index)
         if bucket is None:
-            self._prune(index)
+            self._prune(max(index, self._newest))
             bucket = self._buckets[index] = _Bucket()
+            self._newest = max(index, self._newest)
+        elif index < self._newest:
+            bucket = self._buckets[index] = bucket.copy()
         return bucket
 
     def _prune(self, current: int) -> None:
@@ -104,9 +118,10 @@ class _Ring:
             del self._buckets[index]
 
     def window(self, now: float, seconds: int) -> list[_Bucket]:
+        """The buckets of the last ``seconds`` (under the feed's lock): safe to read after it is released."""
         current = int(now // self.resolution)
         first = current - seconds // self.resolution
-        return [b for i, b in self._buckets.items() if first < i <= current]
+        return [b.copy() if i == self._newest else b for i, b in self._buckets.items() if first < i <= current]
 
 
 def call_tokens(call: Call) -> int:
@@ -168,12 +183,13 @@ class LiveFeed:
         now = time.time() if now is None else now
         ring = self._seconds if window <= 300 else self._minutes
         with self._lock:
-            rate = _sum(self._seconds.window(now, RATE_WINDOW_S))
+            rate_buckets = self._seconds.window(now, RATE_WINDOW_S)
             buckets = ring.window(now, window)
-            totals = _sum(buckets)
-            groups = {dim: _merge(buckets, dim) for dim in DIMENSIONS}
             latest = list(reversed(self._latest))
             total_calls = self._total_calls
+        rate = _sum(rate_buckets)
+        totals = _sum(buckets)
+        groups = {dim: _merge(buckets, dim) for dim in DIMENSIONS}
         cost_per_min = rate.cost  # RATE_WINDOW_S is one minute
         return {
             "now": now,

@@ -290,6 +290,17 @@ def test_feed_bounds_top_latest_names_and_buckets():
     assert feed.snapshot(86400, now=NOW + (2 * 1440 - 1) * 60)["totals"]["calls"] == 1440
 
 
+def test_feed_readers_keep_their_buckets_when_the_clock_steps_back():
+    feed = LiveFeed()
+    feed.add(make_call(cost="0.1"), now=NOW)
+    feed.add(make_call(cost="0.2"), now=NOW + 61)
+    taken = feed._minutes.window(NOW + 61, 3600)  # what a snapshot sums after releasing the lock
+    feed.add(make_call(cost="0.4"), now=NOW + 1)  # the clock stepped back into an older minute
+    feed.add(make_call(cost="0.8"), now=NOW + 62)
+    assert sorted(b.cost for b in taken) == [Decimal("0.1"), Decimal("0.2")]
+    assert feed.snapshot(3600, now=NOW + 62)["totals"] == {"cost": "1.5", "calls": 4, "tokens": 600, "unpriced": 0}
+
+
 def test_feed_rejects_other_windows():
     with pytest.raises(ValueError, match="window must be one of 60, 300, 3600, 86400"):
         LiveFeed().snapshot(120)
@@ -523,8 +534,9 @@ def test_top_in_a_real_terminal(running_agent, agent_env):
         running_agent.send_signal(signal.SIGTERM)
         running_agent.wait(timeout=15)
         tmux("resize-window", "-t", "top", "-x", "120", "-y", "40")
-        text = tmux.wait_screen(lambda s: "agent gone since" in s, "the lost-agent notice")
-        assert "no lumen-agent is running" in text
+        text = tmux.wait_screen(lambda s: "agent gone since" in s and "no lumen-agent is running" in s,
+                                "the lost-agent notice at 120 columns")
+        assert f"5m window: {EXPECTED_COST}" in text  # the last figures stay
 
         tmux("send-keys", "-t", "top", "C-c")
         text = tmux.wait_screen(lambda s: any(line.startswith("top-exit=") for line in s.splitlines()),
