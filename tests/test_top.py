@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -474,12 +475,19 @@ def test_top_once_with_a_running_agent(running_agent, agent_env):
 
 
 class Tmux:
+    """A tmux server of our own (its socket in a short temporary folder, removed by close)."""
+
     def __init__(self, env: dict[str, str]) -> None:
-        self.socket = f"lumen-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.folder = tempfile.mkdtemp(prefix="lumen-tmux-")
+        self.socket = os.path.join(self.folder, "s")
         self.env = env
 
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
     def __call__(self, *args: str) -> str:
-        result = subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", *args], capture_output=True,
+        result = subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null", *args], capture_output=True,
                                 text=True, timeout=10, env=self.env)
         assert result.returncode == 0, result.stderr
         return result.stdout
@@ -544,4 +552,4 @@ def test_top_in_a_real_terminal(running_agent, agent_env):
         assert "top-exit=0" in text
         assert "Traceback" not in text
     finally:
-        subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True, timeout=10)
+        tmux.close()
