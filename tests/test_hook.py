@@ -629,3 +629,45 @@ def test_install_pth_in_another_venv(tmp_path, dirs) -> None:
     r = subprocess.run([LUMEN, "hook", "uninstall-pth", "--python", py], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and not pth.exists()
     assert subprocess.run([py, "-c", probe], env=env, capture_output=True, text=True).stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ next to an eBPF agent
+
+
+@pytest.mark.slow
+def test_hook_stands_aside_when_the_agent_captures_with_ebpf(server, certs, tmp_path, dirs) -> None:
+    """An eBPF agent already sees the program's OpenSSL calls: the hook must not
+    send them a second time (every call would count twice)."""
+    run_dir = Path(dirs["LUMEN_RUNTIME_DIR"])
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(run_dir / "ingest.sock"))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    (run_dir / "status.json").write_text(json.dumps({
+        "pid": os.getpid(), "updated": time.time(),
+        "targets": ["/usr/lib/x86_64-linux-gnu/libssl.so.3 (file, global, 3 processes)"]}))
+    received = bytearray()
+    rep = tmp_path / "hook.jsonl"
+    db = tmp_path / "x.duckdb"
+    argv = [LUMEN, "exec", "--db", str(db), "--", PYTHON, str(client_script(tmp_path)), server.url,
+            "openai.sync.stream"]
+    proc = subprocess.Popen(argv, env=clients.client_env(certs, {**dirs, "LUMEN_HOOK_REPORT": str(rep)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    conns = []
+    while proc.poll() is None:
+        try:
+            conn, _ = listener.accept()
+            conn.settimeout(5)
+            conns.append(conn)
+        except TimeoutError:
+            pass
+    for conn in conns:
+        while piece := conn.recv(65536):
+            received += piece
+        conn.close()
+    listener.close()
+    assert proc.returncode == 0, proc.stderr.read()
+    [stats] = report(rep)
+    assert stats["stood_aside"] is True and stats["shipped"] == 0 and stats["sink"] is None
+    assert bytes(received) == b""
+    assert not db.exists()

@@ -285,6 +285,12 @@ def uninstall() -> None:
     _originals.clear()
 
 
+def stop_recording() -> None:
+    """Leave the wrappers in place (other threads may be inside them) but record nothing."""
+    global _sink
+    _sink = None
+
+
 def installed() -> bool:
     return bool(_originals)
 

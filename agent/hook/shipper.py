@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from lumen_agent.hook import patch
@@ -33,6 +34,26 @@ MAX_BATCH = 2_000
 AGENT_RETRY_S = 1.0
 
 
+# A status file older than this is a gone agent's (runner.STATUS_STALE_S).
+STATUS_STALE_S = 5.0
+
+
+def agent_captures_tls(runtime_dir: Path) -> bool:
+    """True when a live agent of ``runtime_dir`` captures with eBPF (its status
+    names attached TLS libraries, not only the ingest socket)."""
+    try:
+        status = json.loads((runtime_dir / "status.json").read_text())
+        if time.time() - float(status.get("updated", 0)) > STATUS_STALE_S:
+            return False
+        os.kill(int(status["pid"]), 0)
+    except PermissionError:
+        pass  # alive, another user's (root's) process
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    targets = status.get("targets") or []
+    return any(not str(t).startswith("ingest socket") for t in targets)
+
+
 class Shipper:
     def __init__(self, settings: HookSettings) -> None:
         self.settings = settings
@@ -43,6 +64,7 @@ class Shipper:
         self.ship_errors = 0  # failures of a sink
         self.lost = 0  # events taken from the buffer that no sink took
         self._local_unusable = False
+        self.stood_aside = False
         self._agent_retry_at = 0.0
         self._logged: set[str] = set()
         self._stopping = False
@@ -169,18 +191,33 @@ class Shipper:
         from lumen_agent.hook.sinks import AgentSink, SinkError
 
         mode = self.settings.mode
+        if self.stood_aside:
+            return None
         if mode in ("auto", "agent") and time.monotonic() >= self._agent_retry_at:
+            if agent_captures_tls(self.settings.socket_path.parent):
+                self._stand_aside()
+                return None
             try:
-                self.sink = AgentSink(self.settings.socket_path, self.pid)
-                return self.sink
+                sink = AgentSink(self.settings.socket_path, self.pid)
             except SinkError as exc:
                 if mode == "agent":
                     self._agent_retry_at = time.monotonic() + AGENT_RETRY_S
                     self._log_once("no-agent", "lumen hook: %s; events are dropped until one answers", exc)
                     return None
+            else:
+                self.sink = sink
+                return sink
         if mode == "agent":
             return None
         return self._local()
+
+    def _stand_aside(self) -> None:
+        """An eBPF agent already sees this process's TLS: recording it here too
+        would count every call twice.  Stop recording; drop what was queued."""
+        self.stood_aside = True
+        patch.stop_recording()
+        self.buffer.take(len(self.buffer) + MAX_BATCH)
+        log.info("lumen hook: the running agent captures TLS with eBPF; the hook stands aside")
 
     def _local(self) -> Any:
         if self._local_unusable:
@@ -246,6 +283,7 @@ class Shipper:
             "lost": self.lost,
             "shipped": getattr(sink, "shipped", 0),
             "ignored_connections": len(patch.ignored),
+            "stood_aside": self.stood_aside,
         }
         if sink is not None and hasattr(sink, "stats"):
             try:
