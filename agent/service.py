@@ -6,7 +6,8 @@ abstract namespace) and, with ``WatchdogSec=``, ``WATCHDOG_USEC`` (and
 ``WATCHDOG_PID``).  ``install`` rides along the run loop:
 
 * ``READY=1`` (with a ``STATUS=`` line) once the agent captures: the probes
-  are attached, the store and control socket are up (``Agent.ready_at``).
+  are attached, the store and control socket are up (``Agent.ready_at``) and
+  the status file is written, so ``lumen-agent status`` answers.
   Until then systemd keeps the unit in "activating", so ``systemctl start``
   returns only when calls are being recorded, and a start that fails or hangs
   (BCC compiling, a kernel without uprobes) fails the unit.
@@ -34,6 +35,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("lumen_agent")
@@ -45,6 +47,8 @@ WATCHDOG_PID = "WATCHDOG_PID"
 # ticks would fire on a healthy agent.
 MIN_WATCHDOG_S = 2.0
 STATUS_EVERY_S = 10.0
+# Ticks after the probes are attached before READY goes without a status file.
+READY_AFTER_TICKS = 3
 
 
 class NotifyError(ValueError):
@@ -158,18 +162,37 @@ class ServiceNotifications:
     """The tick and stop hooks that keep the service manager informed."""
 
     def __init__(self, agent: Any, notifier: Notifier, watchdog_s: float | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, status_path: Path | None = None) -> None:
         self.agent = agent
         self.notifier = notifier
         self.watchdog_s = watchdog_s
+        self.status_path = status_path
         self.ready_sent = False
+        self._ready_ticks = 0
         self.stopping_sent = False
         self._clock = clock
         self._last_status = ""
         self._last_status_at = 0.0
 
+    def _capturing(self) -> bool:
+        """Probes attached, and ``lumen-agent status`` answers.
+
+        The run loop calls tick listeners just before it writes the status
+        file, so the first tick after ``ready_at`` usually finds no file yet:
+        READY then goes one tick (about a second) later, when ``systemctl
+        start`` returning also means ``lumen-agent status`` exits 0.  If the
+        file cannot be written at all, READY goes anyway after
+        ``READY_AFTER_TICKS``: capture works, only the status file does not.
+        """
+        if self.agent.ready_at is None:
+            return False
+        self._ready_ticks += 1
+        if self.status_path is None or self._ready_ticks > READY_AFTER_TICKS:
+            return True
+        return self.status_path.exists()
+
     def on_tick(self) -> None:
-        if not self.ready_sent and self.agent.ready_at is not None:
+        if not self.ready_sent and self._capturing():
             self._last_status = status_line(self.agent.status())
             self._last_status_at = self._clock()
             self.notifier.send("READY=1", f"STATUS={self._last_status}")
@@ -198,7 +221,7 @@ def install(agent: Any, config: Any) -> ServiceNotifications | None:
     if watchdog_s is not None and watchdog_s < MIN_WATCHDOG_S:
         log.warning("WatchdogSec=%.1fs is shorter than %.0fs; pings come about once a second",
                     watchdog_s, MIN_WATCHDOG_S)
-    hooks = ServiceNotifications(agent, notifier, watchdog_s)
+    hooks = ServiceNotifications(agent, notifier, watchdog_s, status_path=getattr(config, "status_path", None))
     agent.add_tick_listener(hooks.on_tick)
     _before_shutdown(agent, hooks.on_stopping)
     log.info("notifying the service manager socket=%s watchdog_s=%s", notifier.value, watchdog_s)

@@ -17,7 +17,7 @@ if [[ -e /etc/debian_version ]] && grep -qi ubuntu /etc/os-release; then
 else
   apt_pkgs+=(linux-headers-amd64)
 fi
-(( with_test )) && apt_pkgs+=(nodejs tmux prometheus)
+(( with_test )) && apt_pkgs+=(nodejs tmux prometheus systemd)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -250,6 +250,40 @@ def test_status_updates_when_changed(notify_socket: NotifySocket, monkeypatch: p
     assert _wait_count(notify_socket, 2)[1:] == [{"STATUS": "capturing: 1 targets, 9 calls, 9 rows written"}]
 
 
+def test_ready_waits_for_the_status_file(tmp_path: Path, notify_socket: NotifySocket,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY means `lumen-agent status` answers: the run loop writes the status
+    file just after the tick listeners, so READY comes one tick later."""
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.env_value)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+
+    class Config:
+        status_path = tmp_path / "status.json"
+
+    agent = FakeAgent()
+    service.install(agent, Config())
+    agent.ready_at = time.time()
+    agent.tick()
+    time.sleep(0.2)
+    assert notify_socket.received() == []
+    Config.status_path.write_text("{}")
+    agent.tick()
+    assert _wait_count(notify_socket, 1)[0]["READY"] == "1"
+
+    # A status file that cannot be written delays READY by a few ticks only.
+    other = FakeAgent()
+    Config.status_path = tmp_path / "never-written.json"
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.env_value)
+    service.install(other, Config())
+    other.ready_at = time.time()
+    for _ in range(service.READY_AFTER_TICKS):
+        other.tick()
+    time.sleep(0.2)
+    assert len(notify_socket.received()) == 1
+    other.tick()
+    assert _wait_count(notify_socket, 2)[1]["READY"] == "1"
+
+
 def test_no_socket_no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     agent = FakeAgent()
@@ -426,6 +460,18 @@ def provider(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
+def _open_read_only(duckdb, path: Path, timeout: float = 10):
+    """A read-only connection; retried while another process holds the file's lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.mark.ebpf
 @pytest.mark.slow
 def test_unit_capabilities_are_enough_for_capture(provider) -> None:
@@ -462,7 +508,7 @@ def test_unit_capabilities_are_enough_for_capture(provider) -> None:
         assert any(m.get("STOPPING") == "1" for m in agent.notify.received())
         assert any("WATCHDOG" in m for m in agent.notify.received())
 
-        con = duckdb.connect(str(agent.db), read_only=True)
+        con = _open_read_only(duckdb, agent.db)
         try:
             rows = con.execute(
                 "SELECT provider, endpoint, model, input_tokens, cache_read_tokens, output_tokens, capture, "
