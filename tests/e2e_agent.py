@@ -44,6 +44,7 @@ class AgentProcess:
         self.log_path = log_path
         self.started = started  # time.monotonic() just before Popen
         self.ready_after: float | None = None  # seconds from start to `status` exit 0
+        self.last_status: dict[str, Any] | None = None  # status.json just before stop()
 
     @property
     def pid(self) -> int:
@@ -110,6 +111,7 @@ class AgentProcess:
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
+            self.last_status = self.status_file()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)

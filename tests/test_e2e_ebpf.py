@@ -161,12 +161,28 @@ def ok(result: clients.ClientResult) -> clients.ClientResult:
     return result
 
 
+def diagnose(agent: AgentProcess, request_ids: list[str] | None = None) -> str:
+    """What the agent says about itself, and rows of these request ids under any pid."""
+    st = agent.status_file() or agent.last_status or {}
+    skipped = {k: v for k, v in (st.get("pipeline") or {}).items() if k.startswith("skipped.")}
+    out = [f"capture: {st.get('capture')}", f"skipped: {skipped}", f"store: {st.get('store')}"]
+    if request_ids:
+        marks = ",".join("?" * len(request_ids))
+        found = agent.query(f"SELECT pid, process, request_id, outcome FROM llm_calls WHERE request_id IN ({marks})",
+                            request_ids)
+        out.append(f"rows with these request ids (any pid): {found}")
+    out.append(f"agent log: {agent.log_tail(2500)}")
+    return "\n".join(out)
+
+
 def rows_of(agent: AgentProcess, result: clients.ClientResult, count: int) -> list[dict[str, Any]]:
     """The client's rows, once ``count`` of them are in the file; registers the count."""
     EXPECTED_ROWS[result.pid] = count
     rows = agent.wait_rows("pid = ?", [result.pid], count=count)
-    assert len(rows) == count, (f"{len(rows)} rows for pid {result.pid}, want {count}\n"
-                                f"{result.describe()}\nrows: {rows}\nagent log: {agent.log_tail()}")
+    if len(rows) != count:
+        ids = [line.get("request_id") for line in result.json_lines() if line.get("request_id")]
+        pytest.fail(f"{len(rows)} rows for pid {result.pid}, want {count}\n{result.describe()}\n"
+                    f"rows: {rows}\n{diagnose(agent, ids)}")
     return rows
 
 
@@ -365,8 +381,9 @@ def test_zz_sigterm_flushes_and_every_call_is_in_the_file_exactly_once(agent, se
     rows = agent.rows(f"pid IN ({marks}) OR pid = ?", [*pids, server.pid])
     assert not [row for row in rows if row["pid"] == server.pid]
     by_pid = Counter(row["pid"] for row in rows)
-    assert {pid: by_pid.get(pid, 0) for pid in pids} == EXPECTED_ROWS
-    row_ids = Counter(row["request_id"] for row in rows)
-    assert max(row_ids.values()) == 1, [rid for rid, n in row_ids.items() if n > 1]
     served_llm = {s["request_id"] for s in server.served() if not s.get("non_llm")}
-    assert set(row_ids) == served_llm
+    row_ids = Counter(row["request_id"] for row in rows)
+    missing = sorted(served_llm - set(row_ids))
+    assert {pid: by_pid.get(pid, 0) for pid in pids} == EXPECTED_ROWS, diagnose(agent, missing)
+    assert max(row_ids.values()) == 1, [rid for rid, n in row_ids.items() if n > 1]
+    assert set(row_ids) == served_llm, diagnose(agent, missing)
