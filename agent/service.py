@@ -191,12 +191,16 @@ class ServiceNotifications:
             return True
         return self.status_path.exists()
 
-    def on_tick(self) -> None:
-        if not self.ready_sent and self._capturing():
+    def on_ready(self) -> None:
+        if not self.ready_sent:
             self._last_status = status_line(self.agent.status())
             self._last_status_at = self._clock()
             self.notifier.send("READY=1", f"STATUS={self._last_status}")
             self.ready_sent = True
+
+    def on_tick(self) -> None:
+        if not self.ready_sent and self._capturing():
+            self.on_ready()
         elif self.ready_sent and self._clock() - self._last_status_at >= STATUS_EVERY_S:
             self._last_status_at = self._clock()
             line = status_line(self.agent.status())
@@ -223,6 +227,8 @@ def install(agent: Any, config: Any) -> ServiceNotifications | None:
                     watchdog_s, MIN_WATCHDOG_S)
     hooks = ServiceNotifications(agent, notifier, watchdog_s, status_path=getattr(config, "status_path", None))
     agent.add_tick_listener(hooks.on_tick)
+    if hasattr(agent, "add_ready_listener"):  # proposed runner hook: called once the status is written
+        agent.add_ready_listener(hooks.on_ready)
     _before_shutdown(agent, hooks.on_stopping)
     log.info("notifying the service manager socket=%s watchdog_s=%s", notifier.value, watchdog_s)
     return hooks

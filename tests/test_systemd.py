@@ -284,6 +284,35 @@ def test_ready_waits_for_the_status_file(tmp_path: Path, notify_socket: NotifySo
     assert _wait_count(notify_socket, 2)[1]["READY"] == "1"
 
 
+def test_runner_hooks_used_when_offered(notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the proposed Agent.add_ready_listener/add_stop_listener, no polling and no wrapping."""
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.env_value)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+
+    class HookedAgent(FakeAgent):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ready_listeners: list = []
+            self.stop_listeners: list = []
+
+        def add_ready_listener(self, fn) -> None:
+            self.ready_listeners.append(fn)
+
+        def add_stop_listener(self, fn) -> None:
+            self.stop_listeners.append(fn)
+
+    agent = HookedAgent()
+    service.install(agent, None)
+    assert "shutdown" not in vars(agent)  # not wrapped
+    (ready,) = agent.ready_listeners
+    (stop,) = agent.stop_listeners
+    ready()
+    stop()
+    messages = _wait_count(notify_socket, 2)
+    assert [m.get("READY") or m.get("STOPPING") for m in messages] == ["1", "1"]
+    assert "READY" in messages[0] and "STOPPING" in messages[1]
+
+
 def test_no_socket_no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     agent = FakeAgent()
@@ -460,16 +489,33 @@ def provider(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-def _open_read_only(duckdb, path: Path, timeout: float = 10):
-    """A read-only connection; retried while another process holds the file's lock."""
+ROW_QUERY = ("SELECT provider, endpoint, model, input_tokens, cache_read_tokens, output_tokens, capture, "
+             "outcome, cost_usd IS NOT NULL FROM llm_calls WHERE pid = ?")
+
+
+def _rows_of(duckdb, agent: "SandboxedAgent", pid: int, timeout: float = 30) -> list[tuple]:
+    """The rows of ``pid``, waiting up to ``timeout`` for the first one.
+
+    Waiting while the agent runs matters: EbpfCapture.close() detaches
+    without draining the ring buffer, so a SIGTERM right after a call can
+    lose that call's last response bytes (a row without tokens).
+    """
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            return duckdb.connect(str(path), read_only=True)
-        except duckdb.IOException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+        rows: list[tuple] = []
+        if agent.db.exists():
+            try:
+                con = duckdb.connect(str(agent.db), read_only=True)
+            except duckdb.IOException:  # the agent is flushing: try again
+                pass
+            else:
+                try:
+                    rows = con.execute(ROW_QUERY, [pid]).fetchall()
+                finally:
+                    con.close()
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.25)
 
 
 @pytest.mark.ebpf
@@ -504,17 +550,13 @@ def test_unit_capabilities_are_enough_for_capture(provider) -> None:
         # As the real API host (resolved to the fake provider), so it is priced as OpenAI.
         result = clients.curl(server.url, certs, "openai.chat", host="api.openai.com")
         assert result.returncode == 0, result.describe()
+        # The row lands at a flush (every 2 s) while the agent runs; stopping
+        # first could lose the response's last events (see _rows_of).
+        rows = _rows_of(duckdb, agent, result.pid)
         assert agent.stop() == 0, agent.log_tail()
         assert any(m.get("STOPPING") == "1" for m in agent.notify.received())
         assert any("WATCHDOG" in m for m in agent.notify.received())
-
-        con = _open_read_only(duckdb, agent.db)
-        try:
-            rows = con.execute(
-                "SELECT provider, endpoint, model, input_tokens, cache_read_tokens, output_tokens, capture, "
-                "outcome, cost_usd IS NOT NULL FROM llm_calls WHERE pid = ?", [result.pid]).fetchall()
-        finally:
-            con.close()
+        assert _rows_of(duckdb, agent, result.pid, timeout=0) == rows  # and kept at shutdown
         want = fp.EXPECTED["openai.chat"]
         assert len(rows) == 1, (rows, agent.log_tail())
         provider_name, endpoint, model, input_tokens, cache_read, output_tokens, capture, outcome, priced = rows[0]
