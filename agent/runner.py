@@ -95,6 +95,7 @@ class Agent:
         self._call_listeners: list[Callable[[Call], None]] = []
         self._tick_listeners: list[Callable[[], None]] = []
         self._shutdown_listeners: list[Callable[[], None]] = []
+        self._ready_listeners: list[Callable[[], None]] = []
         self._excluded: set[int] = set()
         self._allowed: set[int] = set()
         self.ready_at: float | None = None
@@ -128,7 +129,11 @@ class Agent:
         """Called on the run loop's thread about once a second."""
         self._tick_listeners.append(listener)
 
-    def add_shutdown_listener(self, listener: Callable[[], None]) -> None:
+    def add_ready_listener(self, listener: Callable[[], None]) -> None:
+        """Called once when capture is attached and the status is published."""
+        self._ready_listeners.append(listener)
+
+    def add_stop_listener(self, listener: Callable[[], None]) -> None:
         """Called once when the agent starts shutting down, before the capture is detached."""
         self._shutdown_listeners.append(listener)
 
@@ -193,8 +198,11 @@ class Agent:
             self.ready_at = time.time()
             self._housekeeping()
             log.info("capturing db=%s targets=%d", self.config.db, len(self.capture.targets()))
-            if ready is not None:
-                ready()
+            for listener in self._ready_listeners + ([ready] if ready is not None else []):
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001
+                    log.exception("ready listener failed")
             next_housekeeping = time.monotonic() + HOUSEKEEPING_S
             while not self._stop:
                 self.capture.poll(POLL_MS)

@@ -266,9 +266,27 @@ class EbpfCapture:
                 self._attach(t, -1)
 
     def close(self) -> None:
-        b, self._bpf = self._bpf, None
-        if b is None:
+        """Detach, then deliver what the ring buffer still holds, then free everything.
+
+        Events of calls made just before a stop are in the ring buffer but not
+        yet read: draining after the uprobes are gone (so nothing new comes)
+        and before the buffer is freed loses none of them.
+        """
+        if self._bpf is None:
             return
+        try:
+            self.poll(0)
+            for tkey, pid in list(self._attached):
+                self._detach(tkey, pid)
+            for _ in range(100):  # bounded: a final burst, never a live stream
+                self._bpf.ring_buffer_poll(0)
+                if not self._records:
+                    break
+                self._process_records()
+            self._flush_stale_partials(force=True)
+        except Exception:  # noqa: BLE001 - closing must not raise
+            pass
+        b, self._bpf = self._bpf, None
         try:
             b.cleanup()
         except Exception:  # noqa: BLE001 - closing must not raise
@@ -437,12 +455,12 @@ class EbpfCapture:
             )
         )
 
-    def _flush_stale_partials(self) -> None:
+    def _flush_stale_partials(self, force: bool = False) -> None:
         if not self._partials:
             return
-        limit = time.monotonic() - PARTIAL_TIMEOUT_S
+        limit = time.monotonic() - (0 if force else PARTIAL_TIMEOUT_S)
         for key, p in list(self._partials.items()):
-            if p.started < limit:
+            if p.started <= limit:
                 self._emit_partial(key, p, EventFlag.TRUNCATED)
 
     def _close_event(self, pid: int, tid: int, conn: int, ts: int) -> None:

@@ -167,12 +167,27 @@ def _effective_caps() -> int:
     return 0
 
 
+def uprobes_need_sys_admin(release: str | None = None) -> bool:
+    """Linux 6.16 went back to requiring CAP_SYS_ADMIN to create uprobes
+    ("perf: Revert to requiring CAP_SYS_ADMIN for uprobes"): CAP_PERFMON alone
+    gets EACCES there."""
+    match = re.match(r"(\d+)\.(\d+)", release or kernel_release())
+    return match is not None and (int(match.group(1)), int(match.group(2))) >= (6, 16)
+
+
+def needed_capabilities() -> str:
+    base = "CAP_BPF,CAP_PERFMON,CAP_SYS_PTRACE,CAP_DAC_READ_SEARCH"
+    return base + ",CAP_SYS_ADMIN" if uprobes_need_sys_admin() else base
+
+
 def has_bpf_permissions() -> bool:
     # Root without capabilities (a container, `setpriv --bounding-set=-all`)
     # cannot load BPF either: the effective set decides, not the uid.
     caps = _effective_caps()
     if caps & (1 << CAP_SYS_ADMIN):
         return True
+    if uprobes_need_sys_admin():
+        return False
     return bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))
 
 
@@ -242,10 +257,9 @@ def check_prerequisites() -> list[Check]:
         Check(
             "permissions",
             perm,
-            ("root" if os.geteuid() == 0 else "CAP_BPF+CAP_PERFMON") if perm
-            else "no CAP_BPF+CAP_PERFMON in the effective capability set",
-            "" if perm else "run as root (sudo) with full capabilities, or grant CAP_BPF,CAP_PERFMON,"
-            "CAP_SYS_PTRACE,CAP_DAC_READ_SEARCH",
+            ("root" if os.geteuid() == 0 else "capabilities") if perm
+            else f"the effective capability set lacks {needed_capabilities()}",
+            "" if perm else f"run as root (sudo) with full capabilities, or grant {needed_capabilities()}",
         )
     )
     return checks
@@ -255,8 +269,8 @@ def prepare() -> None:
     """Fix what can be fixed; raise CaptureError (one line + fix) otherwise."""
     if not has_bpf_permissions():
         raise CaptureError(
-            "eBPF capture needs root or CAP_BPF+CAP_PERFMON",
-            "run as root (sudo lumen-agent run) or grant CAP_BPF,CAP_PERFMON",
+            f"eBPF capture needs root or {needed_capabilities()}",
+            f"run as root (sudo lumen-agent run) or grant {needed_capabilities()}",
         )
     ensure_kernel_headers()
     ensure_tracefs()
