@@ -44,6 +44,7 @@ class AgentProcess:
         self.log_path = log_path
         self.started = started  # time.monotonic() just before Popen
         self.ready_after: float | None = None  # seconds from start to `status` exit 0
+        self.file_ready_after: float | None = None  # seconds until status.json named a target
         self.last_status: dict[str, Any] | None = None  # status.json just before stop()
 
     @property
@@ -94,19 +95,28 @@ class AgentProcess:
             return None
 
     def wait_ready(self, *, need_node: bool = True, timeout: float = 60, margin: float = 0.5) -> float:
-        """Wait until ``status`` exits 0 (and node is a target); return seconds since start."""
+        """Wait until ``lumen-agent status`` exits 0 (and node is a target); return
+        seconds from start to that exit.
+
+        The status file is watched first (cheap) and the CLI run once it names a
+        target: running ``status`` back to back would take a core from the
+        starting agent on a small machine.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AgentError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
-            st = self.status()
-            if st is not None:
+            st = self.status_file()
+            targets = (st or {}).get("targets") or []
+            if targets and self.file_ready_after is None:
+                self.file_ready_after = time.monotonic() - self.started
+            node = any(str(t).startswith(f"{NODE_PATH} (") for t in targets)
+            if targets and (node or not need_node) and self.status() is not None:
                 if self.ready_after is None:
                     self.ready_after = time.monotonic() - self.started
-                if not need_node or f"{NODE_PATH} (" in str(st.get("targets", "")):
-                    time.sleep(margin)
-                    return self.ready_after
-            time.sleep(0.05)
+                time.sleep(margin)
+                return self.ready_after
+            time.sleep(0.01)
         raise AgentError(f"agent not ready within {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 30) -> int:
