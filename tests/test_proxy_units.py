@@ -239,3 +239,68 @@ def test_switching_protocols_becomes_a_tunnel(tmp_path) -> None:
                 echoed += client.recv(4096)
             assert echoed == b"HELLO FRAMES"
     thread.join(5)
+
+
+def test_stale_upstream_connection_is_retried_and_counted_once(tmp_path, monkeypatch) -> None:
+    """An upstream that closes a kept-alive connection when the next request arrives: the
+    proxy retries it on a fresh connection, the client gets every answer, and every call
+    is one row (no phantom cut call)."""
+    import json
+    import threading
+    import time
+
+    from lumen_agent.config import load
+    from lumen_agent.proxy.runner import ProxyThread
+    from lumen_agent.proxy.sink import LocalSink
+
+    monkeypatch.setenv("LUMEN_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUMEN_CONFIG_DIR", str(tmp_path / "config"))
+    body = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
+                       "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2,
+                                                "total_tokens": 12}}).encode()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen()
+    served, dropped = [], []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = upstream.accept()
+            except OSError:
+                return
+            with conn:
+                for n in (1, 2):
+                    data = b""
+                    while not data.endswith(b"}"):
+                        data += conn.recv(65536)
+                    if n == 2:  # keep-alive timeout on the server just as a request arrives
+                        dropped.append(data)
+                        break
+                    served.append(data)
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    calls = []
+    config = load(None, {"db": tmp_path / "x.duckdb"})
+    request = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    head = (b"POST /o/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(request))
+    routes = Routes.build({}, [f"/o=http://127.0.0.1:{upstream.getsockname()[1]}"])
+    with ProxyThread(routes, LocalSink(config, on_call=calls.append)) as proxy, upstream:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+            for _ in range(3):
+                client.sendall(head + request)
+                got = b""
+                while not got.endswith(body):
+                    chunk = client.recv(65536)
+                    assert chunk, got
+                    got += chunk
+                assert got.startswith(b"HTTP/1.1 200 OK")
+        deadline = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+    assert (len(served), len(dropped)) == (3, 2)
+    assert [(c.outcome.value, c.input_tokens, c.output_tokens) for c in calls] == [("success", 10, 2)] * 3

@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -325,16 +326,21 @@ class _Session:
                 conn = await self.proxy.open_upstream(self.client_id, upstream)
                 self.upstreams[upstream.key] = conn
             conn.requests += 1
+            retryable = reused and buffered and attempt == 0
             try:
                 conn.writer.write(payload)
-                self.sink.send(self.client_id, conn.conn_id, payload)
+                # A request that may be retried is accounted once its answer
+                # starts, so a stale connection's attempt leaves no phantom call.
+                deferred = (time.time_ns(), payload) if retryable else None
+                if deferred is None:
+                    self.sink.send(self.client_id, conn.conn_id, payload)
                 pump = None
                 if not buffered:
                     pump = asyncio.create_task(self._pump_body(req, conn))
                     # A body that fails (client gone, bad chunk) ends the exchange.
                     pump.add_done_callback(lambda t, c=conn: t.cancelled() or t.exception() is None
                                            or c.writer.close())
-                return await self._relay(req, conn, pump, retryable=reused and buffered and attempt == 0)
+                return await self._relay(req, conn, pump, deferred)
             except _StaleConnection:
                 self._drop(conn)
                 continue
@@ -365,7 +371,9 @@ class _Session:
             log.debug("proxy: upstream read failed: %s", exc)
             return b""
 
-    async def _relay(self, req: Head, conn: _Upstream, pump: asyncio.Task | None, *, retryable: bool) -> bool:
+    async def _relay(self, req: Head, conn: _Upstream, pump: asyncio.Task | None,
+                     deferred: tuple[int, bytes] | None) -> bool:
+        """Relay the response; ``deferred`` (send time, request) marks a request that may be retried."""
         sink, client_id, conn_id, writer = self.sink, self.client_id, conn.conn_id, self.writer
         rbuf = bytearray()
         sent_any = False
@@ -379,12 +387,15 @@ class _Session:
                         raise ProxyError(502, "bad_upstream_response", f"upstream {conn.upstream}: head too large")
                     data = await self._upstream_read(conn)
                     if not data:
-                        if pump is not None and pump.done() and pump.exception() is not None:
+                        if pump is not None and pump.done() and not pump.cancelled() and pump.exception():
                             raise pump.exception()
-                        if retryable and not rbuf and not sent_any:
+                        if deferred is not None:
                             raise _StaleConnection()
                         raise ProxyError(502, "upstream_closed",
                                          f"upstream {conn.upstream} closed the connection without a complete answer")
+                    if deferred is not None:
+                        sink.send(client_id, conn_id, deferred[1], deferred[0])
+                        deferred = None
                     sink.recv(client_id, conn_id, data)
                     rbuf += data
                 try:
@@ -426,6 +437,8 @@ class _Session:
                 writer.write(data)
                 await writer.drain()
         except ProxyError:
+            if deferred is not None:  # it did reach the provider: account it (a cut call)
+                sink.send(client_id, conn_id, deferred[1], deferred[0])
             self._drop(conn)
             if pump is not None:
                 pump.cancel()
@@ -450,7 +463,7 @@ class _Session:
                 pump.cancel()
                 self._drop(conn)
                 return False
-            if pump.exception() is not None:
+            if pump.cancelled() or pump.exception() is not None:
                 self._drop(conn)
                 return False
         if not (head.keep_alive and clean):

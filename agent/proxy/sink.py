@@ -70,8 +70,8 @@ class EventSink:
     def client_closed(self, client_id: int) -> None:
         self._put((_CLIENT, client_id, None, None))
 
-    def send(self, client_id: int, conn: int, data: bytes) -> None:
-        self._put((_DATA, time.time_ns(), client_id, conn, Direction.SEND, data, EventFlag.NONE))
+    def send(self, client_id: int, conn: int, data: bytes, ts_ns: int | None = None) -> None:
+        self._put((_DATA, ts_ns or time.time_ns(), client_id, conn, Direction.SEND, data, EventFlag.NONE))
 
     def recv(self, client_id: int, conn: int, data: bytes) -> None:
         self._put((_DATA, time.time_ns(), client_id, conn, Direction.RECV, data, EventFlag.NONE))
