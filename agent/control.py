@@ -114,7 +114,8 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, mode)
-        thread = threading.Thread(target=server.serve_forever, name=f"lumen-{path.name}", daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                  name=f"lumen-{path.name}", daemon=True)
         thread.start()
         self._servers.append(server)
         self._threads.append(thread)
