@@ -220,7 +220,7 @@ def test_sdk(proxy, server, certs, scenario) -> None:
     assert len(got) == 2
     assert sorted(c.request_id for c in got) == sorted(line["request_id"] for line in lines)
     for call in got:
-        assert_row(call, scenario, result, "python", server.port)
+        assert_row(call, scenario, result, Path(sys.executable).name[:15], server.port)
 
 
 def test_rows_land_in_duckdb(proxy, server, certs) -> None:
