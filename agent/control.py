@@ -10,7 +10,9 @@ request object a line, one reply object a line):
     only ``{"op": "events"}`` followed by recorded-event lines (the replay
     format) until the client closes.  The pid of every event is replaced by
     the sender's own pid (SO_PEERCRED), so a process can only report its own
-    traffic.
+    traffic.  ``{"op": "events", "trusted_pids": true}`` keeps the pids the
+    sender gives, and is honoured only for root or the agent's own user (the
+    proxy, which knows which local process each connection came from).
 
 Requests are answered on a thread of their own; handlers must be
 thread-safe.  Ingested events are queued for the run loop, which owns the
@@ -46,13 +48,14 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 Handler = Callable[[dict[str, Any]], Any]
 
 
-def peer_pid(sock: socket.socket) -> int | None:
+def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a Unix socket."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
         return None
-    pid, _uid, _gid = struct.unpack("3i", creds)
-    return pid
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -132,7 +135,7 @@ class ControlServer:
                 self._reply(wfile, {"error": "bad request: expected a JSON object with an op"})
                 return
             if op == "events":
-                self._ingest(conn, rfile, wfile)
+                self._ingest(conn, rfile, bool(request.get("trusted_pids")))
                 return
             if ingest_only:
                 self._reply(wfile, {"error": f"op {op!r} is not served on this socket"})
@@ -147,8 +150,11 @@ class ControlServer:
                 log.warning("control request failed op=%s error=%s", op, exc)
                 self._reply(wfile, {"error": str(exc)})
 
-    def _ingest(self, conn: socket.socket, rfile, wfile) -> None:
-        pid = peer_pid(conn)
+    def _ingest(self, conn: socket.socket, rfile, trusted_pids: bool) -> None:
+        creds = peer_credentials(conn)
+        pid = creds[0] if creds is not None else None
+        if trusted_pids and creds is not None and creds[1] in (0, os.getuid()):
+            pid = None  # a trusted sender names the processes itself
         count = 0
         for line in iter(lambda: rfile.readline(MAX_LINE_BYTES), b""):
             try:

@@ -112,3 +112,35 @@ def test_bad_config_is_one_clear_line(tmp_path, text, message):
     assert str(err.value).startswith(f"{path}: ")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_ingest_socket_stamps_sender_pid_unless_trusted(tmp_path):
+    """Any process may hand the agent events, but only for itself; root or the
+    agent's user (the proxy) may name the client process."""
+    import json as _json
+    import socket as _socket
+    import time as _time
+
+    from lumen_agent.control import ControlServer
+    from lumen_agent.events import DataEvent, Direction
+    from lumen_agent.recording import event_to_json
+
+    control = ControlServer(tmp_path / "run")
+    control.start()
+    try:
+        assert (tmp_path / "run" / "agent.sock").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "run" / "ingest.sock").stat().st_mode & 0o777 == 0o666
+        for trusted in (False, True):
+            with _socket.socket(_socket.AF_UNIX) as sock:
+                sock.connect(str(control.ingest_path))
+                sock.sendall(_json.dumps({"op": "events", "trusted_pids": trusted}).encode() + b"\n")
+                sock.sendall(event_to_json(DataEvent(1, 4242, 4242, 7, Direction.SEND, b"x")).encode() + b"\n")
+        got = []
+        deadline = _time.monotonic() + 5
+        while len(got) < 2 and _time.monotonic() < deadline:
+            if not control.events.empty():
+                got.append(control.events.get())
+            _time.sleep(0.01)
+        assert [e.pid for e in got] == [os.getpid(), 4242]
+    finally:
+        control.close()

@@ -430,7 +430,8 @@ def test_events_go_to_an_agents_ingest_socket(tmp_path, server, certs, isolated)
     control.start()
     try:
         with ProxyThread(_routes(server), AgentSink(control.ingest_path), resolve=_resolve(server)) as p:
-            assert_ok(clients.curl(p.url + "/openai", certs, "openai.chat"))
+            result = clients.curl(p.url + "/openai", certs, "openai.chat")
+            assert_ok(result)
         deadline = time.monotonic() + 5
         events = []
         while time.monotonic() < deadline:
@@ -446,7 +447,8 @@ def test_events_go_to_an_agents_ingest_socket(tmp_path, server, certs, isolated)
     assert sent.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
     assert f"\r\nHost: api.openai.com:{server.port}\r\n".encode() in sent
     assert b"prompt_tokens" in b"".join(e.data for e in events if e.direction is Direction.RECV)
-    assert {e.pid for e in events} == {os.getpid()}  # the agent stamps the sender's pid
+    # The proxy (root, a trusted sender) names the real client; the agent keeps that pid.
+    assert {e.pid for e in events} == {result.pid}
 
 
 def test_command_runs_until_sigterm(tmp_path, server, certs) -> None:
@@ -496,7 +498,7 @@ def _wait_listening(proc: subprocess.Popen) -> str:
 
 def test_command_with_a_running_ingest_agent(tmp_path, server, certs) -> None:
     """`lumen-agent run --capture proxy` + `lumen-agent proxy`: rows land in the agent's
-    database, under the proxy's pid (the agent stamps the sender's pid on ingested events)."""
+    database, under the client's pid (the proxy runs as root, so the agent trusts the pids it names)."""
     env = {**os.environ, **certs.env, "LUMEN_STATE_DIR": str(tmp_path / "state"),
            "LUMEN_CONFIG_DIR": str(tmp_path / "config"), "LUMEN_RUNTIME_DIR": str(tmp_path / "run")}
     db = tmp_path / "agent.duckdb"
@@ -524,7 +526,8 @@ def test_command_with_a_running_ingest_agent(tmp_path, server, certs) -> None:
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute("SELECT pid, capture, provider, input_tokens, output_tokens, cost_usd, outcome "
                            "FROM llm_calls").fetchall()
-    assert rows == [(proxy.pid, "proxy", "openai", 78, 9, Decimal("0.00001710"), "success")] * 2
+    # The proxy is a trusted sender: the rows name the client (curl), not the proxy.
+    assert rows == [(result.pid, "proxy", "openai", 78, 9, Decimal("0.00001710"), "success")] * 2
 
 
 def test_command_user_errors(tmp_path) -> None:

@@ -91,7 +91,7 @@ def choose_sink(config: Any, options: ProxyOptions) -> EventSink:
     if choice == "local":
         return LocalSink(config, db=options.db, resolve_pids=options.resolve_pids)
     if choice == "agent":
-        return AgentSink(ingest)
+        return AgentSink(ingest, resolve_pids=options.resolve_pids)
     if choice == "none":
         return NullSink()
     raise RouteError(f"--sink must be one of {', '.join(SINKS)}, not {choice!r}")

@@ -10,7 +10,9 @@ worker thread turns the tuples into ``DataEvent``s and hands them on:
   the TCP peer as soon as the client connects, so a client that exits right
   after its call is still described);
 - ``AgentSink``: writes the events to a running agent's ``ingest.sock``
-  (the agent replaces every pid with the proxy's own pid, see control.py);
+  with the real client pids (a trusted sender: root or the agent's user;
+  otherwise the agent replaces every pid with the proxy's own, see
+  control.py);
 - ``NullSink``: nothing (a running agent already sees the proxy's TLS
   traffic through its eBPF probes).
 
@@ -52,7 +54,9 @@ class EventSink:
 
     name = "base"
 
-    def __init__(self) -> None:
+    def __init__(self, resolve_pids: bool = True) -> None:
+        self._resolve_pids = resolve_pids
+        self._resolver = PeerResolver()
         self._queue: queue.Queue[tuple] = queue.Queue(MAX_QUEUED)
         self._thread: threading.Thread | None = None
         self._gapped: set[int] = set()  # upstream connections that lost an event
@@ -143,7 +147,11 @@ class EventSink:
         self._handle(DataEvent(ts, pid, pid, conn, direction, data, flags))
 
     def _client_pid(self, peer: Any, local: Any) -> int:
-        return self._own_pid
+        """The local process at the other end of a client connection (or ours)."""
+        pid = None
+        if self._resolve_pids and isinstance(peer, tuple) and isinstance(local, tuple):
+            pid = self._resolver.pid_of(peer, local)
+        return self._own_pid if pid is None else pid
 
     # -- subclass hooks ---------------------------------------------------------
 
@@ -180,12 +188,10 @@ class LocalSink(EventSink):
 
     def __init__(self, config: Any, *, db: Path | None = None, resolve_pids: bool = True,
                  on_call: Callable[[Any], None] | None = None) -> None:
-        super().__init__()
+        super().__init__(resolve_pids)
         self._config = config
         self._db = db or config.db
-        self._resolve_pids = resolve_pids
         self._on_call = on_call
-        self._resolver = PeerResolver()
         self._excluded: set[int] = set()
         self.pipeline = None
         self.store = None
@@ -218,11 +224,9 @@ class LocalSink(EventSink):
             self._on_call(call)
 
     def _client_pid(self, peer: Any, local: Any) -> int:
-        pid = None
-        if self._resolve_pids and isinstance(peer, tuple) and isinstance(local, tuple):
-            pid = self._resolver.pid_of(peer, local)
-        if pid is None:
-            return self._own_pid
+        pid = super()._client_pid(peer, local)
+        if pid == self._own_pid:
+            return pid
         info = self.attribution.observe(pid)  # now, while the client still runs
         filters = self._config.filters
         if not filters.is_trivial and not filters.allows(info):
@@ -261,8 +265,8 @@ class AgentSink(EventSink):
 
     name = "agent"
 
-    def __init__(self, ingest_path: Path) -> None:
-        super().__init__()
+    def __init__(self, ingest_path: Path, resolve_pids: bool = True) -> None:
+        super().__init__(resolve_pids)
         self._path = ingest_path
         self._sock: socket.socket | None = None
         self._next_attempt = 0.0
@@ -275,7 +279,7 @@ class AgentSink(EventSink):
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(str(self._path))
-            sock.sendall(b'{"op":"events"}\n')
+            sock.sendall(b'{"op":"events","trusted_pids":true}\n')
         except OSError as exc:
             if raise_errors:
                 raise OSError(f"cannot reach the agent's ingest socket {self._path}: {exc.strerror or exc}") from None
