@@ -87,6 +87,7 @@ MakeCapture = Callable[[Callable[[DataEvent], None], Callable[[int], None]], Cap
 class Agent:
     def __init__(self, config: Config, make_capture: MakeCapture, capture_name: str = "ebpf") -> None:
         self.config = config
+        self.capture_name = capture_name
         self._stop = False
         self._started = time.time()
         self._record_file: IO[str] | None = None
@@ -266,6 +267,7 @@ class Agent:
             "ready": self.ready_at,
             "updated": time.time(),
             "db": str(self.config.db),
+            "capture_mode": self.capture_name,
             "targets": [_describe_target(t) for t in self.capture.targets()],
             "capture": self.capture.stats(),
             "pipeline": self.pipeline.counters.snapshot(),
@@ -318,6 +320,7 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
         ("pid", status.get("pid")),
         ("database", status.get("db")),
+        ("capture", status.get("capture_mode")),
         ("uptime_s", round(status.get("updated", 0) - status.get("started", 0))),
         ("targets_attached", len(status.get("targets", []))),
         ("targets", "; ".join(status.get("targets", []))),

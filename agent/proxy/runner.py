@@ -81,7 +81,7 @@ def choose_sink(config: Any, options: ProxyOptions) -> EventSink:
         status = read_status(config.runtime_dir)
         if status is None or not ingest.exists():
             choice = "local"
-        elif status.get("targets") == ["ingest socket"]:
+        elif status.get("capture_mode") in ("hook", "proxy"):
             choice = "agent"
         else:
             log.warning("an agent capturing with eBPF is running (pid %s): it sees this proxy's TLS traffic "
