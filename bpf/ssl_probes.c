@@ -68,6 +68,21 @@ static __always_inline int save_entry(struct pt_regs *ctx, u32 dir, int ex)
     return 0;
 }
 
+static __always_inline void fill_data_hdr(struct lumen_hdr *h, struct call_args *a, u64 id, u64 ts,
+                                          u64 total, u64 off, u64 len, u16 flags)
+{
+    h->ts_ns = ts;
+    h->conn = a->ssl;
+    h->pid = id >> 32;
+    h->tid = (u32)id;
+    h->total_len = total > 0xffffffffULL ? 0xffffffffU : (u32)total;
+    h->offset = (u32)off;
+    h->chunk_len = len;
+    h->flags = flags;
+    h->kind = LUMEN_EV_DATA;
+    h->direction = a->dir;
+}
+
 /* Copy `total` bytes at a->buf as DATA records of at most LUMEN_CHUNK_SIZE. */
 static __always_inline void emit_data(struct call_args *a, u64 id, u64 total)
 {
@@ -95,7 +110,6 @@ static __always_inline void emit_data(struct call_args *a, u64 id, u64 total)
             break;
         u64 left = cap - off;
         u64 n = left > LUMEN_CHUNK_SIZE ? LUMEN_CHUNK_SIZE : left;
-        struct lumen_hdr *h;
         if (n <= LUMEN_SMALL_CHUNK) {
             struct lumen_small_rec *r = events.ringbuf_reserve(sizeof(struct lumen_small_rec));
             if (!r) {
@@ -108,17 +122,7 @@ static __always_inline void emit_data(struct call_args *a, u64 id, u64 total)
             if (m > LUMEN_SMALL_CHUNK)
                 m = LUMEN_SMALL_CHUNK;
             bpf_probe_read_user(r->data, m, (void *)(a->buf + off));
-            h = &r->h;
-            h->ts_ns = ts;
-            h->conn = a->ssl;
-            h->pid = id >> 32;
-            h->tid = (u32)id;
-            h->total_len = total > 0xffffffffULL ? 0xffffffffU : (u32)total;
-            h->offset = (u32)off;
-            h->chunk_len = m;
-            h->flags = flags;
-            h->kind = LUMEN_EV_DATA;
-            h->direction = a->dir;
+            fill_data_hdr(&r->h, a, id, ts, total, off, m, flags);
             events.ringbuf_submit(r, 0);
         } else {
             struct lumen_big_rec *r = events.ringbuf_reserve(sizeof(struct lumen_big_rec));
@@ -132,17 +136,7 @@ static __always_inline void emit_data(struct call_args *a, u64 id, u64 total)
             if (m > LUMEN_CHUNK_SIZE)
                 m = LUMEN_CHUNK_SIZE;
             bpf_probe_read_user(r->data, m, (void *)(a->buf + off));
-            h = &r->h;
-            h->ts_ns = ts;
-            h->conn = a->ssl;
-            h->pid = id >> 32;
-            h->tid = (u32)id;
-            h->total_len = total > 0xffffffffULL ? 0xffffffffU : (u32)total;
-            h->offset = (u32)off;
-            h->chunk_len = m;
-            h->flags = flags;
-            h->kind = LUMEN_EV_DATA;
-            h->direction = a->dir;
+            fill_data_hdr(&r->h, a, id, ts, total, off, m, flags);
             events.ringbuf_submit(r, 0);
         }
     }
