@@ -32,27 +32,12 @@ from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
+from ebpf_env import ebpf_skip_reason  # noqa: E402
+
 pytestmark = pytest.mark.ebpf
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "eBPF capture needs root"
-    try:
-        from lumen_agent.capture.kernel_setup import bcc_importable
-
-        ok, detail = bcc_importable()
-    except Exception as exc:  # noqa: BLE001
-        return f"cannot check bcc: {exc}"
-    if not ok:
-        return f"bcc missing ({detail}); apt-get install python3-bpfcc"
-    for tool in ("openssl", "curl", "node"):
-        if shutil.which(tool) is None:
-            return f"{tool} missing"
-    return None
-
-
-_reason = _skip_reason()
+_reason = ebpf_skip_reason("openssl", "curl", "node")
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
