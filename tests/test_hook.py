@@ -564,6 +564,7 @@ def test_with_running_agent_events_go_over_the_ingest_socket(server, certs, tmp_
             assert_row(rows[line["request_id"]], line["scenario"], line["pid"])
         [stats] = report(rep)
         assert stats["sink"] == "agent" and stats["shipped"] == stats["events"] > 0
+        assert stats["stood_aside"] is False  # a hook-only agent: capture_mode "hook"
         assert stats["dropped"] == stats["lost"] == stats["faults"] == 0
         assert not local_db.exists()  # --db is only for when no agent runs
     finally:
@@ -644,7 +645,7 @@ def test_hook_stands_aside_when_the_agent_captures_with_ebpf(server, certs, tmp_
     listener.listen(8)
     listener.settimeout(0.2)
     (run_dir / "status.json").write_text(json.dumps({
-        "pid": os.getpid(), "updated": time.time(),
+        "pid": os.getpid(), "updated": time.time(), "capture_mode": "ebpf",
         "targets": ["/usr/lib/x86_64-linux-gnu/libssl.so.3 (file, global, 3 processes)"]}))
     received = bytearray()
     rep = tmp_path / "hook.jsonl"

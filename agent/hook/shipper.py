@@ -40,7 +40,8 @@ STATUS_STALE_S = 5.0
 
 def agent_captures_tls(runtime_dir: Path) -> bool:
     """True when a live agent of ``runtime_dir`` captures with eBPF (its status
-    names attached TLS libraries, not only the ingest socket)."""
+    says ``capture_mode`` ebpf; older agents: it names attached TLS libraries,
+    not only the ingest socket)."""
     try:
         status = json.loads((runtime_dir / "status.json").read_text())
         if time.time() - float(status.get("updated", 0)) > STATUS_STALE_S:
@@ -50,7 +51,10 @@ def agent_captures_tls(runtime_dir: Path) -> bool:
         pass  # alive, another user's (root's) process
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    targets = status.get("targets") or []
+    mode = status.get("capture_mode")
+    if mode is not None:
+        return mode == "ebpf"
+    targets = status.get("targets") or []  # an agent from before capture_mode
     return any(not str(t).startswith("ingest socket") for t in targets)
 
 
