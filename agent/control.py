@@ -50,8 +50,11 @@ Handler = Callable[[dict[str, Any]], Any]
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
     """(pid, uid) of the process at the other end of a Unix socket."""
+    option = getattr(socket, "SO_PEERCRED", None)  # Linux; macOS has none
+    if option is None:
+        return None
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     except OSError:
         return None
     pid, uid, _gid = struct.unpack("3i", creds)

@@ -144,3 +144,19 @@ def test_ingest_socket_stamps_sender_pid_unless_trusted(tmp_path):
         assert sorted(e.pid for e in got) == sorted([os.getpid(), 4242])
     finally:
         control.close()
+
+
+def test_capture_auto_off_linux_names_the_fallbacks(monkeypatch):
+    """On macOS (no eBPF) `run` explains which fallback to use, in one line."""
+    import platform
+
+    from lumen_agent import agent_main
+    from lumen_agent.config import Config
+
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    with pytest.raises(agent_main.CaptureUnavailable) as err:
+        agent_main.choose_capture(Config(capture="auto"))
+    message = str(err.value)
+    assert message.startswith("eBPF capture needs Linux")
+    assert "lumen-agent exec -- CMD" in message and "lumen-agent proxy" in message
+    assert agent_main.choose_capture(Config(capture="hook")) == "hook"
