@@ -188,14 +188,14 @@ def test_choose_sink(tmp_path, monkeypatch) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "ingest.sock").touch()
 
-    def agent(targets):
-        status = {"pid": os.getpid(), "updated": time.time(), "targets": targets}
+    def agent(capture_mode, targets):
+        status = {"pid": os.getpid(), "updated": time.time(), "capture_mode": capture_mode, "targets": targets}
         (tmp_path / "run" / "status.json").write_text(json.dumps(status))
 
-    agent(["ingest socket"])
+    agent("hook", ["ingest socket"])
     assert isinstance(choose_sink(config, ProxyOptions()), AgentSink)
     assert isinstance(choose_sink(config, ProxyOptions(db=tmp_path / "y.duckdb")), LocalSink)
-    agent(["/usr/lib/x86_64-linux-gnu/libssl.so.3 (libssl, global, 12 processes)"])
+    agent("ebpf", ["/usr/lib/x86_64-linux-gnu/libssl.so.3 (libssl, global, 12 processes)"])
     assert isinstance(choose_sink(config, ProxyOptions()), NullSink)
     assert isinstance(choose_sink(config, ProxyOptions(sink="local")), LocalSink)
 
