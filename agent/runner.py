@@ -161,6 +161,9 @@ class Agent:
         self.pipeline.feed(event)
 
     def _on_exec(self, pid: int) -> None:
+        # A new program in the same process: same pid and start time, so
+        # what we knew of it (name, exe, filter verdict) is stale.
+        self.attribution.forget(pid)
         self._allowed.discard(pid)
         self._excluded.discard(pid)
         self._captured(pid)
