@@ -48,6 +48,7 @@ class CaptureSource(Protocol):
     def poll(self, timeout_ms: int = POLL_MS) -> None: ...
     def ignore_connection(self, pid: int, conn: int) -> None: ...
     def exclude_pid(self, pid: int) -> None: ...
+    def include_pid(self, pid: int) -> None: ...
     def stats(self) -> dict[str, int]: ...
     def targets(self) -> list[Any]: ...
     def close(self) -> None: ...
@@ -69,6 +70,9 @@ class IngestOnly:
         pass
 
     def exclude_pid(self, pid: int) -> None:
+        pass
+
+    def include_pid(self, pid: int) -> None:
         pass
 
     def stats(self) -> dict[str, int]:
@@ -165,7 +169,9 @@ class Agent:
         # what we knew of it (name, exe, filter verdict) is stale.
         self.attribution.forget(pid)
         self._allowed.discard(pid)
-        self._excluded.discard(pid)
+        if pid in self._excluded:
+            self._excluded.discard(pid)
+            self.capture.include_pid(pid)
         self._captured(pid)
 
     def _captured(self, pid: int) -> bool:

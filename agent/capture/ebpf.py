@@ -365,6 +365,21 @@ class EbpfCapture:
             for tkey, p in [k for k in self._attached if k[1] == pid]:
                 self._detach(tkey, p)
 
+    def include_pid(self, pid: int) -> None:
+        """Undo ``exclude_pid`` (a process that exec'd a program the filters allow).
+
+        In per-process mode the new program is armed by the exec handling
+        that follows; in global mode the library probes already cover it.
+        """
+        if pid == os.getpid() or pid not in self.exclude:
+            return
+        self.exclude.discard(pid)
+        if self._bpf is not None:
+            try:
+                del self._bpf[b"skip_tgids"][ct.c_uint(pid)]
+            except KeyError:
+                pass
+
     # -- reading -------------------------------------------------------------
     def _on_record(self, _ctx, data, size) -> int:
         # Runs inside ring_buffer_poll: copy only, decode afterwards.
