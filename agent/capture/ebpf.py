@@ -553,14 +553,8 @@ class EbpfCapture:
         if self.options.attach_mode == "per-process":
             for tkey, p in [k for k in self._attached if k[1] == pid]:
                 self._detach(tkey, p)
-        if pid in self.exclude and pid != os.getpid():
-            # The pid may be reused by an unrelated process.
-            self.exclude.discard(pid)
-            if self._bpf is not None:
-                try:
-                    del self._bpf[b"skip_tgids"][ct.c_uint(pid)]
-                except KeyError:
-                    pass
+        # The pid may be reused by an unrelated process.
+        self.include_pid(pid)
 
     # -- introspection -------------------------------------------------------
     def _counter(self, idx: int) -> int:
