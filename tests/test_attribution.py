@@ -160,3 +160,30 @@ def test_capture_auto_off_linux_names_the_fallbacks(monkeypatch):
     assert message.startswith("eBPF capture needs Linux")
     assert "lumen-agent exec -- CMD" in message and "lumen-agent proxy" in message
     assert agent_main.choose_capture(Config(capture="hook")) == "hook"
+
+
+def test_logs_for_journald_carry_a_priority_and_no_timestamp(monkeypatch, capsys):
+    import logging
+
+    from lumen_agent.logs import setup_logging
+
+    logger = logging.getLogger("lumen_agent")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    try:
+        _check_log_lines(monkeypatch, capsys, setup_logging)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def _check_log_lines(monkeypatch, capsys, setup_logging):
+    import logging
+
+    setup_logging("info")
+    logging.getLogger("lumen_agent").warning("skipped %s count=%d", "response_body", 3)
+    assert capsys.readouterr().err == "<4>WARNING skipped response_body count=3\n"
+    monkeypatch.delenv("JOURNAL_STREAM")
+    setup_logging("info")
+    logging.getLogger("lumen_agent").info("capturing db=%s", "/x")
+    line = capsys.readouterr().err
+    assert line.endswith(" INFO capturing db=/x\n") and line[:4].isdigit()
