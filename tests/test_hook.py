@@ -672,3 +672,19 @@ def test_hook_stands_aside_when_the_agent_captures_with_ebpf(server, certs, tmp_
     assert stats["stood_aside"] is True and stats["shipped"] == 0 and stats["sink"] is None
     assert bytes(received) == b""
     assert not db.exists()
+
+
+def test_config_filters_hold_without_an_agent(server, certs, tmp_path, dirs) -> None:
+    """A program the configuration excludes keeps working and leaves no row."""
+    comm = Path(PYTHON).name[:15]
+    (Path(dirs["LUMEN_CONFIG_DIR"]) / "config.toml").write_text(f'[filters]\nexclude_process = ["{comm}"]\n')
+    db = tmp_path / "x.duckdb"
+    proc, lines = run_hooked(certs, server, tmp_path, dirs, calls=("openai.sync",), exec_args=("--db", str(db)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line["call"] for line in lines] == ["openai.sync"]
+    assert not db.exists() or rows_by_request_id(db) == {}
+    # The same call with no filter does leave its row.
+    (Path(dirs["LUMEN_CONFIG_DIR"]) / "config.toml").unlink()
+    proc, lines = run_hooked(certs, server, tmp_path, dirs, calls=("openai.sync",), exec_args=("--db", str(db)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(rows_by_request_id(db)) == [lines[0]["request_id"]]

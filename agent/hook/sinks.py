@@ -111,6 +111,11 @@ class LocalSink:
         self.pid = pid
         self.db = settings.db or config.db
         self.shipped = 0
+        # The configuration's process filters hold here too: an excluded
+        # program's traffic is dropped before the pipeline sees it.
+        from lumen_agent.attribution import Attribution
+
+        self.excluded = not config.filters.is_trivial and not config.filters.allows(Attribution().observe(pid))
         prices = PriceTable.load(config.price_overrides)
         self.store = CallStore(self.db, flush_interval=config.flush_interval_s, lock_retry=settings.lock_retry_s)
         self.pipeline = Pipeline(
@@ -128,6 +133,8 @@ class LocalSink:
         self._next_tick = 0.0
 
     def ship(self, batch: list[tuple]) -> None:
+        if self.excluded:
+            return
         pid = self.pid
         feed = self.pipeline.feed
         for item in batch:
