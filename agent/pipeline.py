@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
 from urllib.parse import urlsplit
 
 from lumen_agent.attribution import Attribution
@@ -22,7 +21,7 @@ from lumen_agent.counters import Counters
 from lumen_agent.events import DataEvent
 from lumen_agent.exchange import Exchange
 from lumen_agent.keyhash import credential, hash_credential
-from lumen_agent.pricing.cost import compute_cost
+from lumen_agent.pricing.cost import price_usage
 from lumen_agent.pricing.table import PriceTable
 
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id", "x-goog-request-id")
@@ -113,20 +112,7 @@ class Pipeline:
         end = datetime.fromtimestamp(ts_end_ns / 1e9, timezone.utc)
 
         model = usage.model or info.request_model
-        cost: Decimal | None = None
-        price_id: str | None = None
-        unpriced = False
-        if usage.has_tokens:
-            row = None
-            for name in dict.fromkeys(n for n in (usage.model, info.request_model) if n):
-                row = self._prices.lookup(name, info.provider, start)
-                if row is not None:
-                    break
-            if row is None:
-                unpriced = True
-            else:
-                cost = compute_cost(usage, row)
-                price_id = row.price_id
+        cost, price_id, unpriced = price_usage(self._prices, usage, info.provider, info.request_model, start)
 
         headers = dict(request.headers)
         secret = credential(headers, request.target or "")

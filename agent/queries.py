@@ -264,7 +264,7 @@ def reprice(
     way the pipeline prices a new call: the row in force at ``ts_start`` for
     ``model``, else ``request_model``, of the call's provider."""
     from lumen_agent.parsers.usage import Usage
-    from lumen_agent.pricing.cost import compute_cost
+    from lumen_agent.pricing.cost import price_usage
 
     where, params = "", []
     if since:
@@ -286,28 +286,10 @@ def reprice(
             for (id_, day, provider, model, request_model, inp, out, read, write, write_1h,
                  reasoning, old_cost, old_price_id, old_unpriced) in chunk:
                 examined += 1
-                cost = price_id = None
-                unpriced = False
-                if inp is not None or out is not None:
-                    row = None
-                    for name in dict.fromkeys(n for n in (model, request_model) if n):
-                        row = table.lookup(name, provider, day)
-                        if row is not None:
-                            break
-                    if row is None:
-                        unpriced = True
-                    else:
-                        usage = Usage(
-                            model=model,
-                            input_tokens=inp,
-                            output_tokens=out,
-                            cache_read_tokens=read,
-                            cache_write_tokens=write,
-                            cache_write_1h_tokens=write_1h,
-                            reasoning_tokens=reasoning,
-                        )
-                        cost = compute_cost(usage, row)
-                        price_id = row.price_id
+                usage = Usage(model=model, input_tokens=inp, output_tokens=out, cache_read_tokens=read,
+                              cache_write_tokens=write, cache_write_1h_tokens=write_1h,
+                              reasoning_tokens=reasoning)
+                cost, price_id, unpriced = price_usage(table, usage, provider, request_model, day)
                 if (cost, price_id, unpriced) != (old_cost, old_price_id, bool(old_unpriced)):
                     updates.append((id_, cost, price_id, unpriced))
                     if old_cost is None and cost is not None:

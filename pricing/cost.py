@@ -59,3 +59,21 @@ def compute_cost(usage: Usage, row: PriceRow) -> Decimal | None:
         + out * p.output
     )
     return (total / MILLION).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def price_usage(table, usage: Usage, provider: str | None, request_model: str | None,
+                at) -> tuple[Decimal | None, str | None, bool]:
+    """Price one call: ``(cost_usd, price_id, unpriced)``.
+
+    The row is looked up by the model the response names, then by the one the
+    request asked for (an Azure deployment, a gateway alias), for the call's
+    provider on its date.  A call without tokens is neither priced nor
+    unpriced; a call with tokens and no matching row is unpriced.
+    """
+    if not usage.has_tokens:
+        return None, None, False
+    for name in dict.fromkeys(n for n in (usage.model, request_model) if n):
+        row = table.lookup(name, provider, at)
+        if row is not None:
+            return compute_cost(usage, row), row.price_id, False
+    return None, None, True
