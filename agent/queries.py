@@ -76,19 +76,20 @@ def open_readonly(
     path: str | os.PathLike[str], timeout: float = DEFAULT_LOCK_TIMEOUT
 ) -> duckdb.DuckDBPyConnection:
     """A read-only connection; retries while the writer is mid-flush."""
-    path = Path(path)
-    if not path.is_file():
-        raise QueryError(f"no database at {path} (has the agent run yet? use --db PATH)")
-    return _connect(path, read_only=True, timeout=timeout)
+    return _connect(_existing(path), read_only=True, timeout=timeout)
 
 
 def open_readwrite(
     path: str | os.PathLike[str], timeout: float = DEFAULT_LOCK_TIMEOUT
 ) -> duckdb.DuckDBPyConnection:
+    return _connect(_existing(path), read_only=False, timeout=timeout)
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
         raise QueryError(f"no database at {path} (has the agent run yet? use --db PATH)")
-    return _connect(path, read_only=False, timeout=timeout)
+    return path
 
 
 @contextmanager
