@@ -20,10 +20,10 @@ from typing import Annotated, Optional, TypeVar
 import duckdb
 import typer
 
-from .output import Format, render
-from .paths import default_db_path, default_price_overrides_path
-from .queries import REPORT_KEYS, QueryError
-from .schema import SchemaError
+from lumen_agent.output import Format, render
+from lumen_agent.paths import default_db_path, default_price_overrides_path
+from lumen_agent.queries import REPORT_KEYS, QueryError
+from lumen_agent.schema import SchemaError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -35,7 +35,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from lumen_agent import __version__
 
         typer.echo(f"lumen-agent {__version__}")
         raise typer.Exit()
@@ -78,18 +78,18 @@ def _db(path: Path | None) -> Path:
 
 
 def _price_table(overrides: Path | None):
-    from .pricing.table import PriceTable
+    from lumen_agent.pricing.table import PriceTable
 
     return PriceTable.load(overrides if overrides is not None else default_price_overrides_path())
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from .pricing.table import PricingError
+    from lumen_agent.pricing.table import PricingError
 
-    from .capture.kernel_setup import CaptureError
-    from .config import ConfigError
+    from lumen_agent.capture.kernel_setup import CaptureError
+    from lumen_agent.config import ConfigError
 
-    from .agent_main import CaptureUnavailable
+    from lumen_agent.agent_main import CaptureUnavailable
 
     return (QueryError, SchemaError, PricingError, ConfigError, CaptureError, CaptureUnavailable,
             duckdb.Error, OSError)
@@ -128,7 +128,7 @@ def sql(
     fmt: FormatOption = Format.TABLE,
 ) -> None:
     """Run a read-only SQL query on the database (table llm_calls)."""
-    from .queries import run_sql
+    from lumen_agent.queries import run_sql
 
     result = run_sql(_db(db), query)
     render(result.columns, result.rows, fmt)
@@ -143,7 +143,7 @@ def report(
     fmt: FormatOption = Format.TABLE,
 ) -> None:
     """Calls, tokens and spend grouped by model, process, provider, day, key or tenant."""
-    from .queries import report as build_report
+    from lumen_agent.queries import report as build_report
 
     result = build_report(_db(db), by, since)
     render(result.columns, result.rows, fmt)
@@ -157,7 +157,7 @@ def reprice(
     prices: PricesOption = None,
 ) -> None:
     """Recompute cost_usd of stored calls with the current price table."""
-    from .queries import reprice as do_reprice
+    from lumen_agent.queries import reprice as do_reprice
 
     table = _price_table(prices)
     r = do_reprice(_db(db), table, since)
@@ -235,7 +235,7 @@ def pricing_missing(
     fmt: FormatOption = Format.TABLE,
 ) -> None:
     """Models seen with tokens but no price, by calls and tokens."""
-    from .queries import missing_prices
+    from lumen_agent.queries import missing_prices
 
     result = missing_prices(_db(db), since)
     render(result.columns, result.rows, fmt)
@@ -252,7 +252,7 @@ ConfigOption = Annotated[
 
 
 def _config(config_path: Path | None, **overrides):
-    from .config import load
+    from lumen_agent.config import load
 
     return load(config_path, overrides)
 
@@ -288,7 +288,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Capture LLM calls until SIGTERM/SIGINT, writing rows to the database."""
-    from .agent_main import run_agent
+    from lumen_agent.agent_main import run_agent
 
     config = _config(config_path, db=db, price_overrides=prices, record=record, capture=capture, attach=attach,
                      capture_content=capture_content, metrics_addr=metrics_addr,
@@ -304,7 +304,7 @@ app.add_typer(config_app, name="config")
 @user_errors
 def config_show(config_path: ConfigOption = None, db: DbOption = None) -> None:
     """Print the effective configuration (file, then flags) as TOML."""
-    from .config import as_toml
+    from lumen_agent.config import as_toml
 
     typer.echo(as_toml(_config(config_path, db=db)), nl=False)
 
@@ -317,8 +317,8 @@ def replay(
     prices: PricesOption = None,
 ) -> None:
     """Run a recorded capture through the pipeline into the database."""
-    from .logs import setup_logging
-    from .replay import replay as do_replay
+    from lumen_agent.logs import setup_logging
+    from lumen_agent.replay import replay as do_replay
 
     setup_logging(False)
     if not recording.is_file():
@@ -334,8 +334,8 @@ def replay(
 @app.command()
 def status(config_path: ConfigOption = None, fmt: FormatOption = Format.TABLE) -> None:
     """Exit 0 and summarise the running agent; exit 1 when none is capturing."""
-    from .control import request
-    from .runner import read_status, status_rows
+    from lumen_agent.control import request
+    from lumen_agent.runner import read_status, status_rows
 
     try:
         config = _config(config_path)
@@ -358,7 +358,7 @@ def status(config_path: ConfigOption = None, fmt: FormatOption = Format.TABLE) -
 @app.command()
 def doctor(db: DbOption = None) -> None:
     """Check every prerequisite of capture; exit 1 if any fails."""
-    from .doctor import run_checks
+    from lumen_agent.doctor import run_checks
 
     checks = run_checks(_db(db))
     for check in checks:
@@ -373,7 +373,7 @@ def doctor(db: DbOption = None) -> None:
 
 # -- commands that live in their own modules -------------------------------
 
-from . import cli_hook, cli_proxy, cli_top  # noqa: E402
+from lumen_agent import cli_hook, cli_proxy, cli_top  # noqa: E402
 
 for _module in (cli_top, cli_hook, cli_proxy):
     _module.register(app)

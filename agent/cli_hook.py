@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import DbOption, user_errors
+from lumen_agent.cli import DbOption, user_errors
 
 hook_app = typer.Typer(no_args_is_help=True, help="The user-space hook for Python programs (no eBPF needed).")
 
@@ -41,7 +41,7 @@ def exec_command(
     answers, else the program itself writes them to --db.  The exit code is
     the program's.
     """
-    from .hook.launch import LaunchError, hook_env
+    from lumen_agent.hook.launch import LaunchError, hook_env
 
     try:
         env = hook_env(os.environ, db=db, mode=mode)
@@ -65,7 +65,7 @@ def exec_command(
 @hook_app.command("path")
 def hook_path() -> None:
     """Print the folder to put first on PYTHONPATH (with LUMEN_HOOK=1) to hook a service."""
-    from .hook.launch import site_dir
+    from lumen_agent.hook.launch import site_dir
 
     typer.echo(str(site_dir()))
 
@@ -73,8 +73,8 @@ def hook_path() -> None:
 @hook_app.command("env")
 def hook_env_command(db: DbOption = None, mode: ModeOption = None) -> None:
     """Print the environment (KEY=VALUE lines, e.g. for a systemd EnvironmentFile) that hooks a service."""
-    from .hook.launch import hook_env
-    from .hook.settings import ENV_DB, ENV_MODE, ENV_ON
+    from lumen_agent.hook.launch import hook_env
+    from lumen_agent.hook.settings import ENV_DB, ENV_MODE, ENV_ON
 
     env = hook_env({"PYTHONPATH": os.environ.get("PYTHONPATH", "")}, db=db, mode=mode)
     for key in ("PYTHONPATH", ENV_ON, ENV_DB, ENV_MODE):
@@ -86,7 +86,7 @@ def hook_env_command(db: DbOption = None, mode: ModeOption = None) -> None:
 @user_errors
 def install_pth(python: PythonOption = None) -> None:
     """Hook every program of a venv: write a .pth file into its site-packages (LUMEN_HOOK=0 turns it off)."""
-    from .hook.launch import install_pth as do_install
+    from lumen_agent.hook.launch import install_pth as do_install
 
     typer.echo(f"installed {do_install(python)}")
 
@@ -95,7 +95,7 @@ def install_pth(python: PythonOption = None) -> None:
 @user_errors
 def uninstall_pth(python: PythonOption = None) -> None:
     """Remove the .pth file written by install-pth."""
-    from .hook.launch import uninstall_pth as do_uninstall
+    from lumen_agent.hook.launch import uninstall_pth as do_uninstall
 
     removed = do_uninstall(python)
     typer.echo(f"removed {removed}" if removed else "no .pth file of the hook was installed")

@@ -7,7 +7,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add this module's command(s) to the CLI."""
-    from .cli import EXIT_USER_ERROR, ConfigOption, DbOption, PricesOption, _config, user_errors
+    from lumen_agent.cli import EXIT_USER_ERROR, ConfigOption, DbOption, PricesOption, _config, user_errors
 
     @app.command()
     @user_errors
@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Serve a local HTTP endpoint that forwards to the providers over TLS and records every call."""
-        from .proxy.routes import RouteError
-        from .proxy.runner import SINKS, ProxyOptions, run_proxy
+        from lumen_agent.proxy.routes import RouteError
+        from lumen_agent.proxy.runner import SINKS, ProxyOptions, run_proxy
 
         try:
             if sink not in SINKS:

@@ -30,8 +30,8 @@ def top(
 
     Keys: 1 2 3 4 switch the window (1m 5m 1h 24h), q quits.  Exit 1 when no agent runs.
     """
-    from .cli import EXIT_USER_ERROR, _config, _one_line
-    from .top import WINDOW_BY_LABEL, print_once, run
+    from lumen_agent.cli import EXIT_USER_ERROR, _config, _one_line
+    from lumen_agent.top import WINDOW_BY_LABEL, print_once, run
 
     try:
         config = _config(config_path)

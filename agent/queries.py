@@ -24,8 +24,8 @@ from typing import Any
 
 import duckdb
 
-from .schema import CALLS_TABLE
-from .store import LOCK_POLL_INTERVAL, is_lock_error
+from lumen_agent.schema import CALLS_TABLE
+from lumen_agent.store import LOCK_POLL_INTERVAL, is_lock_error
 
 # How long a reader waits for the agent to finish a flush.
 DEFAULT_LOCK_TIMEOUT = 5.0

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 
 import duckdb
 
-from . import __version__
-from .call import CALL_COLUMNS
+from lumen_agent import __version__
+from lumen_agent.call import CALL_COLUMNS
 
 CALLS_TABLE = "llm_calls"
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import duckdb
 
-from .call import CALL_COLUMNS, Call
-from .schema import CALLS_TABLE, migrate
+from lumen_agent.call import CALL_COLUMNS, Call
+from lumen_agent.schema import CALLS_TABLE, migrate
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import brotli
 import zstandard
 
-from .errors import LimitExceeded, ParseError
+from lumen_agent.parsers.errors import LimitExceeded, ParseError
 
 # zstd's streaming API has no output cap, so compressed input is fed in
 # slices this small: one slice can expand to at most a few MiB (a zstd block

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from .errors import LimitExceeded, ParseError
+from lumen_agent.parsers.errors import LimitExceeded, ParseError
 
 # Request line and header block together; real LLM clients send a few KiB.
 MAX_HEAD_BYTES = 64 * 1024

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import LimitExceeded
+from lumen_agent.parsers.errors import LimitExceeded
 
 # A single event larger than this is not an LLM stream chunk we can use.
 MAX_EVENT_BYTES = 4 * 1024 * 1024

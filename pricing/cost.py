@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from lumen_agent.parsers.usage import Usage
 
-from .table import PriceRow, PriceTier
+from lumen_agent.pricing.table import PriceRow, PriceTier
 
 MILLION = Decimal(1_000_000)
 QUANTUM = Decimal("0.00000001")  # DECIMAL(18,8) in llm_calls.cost_usd

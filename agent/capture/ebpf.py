@@ -41,9 +41,9 @@ from pathlib import Path
 
 from lumen_agent.events import DataEvent, Direction, EventFlag
 
-from . import kernel_setup
-from .kernel_setup import CaptureError
-from .targets import TargetTracker, TlsTarget, find_tls_executables
+from lumen_agent.capture import kernel_setup
+from lumen_agent.capture.kernel_setup import CaptureError
+from lumen_agent.capture.targets import TargetTracker, TlsTarget, find_tls_executables
 
 __all__ = ["CaptureError", "CaptureOptions", "EbpfCapture", "AttachedTarget"]
 

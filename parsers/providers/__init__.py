@@ -6,13 +6,13 @@ gives the reader that turns that API's response into a normalised ``Usage``.
 
 from __future__ import annotations
 
-from .anthropic import MessagesReader
-from .base import NoUsageReader, RequestInfo, UsageError, UsageReader
-from .bedrock import ConverseReader
-from .google import GeminiReader
-from .ollama import OllamaReader
-from .openai import ChatCompletionsReader, EmbeddingsReader, ResponsesReader
-from .recognise import identify
+from lumen_agent.parsers.providers.anthropic import MessagesReader
+from lumen_agent.parsers.providers.base import NoUsageReader, RequestInfo, UsageError, UsageReader
+from lumen_agent.parsers.providers.bedrock import ConverseReader
+from lumen_agent.parsers.providers.google import GeminiReader
+from lumen_agent.parsers.providers.ollama import OllamaReader
+from lumen_agent.parsers.providers.openai import ChatCompletionsReader, EmbeddingsReader, ResponsesReader
+from lumen_agent.parsers.providers.recognise import identify
 
 __all__ = ["RequestInfo", "UsageError", "UsageReader", "identify", "usage_reader"]
 

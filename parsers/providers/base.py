@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ParseError
-from ..usage import Usage
+from lumen_agent.parsers.errors import ParseError
+from lumen_agent.parsers.usage import Usage
 
 # Counts above this are not real token usage; they also would not survive a
 # JSON double or a BIGINT column unchanged.

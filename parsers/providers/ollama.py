@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..usage import Usage
-from .base import BaseReader
+from lumen_agent.parsers.usage import Usage
+from lumen_agent.parsers.providers.base import BaseReader
 
 
 class OllamaReader(BaseReader):

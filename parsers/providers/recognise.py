@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .base import RequestInfo, name
+from lumen_agent.parsers.providers.base import RequestInfo, name
 
 # Ollama's default port; anything listening there is taken to be Ollama.
 OLLAMA_PORT = 11434
