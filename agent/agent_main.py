@@ -59,7 +59,8 @@ def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
 
 def install_extensions(agent: Agent, config: Config) -> None:
     """What rides along the run loop: live view for `top`, metrics, the service manager."""
-    from lumen_agent import live, metrics, service
+    from lumen_agent import service
+    from lumen_agent.outputs import live, metrics
 
     live.install(agent, config)
     metrics.install(agent, config)

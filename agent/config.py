@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lumen_agent import paths
-from lumen_agent.filters import FIELDS, ProcessFilter
+from lumen_agent.pipeline.filters import FIELDS, ProcessFilter
 
 
 class ConfigError(ValueError):

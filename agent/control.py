@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lumen_agent.events import DataEvent
+from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.recording import RecordingError, event_from_json
 
 log = logging.getLogger("lumen_agent")

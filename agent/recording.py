@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import IO
 
-from lumen_agent.events import DataEvent, Direction, EventFlag
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
 log = logging.getLogger("lumen_agent")
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lumen_agent import paths
-from lumen_agent.keyhash import load_or_create_salt
-from lumen_agent.pipeline import Pipeline, PipelineOptions
+from lumen_agent.outputs.store import CallStore
+from lumen_agent.pipeline.core import Pipeline, PipelineOptions
+from lumen_agent.pipeline.keyhash import load_or_create_salt
 from lumen_agent.pricing.table import PriceTable
 from lumen_agent.recording import read_events
-from lumen_agent.store import CallStore
 
 log = logging.getLogger("lumen_agent")
 

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from lumen_agent import paths
-from lumen_agent.attribution import Attribution
-from lumen_agent.call import Call
 from lumen_agent.config import Config
 from lumen_agent.control import ControlServer
-from lumen_agent.events import DataEvent
-from lumen_agent.keyhash import load_or_create_salt
-from lumen_agent.pipeline import Pipeline, PipelineOptions
+from lumen_agent.outputs.store import CallStore
+from lumen_agent.pipeline.attribution import Attribution
+from lumen_agent.pipeline.call import Call
+from lumen_agent.pipeline.core import Pipeline, PipelineOptions
+from lumen_agent.pipeline.events import DataEvent
+from lumen_agent.pipeline.keyhash import load_or_create_salt
 from lumen_agent.pricing.table import PriceTable
 from lumen_agent.recording import Recorder
-from lumen_agent.store import CallStore
 
 log = logging.getLogger("lumen_agent")
 

@@ -80,7 +80,7 @@ class Notifier:
 
     @classmethod
     def from_environment(cls, environ: MutableMapping[str, str] | None = None,
-                         unset: bool = True) -> "Notifier | None":
+                         unset: bool = True) -> Notifier | None:
         """The notifier ``NOTIFY_SOCKET`` asks for, or None when it is unset or unusable.
 
         With ``unset`` the variable is removed (as sd_notify(3)'s

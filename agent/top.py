@@ -2,7 +2,7 @@
 
 As rich's ``top_lite_simulator`` example: :func:`build_view` is a pure
 function from a snapshot (the agent's control op ``snapshot``, see
-:mod:`lumen_agent.live`) and a terminal size to a renderable; :func:`run`
+:mod:`lumen_agent.outputs.live`) and a terminal size to a renderable; :func:`run`
 only fetches a snapshot every second and shows it with ``rich.live.Live``.
 
 The view fits any terminal: it always shows its title line, then as much as
@@ -32,7 +32,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lumen_agent.live import WINDOWS
+from lumen_agent.outputs.live import WINDOWS
 
 KEYS: dict[str, int] = {"1": 60, "2": 300, "3": 3600, "4": 86400}
 WINDOW_TITLES: dict[int, str] = {60: "last minute", 300: "last 5 minutes", 3600: "last hour",

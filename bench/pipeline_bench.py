@@ -23,9 +23,9 @@ import httptools
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from builders import exchange_events, request_bytes, response_bytes  # noqa: E402
 
-from lumen_agent.pipeline import Pipeline  # noqa: E402
+from lumen_agent.outputs.store import CallStore  # noqa: E402
+from lumen_agent.pipeline.core import Pipeline  # noqa: E402
 from lumen_agent.pricing.table import PriceTable  # noqa: E402
-from lumen_agent.store import CallStore  # noqa: E402
 
 
 def nonstream_events(n: int):
@@ -62,7 +62,7 @@ def stream_events(n: int, chunks: int = 100):
     request = request_bytes("POST", "https://api.openai.com/v1/chat/completions",
                             {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
                              "messages": [{"role": "user", "content": "count"}]})
-    from lumen_agent.events import DataEvent, Direction
+    from lumen_agent.pipeline.events import DataEvent, Direction
     events = []
     ts = 1
     for i in range(n):

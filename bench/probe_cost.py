@@ -119,7 +119,7 @@ def main() -> None:
     results["none"] = run_worker(cert, key, n, size)
 
     bcc = _import_bcc()
-    from lumen_agent.capture.targets import ldconfig_libssl, SymbolCache
+    from lumen_agent.capture.targets import SymbolCache, ldconfig_libssl
 
     lib = next(p for p in ldconfig_libssl() if SymbolCache().ssl_symbols(p))
     syms = SymbolCache().ssl_symbols(lib)

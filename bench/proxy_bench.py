@@ -164,8 +164,7 @@ def main() -> int:
         proxy.wait(30)
         server.stop()
     rows = subprocess.run([str(LUMEN), "sql", "--db", str(workdir / "bench.duckdb"), "-f", "csv",
-                           "SELECT count(*), count(*) FILTER (WHERE output_tokens = %d) FROM llm_calls"
-                           % args.chunks], capture_output=True, text=True, env=env).stdout.split()
+                           f"SELECT count(*), count(*) FILTER (WHERE output_tokens = {args.chunks}) FROM llm_calls"], capture_output=True, text=True, env=env).stdout.split()
     print(f"rows recorded by the proxy (all, with exact output tokens): {rows[-1] if rows else '?'}"
           f" of {2 * (args.calls + 1)}")
     added = results["keep-alive"]["ttft"]["added_ms"]

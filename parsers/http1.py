@@ -105,7 +105,7 @@ class _Callbacks:
 
     __slots__ = ("parser", "url", "headers", "head_bytes", "status")
 
-    def __init__(self, parser: "Http1Parser") -> None:
+    def __init__(self, parser: Http1Parser) -> None:
         self.parser = parser
         self.url = b""
         self.headers: list[tuple[str, str]] = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from lumen_agent.parsers.usage import Usage
-
 from lumen_agent.pricing.table import PriceRow, PriceTier
 
 MILLION = Decimal(1_000_000)

@@ -244,7 +244,7 @@ class Tier:
     cache_write_5m: Decimal | None = None
     cache_write_1h: Decimal | None = None
 
-    def scaled(self, factor: Decimal) -> "Tier":
+    def scaled(self, factor: Decimal) -> Tier:
         s = lambda v: None if v is None else _q(v * factor)  # noqa: E731
         return Tier(self.above_input_tokens, s(self.input), s(self.output), s(self.cache_read),
                     s(self.cache_write_5m), s(self.cache_write_1h))
@@ -599,7 +599,7 @@ def build(src: Path, as_of: dict[str, str], report: list[str]) -> list[Row]:
                 r.notes.append(f"period dates from {source}")
             else:
                 factor = p.input / base.input if base.input else Decimal(1)
-                scale = lambda v: None if v is None else _q(v * factor)  # noqa: E731
+                scale = lambda v, factor=factor: None if v is None else _q(v * factor)  # noqa: E731
                 # llm-prices sometimes repeats today's cached price on an old
                 # period (o3); a cached price equal to LiteLLM's current one on
                 # a period with another input price is scaled instead.

@@ -12,7 +12,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -276,10 +276,10 @@ def _candidates(model: str) -> list[str]:
 
 def _day(at: date | datetime | None) -> date:
     if at is None:
-        return datetime.now(timezone.utc).date()
+        return datetime.now(UTC).date()
     if isinstance(at, datetime):
         if at.tzinfo is not None:
-            at = at.astimezone(timezone.utc)
+            at = at.astimezone(UTC)
         return at.date()
     return at
 
@@ -303,7 +303,7 @@ class PriceTable:
         self._memo: dict[tuple[str, str | None, date], PriceRow | None] = {}
 
     @classmethod
-    def load(cls, overrides: Path | None = None) -> "PriceTable":
+    def load(cls, overrides: Path | None = None) -> PriceTable:
         """The shipped price table, plus the user's override file if given and present.
 
         An override row replaces a shipped row of the same provider, model and

@@ -12,7 +12,7 @@ from pathlib import Path
 import brotli
 import zstandard
 
-from lumen_agent.events import DataEvent, Direction, EventFlag
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WIRE = SHARED / "fixtures" / "wire"

@@ -20,8 +20,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import duckdb
 
@@ -55,7 +56,7 @@ class AgentProcess:
 
     @classmethod
     def start(cls, workdir: str | os.PathLike[str], *, db_name: str = "x.duckdb",
-              args: Sequence[str] = ()) -> "AgentProcess":
+              args: Sequence[str] = ()) -> AgentProcess:
         workdir = Path(workdir)
         for sub in ("state", "run", "config"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,7 @@ class AgentProcess:
             try:
                 cur = con.execute(sql, list(params))
                 names = [d[0] for d in cur.description]
-                return [dict(zip(names, row)) for row in cur.fetchall()]
+                return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
             except duckdb.CatalogException as exc:  # table not created yet
                 if time.monotonic() > deadline:
                     raise AgentError(str(exc)) from exc

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from lumen_agent import config as config_mod
-from lumen_agent.attribution import Attribution, ProcessInfo, _cgroup_facts
-from lumen_agent.filters import ProcessFilter
-from lumen_agent.keyhash import credential, hash_credential, load_or_create_salt
+from lumen_agent.pipeline.attribution import Attribution, ProcessInfo, _cgroup_facts
+from lumen_agent.pipeline.filters import ProcessFilter
+from lumen_agent.pipeline.keyhash import credential, hash_credential, load_or_create_salt
 
 
 def test_own_process_is_attributed():
@@ -122,7 +122,7 @@ def test_ingest_socket_stamps_sender_pid_unless_trusted(tmp_path):
     import time as _time
 
     from lumen_agent.control import ControlServer
-    from lumen_agent.events import DataEvent, Direction
+    from lumen_agent.pipeline.events import DataEvent, Direction
     from lumen_agent.recording import event_to_json
 
     control = ControlServer(tmp_path / "run")

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from test_store_support import make_call, script
 from typer.testing import CliRunner
 
 from lumen_agent.cli import app
-from lumen_agent.queries import QueryError, open_readonly, parse_since, reprice, run_sql
-from lumen_agent.store import CallStore
-
-from test_store_support import make_call, script
+from lumen_agent.outputs.queries import QueryError, open_readonly, parse_since, reprice, run_sql
+from lumen_agent.outputs.store import CallStore
 
 runner = CliRunner()
 NO_TOKENS = dict(
@@ -176,13 +175,13 @@ def test_report_since(db):
 
 
 def test_parse_since():
-    now = datetime(2026, 5, 10, 8, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 5, 10, 8, 30, tzinfo=UTC)
     assert parse_since("7d", now) == now - timedelta(days=7)
     assert parse_since("24h", now) == now - timedelta(hours=24)
     assert parse_since("30m", now) == now - timedelta(minutes=30)
     assert parse_since("2w", now) == now - timedelta(weeks=2)
-    assert parse_since("2026-01-31") == datetime(2026, 1, 31, tzinfo=timezone.utc)
-    assert parse_since("2026-01-31T10:00:00+02:00") == datetime(2026, 1, 31, 8, tzinfo=timezone.utc)
+    assert parse_since("2026-01-31") == datetime(2026, 1, 31, tzinfo=UTC)
+    assert parse_since("2026-01-31T10:00:00+02:00") == datetime(2026, 1, 31, 8, tzinfo=UTC)
     with pytest.raises(QueryError, match="bad --since"):
         parse_since("yesterday")
 
@@ -232,7 +231,7 @@ def test_pricing_show_lists_dated_rows(tmp_path):
 
 def test_reprice_after_a_price_change(tmp_path):
     db = tmp_path / "lumen.duckdb"
-    feb = datetime(2026, 2, 15, tzinfo=timezone.utc)
+    feb = datetime(2026, 2, 15, tzinfo=UTC)
     with CallStore(db) as store:
         store.add_many([
             # Before the 2026-03-01 price change, and after it.

@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
+from ebpf_env import ebpf_skip_reason  # noqa: E402
 from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
-
-from ebpf_env import ebpf_skip_reason  # noqa: E402
 
 pytestmark = pytest.mark.ebpf
 
@@ -259,7 +257,7 @@ def test_sdk(agent, server, certs, scenario):
         check_row(row, scenario, pid=r.pid, process=PYTHON_COMM, exe=PYTHON_EXE, port=server.port)
     assert [row["request_id"] for row in rows] == [line["request_id"] for line in lines]
     # The row says what the SDK read.
-    for row, line in zip(rows, lines):
+    for row, line in zip(rows, lines, strict=False):
         want = line["usage"] or dict.fromkeys(fp.TOKEN_FIELDS)
         assert all(row[k] == want[k] for k in ("input_tokens", "output_tokens")), (row, line)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ebpf_env import ebpf_skip_reason
 
 pytestmark = pytest.mark.ebpf

@@ -20,10 +20,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from lumen_agent.events import DataEvent, Direction, EventFlag
-
 from ebpf_env import ebpf_skip_reason  # noqa: E402
+
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
 pytestmark = pytest.mark.ebpf
 

@@ -4,7 +4,8 @@ import zlib
 import brotli
 import pytest
 import zstandard
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lumen_agent.parsers.encodings import DecodingError, DecompressionLimit, decoder_for
 from lumen_agent.parsers.errors import ParseError

@@ -9,7 +9,6 @@ import ssl
 import subprocess
 
 import pytest
-
 from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
@@ -222,7 +221,7 @@ def rows_by_request_id(db: Path) -> dict[str, dict]:
     with duckdb.connect(str(db), read_only=True) as con:
         cur = con.execute("SELECT * EXCLUDE (ts_start, ts_end) FROM llm_calls")  # TIMESTAMPTZ needs pytz
         names = [d[0] for d in cur.description]
-        return {row["request_id"]: row for row in (dict(zip(names, r)) for r in cur.fetchall())}
+        return {row["request_id"]: row for row in (dict(zip(names, r, strict=False)) for r in cur.fetchall())}
 
 
 def report(path: Path) -> list[dict]:
@@ -411,7 +410,7 @@ def test_a_failing_recording_never_reaches_the_caller(server, certs) -> None:
 
 def test_event_buffer_is_bounded_and_counts_drops() -> None:
     buf = EventBuffer(max_events=3, max_bytes=10)
-    for i in range(5):
+    for _i in range(5):
         buf.put((0, 0, 1, 0, b"ab", 0), 2)
     assert (len(buf), buf.dropped, buf.accepted) == (3, 2, 3)
     buf.take(10)

@@ -1,10 +1,17 @@
-import gzip
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lumen_agent.parsers.http1 import (
-    MAX_HUNT_BYTES, Body, EndOfMessage, Http1Parser, MessageHead, MessageKind, Skipped, Truncated,
+    MAX_HUNT_BYTES,
+    Body,
+    EndOfMessage,
+    Http1Parser,
+    MessageHead,
+    MessageKind,
+    Skipped,
+    Truncated,
 )
 
 REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 11\r\n\r\n"

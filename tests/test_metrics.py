@@ -9,19 +9,26 @@ import threading
 import urllib.error
 import urllib.request
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 
-from lumen_agent import metrics as metrics_mod
-from lumen_agent.call import Call, Outcome
 from lumen_agent.config import ConfigError
-from lumen_agent.metrics import (CONTENT_TYPE, Metrics, escape_help, escape_label_value, format_value, install,
-                                 parse_addr)
+from lumen_agent.outputs import metrics as metrics_mod
+from lumen_agent.outputs.metrics import (
+    CONTENT_TYPE,
+    Metrics,
+    escape_help,
+    escape_label_value,
+    format_value,
+    install,
+    parse_addr,
+)
+from lumen_agent.pipeline.call import Call, Outcome
 
-T0 = datetime(2025, 11, 13, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 11, 13, 10, 0, tzinfo=UTC)
 
 
 def make_call(**changes) -> Call:

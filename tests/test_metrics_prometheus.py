@@ -23,8 +23,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from builders import exchange_events, request_bytes, response_bytes
+
 from lumen_agent.recording import event_to_json
 
 pytestmark = pytest.mark.slow

@@ -6,14 +6,15 @@ import json
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from builders import FAKE_KEY, exchange_events, load_fixture, request_bytes, response_bytes, server_view
-from lumen_agent.call import Outcome
-from lumen_agent.connections import MAX_CONNECTIONS
-from lumen_agent.events import DataEvent, Direction, EventFlag
-from lumen_agent.keyhash import hash_credential
-from lumen_agent.pipeline import Pipeline
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lumen_agent.pipeline.call import Outcome
+from lumen_agent.pipeline.connections import MAX_CONNECTIONS
+from lumen_agent.pipeline.core import Pipeline
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
+from lumen_agent.pipeline.keyhash import hash_credential
 from lumen_agent.pricing.table import PriceTable
 
 SALT = b"s" * 32
@@ -175,7 +176,7 @@ def test_keep_alive_and_interleaved_connections(prices):
         for _ in range(3):  # three calls on each keep-alive connection
             events += openai_stream(include_usage=True)
         per_conn.append([DataEvent(e.ts_ns, pid, pid, conn, e.direction, e.data) for e in events])
-    interleaved = [e for group in zip(*per_conn) for e in group]
+    interleaved = [e for group in zip(*per_conn, strict=False) for e in group]
     calls, _ = run(prices, interleaved)
     assert len(calls) == 9
     assert sorted({(c.pid) for c in calls}) == [100, 200]
@@ -301,7 +302,7 @@ def _peak_bytes(fn) -> int:
 
 
 def test_huge_bodies_stay_within_limits(prices):
-    from lumen_agent.exchange import MAX_REQUEST_BODY, MAX_RESPONSE_BODY
+    from lumen_agent.pipeline.exchange import MAX_REQUEST_BODY, MAX_RESPONSE_BODY
     prompt = "x" * (MAX_REQUEST_BODY + 4 * 1024 * 1024)
     request = request_bytes("POST", "https://api.openai.com/v1/chat/completions",
                             {"model": "gpt-4o-mini", "stream": False, "messages": [{"role": "user", "content": prompt}]})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -172,7 +172,7 @@ def test_dated_history(table):
     assert old.price_id != new.price_id
     # claude-sonnet-5: 2/10 until 2026-09-01, 3/15 from then
     assert table.lookup("claude-sonnet-5", "anthropic", date(2026, 8, 31)).input == D("2")
-    assert table.lookup("claude-sonnet-5", "anthropic", datetime(2026, 9, 1, 0, 0, tzinfo=timezone.utc)).input == D("3")
+    assert table.lookup("claude-sonnet-5", "anthropic", datetime(2026, 9, 1, 0, 0, tzinfo=UTC)).input == D("3")
     # deepseek-chat history: 0.14 -> 0.27 (2025-02-08) -> 0.28/0.42 (2025-09-29)
     assert table.lookup("deepseek-chat", "deepseek", date(2025, 1, 1)).input == D("0.14")
     assert table.lookup("deepseek-chat", "deepseek", date(2025, 5, 1)).output == D("1.1")

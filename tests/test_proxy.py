@@ -19,15 +19,15 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
-from lumen_agent.config import load
-from lumen_agent.control import ControlServer
-from lumen_agent.events import Direction
-from lumen_agent.proxy import Routes, ProxyThread
-from lumen_agent.proxy.sink import AgentSink, LocalSink
 from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
+
+from lumen_agent.config import load
+from lumen_agent.control import ControlServer
+from lumen_agent.pipeline.events import Direction
+from lumen_agent.proxy import ProxyThread, Routes
+from lumen_agent.proxy.sink import AgentSink, LocalSink
 
 pytestmark = pytest.mark.slow
 

@@ -4,11 +4,11 @@ import io
 import json
 
 import duckdb
+from builders import FAKE_KEY, exchange_events, load_fixture, request_bytes, response_bytes
 from typer.testing import CliRunner
 
-from builders import FAKE_KEY, exchange_events, load_fixture, request_bytes, response_bytes
 from lumen_agent.cli import app
-from lumen_agent.events import DataEvent, Direction, EventFlag
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 from lumen_agent.recording import Recorder, event_from_json, event_to_json, read_events
 
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 import stat
 import subprocess
 import threading
-from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
 import pytest
-
-from lumen_agent import schema
-from lumen_agent.call import CALL_COLUMNS, Outcome
-from lumen_agent.queries import run_sql
-from lumen_agent.store import CallStore
-
 from test_store_support import make_call, script
+
+from lumen_agent.outputs import schema
+from lumen_agent.outputs.queries import run_sql
+from lumen_agent.outputs.store import CallStore
+from lumen_agent.pipeline.call import CALL_COLUMNS, Outcome
 
 
 def _count(db) -> int:
@@ -68,7 +66,7 @@ def test_v1_file_is_migrated_on_open_and_keeps_its_rows(db):
     assert schema.migrate(con, target=1) == 0
     assert schema.schema_version(con) == 1
     appender = con.appender("llm_calls", columns=list(CALL_COLUMNS))
-    from lumen_agent.store import _to_row
+    from lumen_agent.outputs.store import _to_row
 
     appender.append_rows([_to_row(make_call(0))])
     appender.flush()

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,9 +23,9 @@ TESTS = Path(__file__).resolve().parent
 
 
 def make_call(i: int = 0, **overrides):
-    from lumen_agent.call import Call, Outcome
+    from lumen_agent.pipeline.call import Call, Outcome
 
-    start = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc) + timedelta(seconds=i)
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC) + timedelta(seconds=i)
     call = Call(
         id=f"call-{i:06d}",
         ts_start=start,
@@ -72,7 +72,7 @@ def script(*args: str) -> list[str]:
 
 
 def _write(db: str, n: int, seconds: float, flush_interval: float) -> None:
-    from lumen_agent.store import CallStore
+    from lumen_agent.outputs.store import CallStore
 
     store = CallStore(db, flush_interval=flush_interval, lock_retry=30.0)
     per_tick = max(1, n // max(1, int(seconds / 0.01)))

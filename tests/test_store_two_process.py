@@ -9,10 +9,9 @@ import subprocess
 import time
 
 import pytest
-
-from lumen_agent.queries import run_sql
-
 from test_store_support import script
+
+from lumen_agent.outputs.queries import run_sql
 
 N_CALLS = 2_000
 

@@ -493,7 +493,7 @@ ROW_QUERY = ("SELECT provider, endpoint, model, input_tokens, cache_read_tokens,
              "outcome, cost_usd IS NOT NULL FROM llm_calls WHERE pid = ?")
 
 
-def _rows_of(duckdb, agent: "SandboxedAgent", pid: int, timeout: float = 30) -> list[tuple]:
+def _rows_of(duckdb, agent: SandboxedAgent, pid: int, timeout: float = 30) -> list[tuple]:
     """The rows of ``pid``, waiting up to ``timeout`` for the first one.
 
     Waiting while the agent runs matters: EbpfCapture.close() detaches
@@ -525,7 +525,6 @@ def test_unit_capabilities_are_enough_for_capture(provider) -> None:
     if reason:
         pytest.skip(reason)
     import duckdb
-
     from support import clients
     from support import fake_provider as fp
 

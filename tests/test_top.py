@@ -13,19 +13,19 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from builders import exchange_events, request_bytes, response_bytes
 from rich.console import Console
 from typer.testing import CliRunner
 
-from builders import exchange_events, request_bytes, response_bytes
-from lumen_agent.call import Call, Outcome
 from lumen_agent.cli import app
 from lumen_agent.control import ControlServer, request
-from lumen_agent.live import LATEST_CALLS, MAX_KEYS_PER_BUCKET, OTHER, LiveFeed, install
+from lumen_agent.outputs.live import LATEST_CALLS, MAX_KEYS_PER_BUCKET, OTHER, LiveFeed, install
+from lumen_agent.pipeline.call import Call, Outcome
 from lumen_agent.recording import event_to_json
 from lumen_agent.top import build_view, count, duration, usd
 
@@ -202,7 +202,7 @@ def test_view_of_an_empty_agent_and_of_a_lost_one():
 
 def make_call(process="worker", model="gpt-4o-mini", cost="0.001", provider="openai", tenant=None,
               input_tokens=100, output_tokens=50, pid=4242, outcome=Outcome.SUCCESS, ts=NOW) -> Call:
-    when = datetime.fromtimestamp(ts, timezone.utc)
+    when = datetime.fromtimestamp(ts, UTC)
     return Call(
         id=str(uuid.uuid4()), ts_start=when, ts_end=when, latency_ms=250.0, ttft_ms=None, host="h", pid=pid,
         process=process, exe=None, user=None, unit=None, container_id=None, provider=provider,

@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from lumen_agent.events import DataEvent, Direction, EventFlag
-
 from lumen_agent.capture import kernel_setup
 from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.targets import TargetTracker, TlsTarget, find_tls_executables
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
 __all__ = ["CaptureError", "CaptureOptions", "EbpfCapture", "AttachedTarget"]
 

@@ -49,7 +49,7 @@ from typing import Any
 # Event tuple fields (kept primitive: the worker thread builds DataEvents).
 SEND = 0
 RECV = 1
-FLAG_CLOSE = 4  # lumen_agent.events.EventFlag.CLOSE
+FLAG_CLOSE = 4  # lumen_agent.pipeline.events.EventFlag.CLOSE
 
 # Attribute on each SSL object: its connection number, 0 = never record.
 CONN_ATTR = "_lumen_conn"

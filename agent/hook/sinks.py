@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lumen_agent.hook.settings import HookSettings
 
@@ -37,7 +38,7 @@ class SinkError(Exception):
 
 
 def to_event(item: tuple, pid: int):
-    from lumen_agent.events import DataEvent, Direction, EventFlag
+    from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
     ts_ns, tid, conn, direction, data, flags = item
     return DataEvent(ts_ns, pid, tid, conn, Direction.SEND if direction == 0 else Direction.RECV, data,
@@ -98,10 +99,10 @@ class LocalSink:
     def __init__(self, settings: HookSettings, pid: int, on_ignore: Callable[[int, int], None]) -> None:
         from lumen_agent import config as config_mod
         from lumen_agent import paths
-        from lumen_agent.keyhash import load_or_create_salt
-        from lumen_agent.pipeline import Pipeline, PipelineOptions
+        from lumen_agent.outputs.store import CallStore
+        from lumen_agent.pipeline.core import Pipeline, PipelineOptions
+        from lumen_agent.pipeline.keyhash import load_or_create_salt
         from lumen_agent.pricing.table import PriceTable
-        from lumen_agent.store import CallStore
 
         try:
             config = config_mod.load()
@@ -113,7 +114,7 @@ class LocalSink:
         self.shipped = 0
         # The configuration's process filters hold here too: an excluded
         # program's traffic is dropped before the pipeline sees it.
-        from lumen_agent.attribution import Attribution
+        from lumen_agent.pipeline.attribution import Attribution
 
         self.excluded = not config.filters.is_trivial and not config.filters.allows(Attribution().observe(pid))
         prices = PriceTable.load(config.price_overrides)

@@ -98,7 +98,7 @@ class Routes:
 
     @classmethod
     def build(cls, configured: Mapping[str, str] | None = None, cli: Iterable[str] = (),
-              *, defaults: bool = True) -> "Routes":
+              *, defaults: bool = True) -> Routes:
         """Defaults, then the configuration's ``proxy_upstreams``, then ``--upstream`` values.
 
         A ``--upstream URL`` without ``PREFIX=`` sends everything there and

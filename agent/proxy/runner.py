@@ -176,7 +176,7 @@ class ProxyThread:
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
 
-    def start(self) -> "ProxyThread":
+    def start(self) -> ProxyThread:
         started = threading.Event()
         self.sink.start()
 
@@ -208,7 +208,7 @@ class ProxyThread:
         self._thread = None
         self.sink.close()
 
-    def __enter__(self) -> "ProxyThread":
+    def __enter__(self) -> ProxyThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -202,7 +202,7 @@ class ProxyServer:
                 ),
                 CONNECT_TIMEOUT_S,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProxyError(504, "upstream_timeout",
                              f"upstream {upstream} did not accept a connection within {CONNECT_TIMEOUT_S:g} s") from None
         except ssl.SSLCertVerificationError as exc:
@@ -263,7 +263,7 @@ class _Session:
             timeout = CLIENT_IDLE_TIMEOUT_S if first and not self.buf else CLIENT_READ_TIMEOUT_S
             try:
                 data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
             first = False
             if not data:
@@ -275,7 +275,7 @@ class _Session:
     async def _read_client(self) -> bytes:
         try:
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), CLIENT_READ_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _ClientGone() from None
         if not data:
             raise _ClientGone()
@@ -364,7 +364,7 @@ class _Session:
     async def _upstream_read(self, conn: _Upstream) -> bytes:
         try:
             return await asyncio.wait_for(conn.reader.read(READ_SIZE), UPSTREAM_READ_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProxyError(504, "upstream_timeout",
                              f"upstream {conn.upstream} sent nothing for {UPSTREAM_READ_TIMEOUT_S:g} s") from None
         except (ConnectionError, ssl.SSLError, OSError) as exc:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lumen_agent.events import DataEvent, Direction, EventFlag
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 from lumen_agent.proxy.peers import PeerResolver
 from lumen_agent.recording import event_to_json
 
@@ -198,11 +198,11 @@ class LocalSink(EventSink):
 
     def _open(self) -> None:
         from lumen_agent import paths
-        from lumen_agent.attribution import Attribution
-        from lumen_agent.keyhash import load_or_create_salt
-        from lumen_agent.pipeline import Pipeline, PipelineOptions
+        from lumen_agent.outputs.store import CallStore
+        from lumen_agent.pipeline.attribution import Attribution
+        from lumen_agent.pipeline.core import Pipeline, PipelineOptions
+        from lumen_agent.pipeline.keyhash import load_or_create_salt
         from lumen_agent.pricing.table import PriceTable
-        from lumen_agent.store import CallStore
 
         config = self._config
         self.store = CallStore(self._db, flush_interval=config.flush_interval_s)

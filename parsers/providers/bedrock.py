@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lumen_agent.parsers.usage import Usage
 from lumen_agent.parsers.providers.base import BaseReader, plus
+from lumen_agent.parsers.usage import Usage
 
 
 def _first(obj: dict[str, Any], *keys: str) -> Any:

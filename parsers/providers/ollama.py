@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lumen_agent.parsers.usage import Usage
 from lumen_agent.parsers.providers.base import BaseReader
+from lumen_agent.parsers.usage import Usage
 
 
 class OllamaReader(BaseReader):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lumen_agent.parsers.usage import Usage
 from lumen_agent.parsers.providers.base import BaseReader, dig
+from lumen_agent.parsers.usage import Usage
 
 
 def _output_with_reasoning(

@@ -260,9 +260,3 @@ def _azure_deployment(segments: list[str]) -> str | None:
             return name(unquote(segments[i + 2]))
     return None
 
-
-def provider_of_host(authority: str | None) -> str | None:
-    """The provider a ``host[:port]`` belongs to, from its name alone (or None)."""
-    if not authority:
-        return None
-    return _host_provider(*_authority(authority))

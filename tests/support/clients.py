@@ -28,11 +28,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from . import fake_provider as fp
+from support import fake_provider as fp
 
 SUPPORT_DIR = Path(__file__).resolve().parent
 SDK_SCRIPT = SUPPORT_DIR / "sdk_client.py"

@@ -63,9 +63,10 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 # --------------------------------------------------------------------------------------
@@ -841,7 +842,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 60  # idle keep-alive connections end after this
 
-    server: "_TLSServer"
+    server: _TLSServer
 
     def setup(self) -> None:
         super().setup()
@@ -1060,7 +1061,7 @@ class FakeProvider:
     def served(self) -> list[dict[str, Any]]:
         return self._server.served
 
-    def start(self) -> "FakeProvider":
+    def start(self) -> FakeProvider:
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-provider", daemon=True)
         self._thread.start()
         return self
@@ -1071,7 +1072,7 @@ class FakeProvider:
         if self._thread:
             self._thread.join(5)
 
-    def __enter__(self) -> "FakeProvider":
+    def __enter__(self) -> FakeProvider:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -1112,7 +1113,7 @@ class FakeProviderProcess:
                 self.proc.wait(timeout)
         return self.proc.returncode
 
-    def __enter__(self) -> "FakeProviderProcess":
+    def __enter__(self) -> FakeProviderProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -55,5 +55,5 @@ def start(source, default=False):
         return _bootstrap().activate(source)
     except Exception as exc:  # noqa: BLE001
         if os.environ.get("LUMEN_HOOK_DEBUG"):
-            sys.stderr.write("lumen hook: not loaded: %r\n" % (exc,))
+            sys.stderr.write("lumen hook: not loaded: {!r}\n".format(exc))
         return False

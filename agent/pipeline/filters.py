@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from lumen_agent.attribution import ProcessInfo
+from lumen_agent.pipeline.attribution import ProcessInfo
 
 FIELDS = ("process", "exe", "user", "unit", "container")
 

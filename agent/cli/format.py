@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     TABLE = "table"
     JSON = "json"
     CSV = "csv"
@@ -90,7 +90,7 @@ def _json(value: Any) -> str:
 def _render_json(columns: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO) -> None:
     keys = [json.dumps(c, ensure_ascii=False) for c in columns]
     objects = [
-        "{" + ", ".join(f"{k}: {_json(v)}" for k, v in zip(keys, row)) + "}" for row in rows
+        "{" + ", ".join(f"{k}: {_json(v)}" for k, v in zip(keys, row, strict=False)) + "}" for row in rows
     ]
     out.write("[" + ",\n ".join(objects) + "]\n")
 

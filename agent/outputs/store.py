@@ -35,8 +35,8 @@ from pathlib import Path
 
 import duckdb
 
-from lumen_agent.call import CALL_COLUMNS, Call
-from lumen_agent.schema import CALLS_TABLE, migrate
+from lumen_agent.outputs.schema import CALLS_TABLE, migrate
+from lumen_agent.pipeline.call import CALL_COLUMNS, Call
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class CallStore:
                 left,
             )
 
-    def __enter__(self) -> "CallStore":
+    def __enter__(self) -> CallStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from lumen_agent.call import Call
+from lumen_agent.pipeline.call import Call
 
 # Windows ``top`` offers, in seconds, with their labels.
 WINDOWS: dict[int, str] = {60: "1m", 300: "5m", 3600: "1h", 86400: "24h"}
@@ -81,7 +81,7 @@ class _Bucket:
             entry[2] += tokens
             entry[3] += unpriced
 
-    def copy(self) -> "_Bucket":
+    def copy(self) -> _Bucket:
         return _Bucket(self.cost, self.calls, self.tokens, self.unpriced,
                        {dim: {name: list(entry) for name, entry in groups.items()} for dim, groups in self.by.items()})
 

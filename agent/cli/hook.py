@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lumen_agent.cli import DbOption, user_errors
+from lumen_agent.cli.app import DbOption, app, user_errors
 
 hook_app = typer.Typer(no_args_is_help=True, help="The user-space hook for Python programs (no eBPF needed).")
 
@@ -101,9 +101,6 @@ def uninstall_pth(python: PythonOption = None) -> None:
     typer.echo(f"removed {removed}" if removed else "no .pth file of the hook was installed")
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``exec`` and the ``hook`` group to the CLI."""
-    app.command("exec", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
-                no_args_is_help=True)(exec_command)
-    app.add_typer(hook_app, name="hook")
-
+app.command("exec", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+            no_args_is_help=True)(exec_command)
+app.add_typer(hook_app, name="hook")

@@ -15,10 +15,6 @@ import enum
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from lumen_agent.counters import Counters
-from lumen_agent.events import DataEvent, Direction, EventFlag
-from lumen_agent.exchange import Exchange
-from lumen_agent.parsers.providers.recognise import provider_of_host
 from lumen_agent.parsers.http1 import (
     Body,
     EndOfMessage,
@@ -29,6 +25,10 @@ from lumen_agent.parsers.http1 import (
     Truncated,
     find_start,
 )
+from lumen_agent.parsers.providers.recognise import provider_of_host
+from lumen_agent.pipeline.counters import Counters
+from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
+from lumen_agent.pipeline.exchange import Exchange
 
 # Open connections tracked at once; the least recently active is evicted.
 MAX_CONNECTIONS = 4096

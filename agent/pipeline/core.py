@@ -11,16 +11,16 @@ import socket
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from lumen_agent.attribution import Attribution
-from lumen_agent.call import Call, Outcome
-from lumen_agent.connections import ConnectionTracker, TrackerResult
-from lumen_agent.counters import Counters
-from lumen_agent.events import DataEvent
-from lumen_agent.exchange import Exchange
-from lumen_agent.keyhash import credential, hash_credential
+from lumen_agent.pipeline.attribution import Attribution
+from lumen_agent.pipeline.call import Call, Outcome
+from lumen_agent.pipeline.connections import ConnectionTracker, TrackerResult
+from lumen_agent.pipeline.counters import Counters
+from lumen_agent.pipeline.events import DataEvent
+from lumen_agent.pipeline.exchange import Exchange
+from lumen_agent.pipeline.keyhash import credential, hash_credential
 from lumen_agent.pricing.cost import price_usage
 from lumen_agent.pricing.table import PriceTable
 
@@ -108,8 +108,8 @@ class Pipeline:
         response = ex.response
         status = response.status if response is not None else None
         ts_end_ns = ex.ts_end_ns or ex.ts_start_ns
-        start = datetime.fromtimestamp(ex.ts_start_ns / 1e9, timezone.utc)
-        end = datetime.fromtimestamp(ts_end_ns / 1e9, timezone.utc)
+        start = datetime.fromtimestamp(ex.ts_start_ns / 1e9, UTC)
+        end = datetime.fromtimestamp(ts_end_ns / 1e9, UTC)
 
         model = usage.model or info.request_model
         cost, price_id, unpriced = price_usage(self._prices, usage, info.provider, info.request_model, start)

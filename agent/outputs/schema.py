@@ -3,7 +3,7 @@
 Tables
 ------
 ``llm_calls``
-    One row per LLM API call: exactly the fields of :class:`lumen_agent.call.Call`,
+    One row per LLM API call: exactly the fields of :class:`lumen_agent.pipeline.call.Call`,
     in the same order (DESIGN.md section 3).  Decisions:
 
     * ``id`` is a plain ``VARCHAR NOT NULL``, **not** a PRIMARY KEY.  A key
@@ -11,7 +11,7 @@ Tables
       index that lives in memory for the whole file) and turns one duplicate
       into a failed batch.  Ids are random 128-bit values made by the
       pipeline, so uniqueness is by construction; append speed matters more.
-    * ``outcome`` is a ``VARCHAR`` holding :class:`~lumen_agent.call.Outcome`
+    * ``outcome`` is a ``VARCHAR`` holding :class:`~lumen_agent.pipeline.call.Outcome`
       values, not an ENUM.  DuckDB dictionary-compresses low-cardinality
       strings, so storage is the same, and a new outcome never needs a type
       migration (DuckDB cannot ``ALTER TYPE`` an ENUM in place).
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import duckdb
 
 from lumen_agent import __version__
-from lumen_agent.call import CALL_COLUMNS
+from lumen_agent.pipeline.call import CALL_COLUMNS
 
 CALLS_TABLE = "llm_calls"
 

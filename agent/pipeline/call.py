@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 
@@ -16,7 +16,7 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
 
     @classmethod
-    def from_status(cls, status: int | None, complete: bool) -> "Outcome":
+    def from_status(cls, status: int | None, complete: bool) -> Outcome:
         if not complete:
             return cls.CANCELLED
         if status is None:

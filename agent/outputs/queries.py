@@ -18,14 +18,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from lumen_agent.schema import CALLS_TABLE
-from lumen_agent.store import LOCK_POLL_INTERVAL, is_lock_error
+from lumen_agent.outputs.schema import CALLS_TABLE
+from lumen_agent.outputs.store import LOCK_POLL_INTERVAL, is_lock_error
 
 # How long a reader waits for the agent to finish a flush.
 DEFAULT_LOCK_TIMEOUT = 5.0
@@ -43,7 +43,7 @@ class Result:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
 
     def dicts(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, r)) for r in self.rows]
+        return [dict(zip(self.columns, r, strict=False)) for r in self.rows]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -123,7 +123,7 @@ def _fetch(rel: duckdb.DuckDBPyRelation) -> Result:
     if tz_cols:
         rows = [
             tuple(
-                v.replace(tzinfo=timezone.utc) if i in tz_cols and v is not None else v
+                v.replace(tzinfo=UTC) if i in tz_cols and v is not None else v
                 for i, v in enumerate(row)
             )
             for row in rows
@@ -158,19 +158,19 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """``7d``, ``24h``, ``30m``, ``90s``, ``2w`` before now, or an ISO date or
     datetime (a date means its UTC midnight; a naive datetime is UTC)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if m := _RELATIVE.match(value):
         return now - timedelta(**{_UNITS[m.group(2).lower()]: int(m.group(1))})
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
             d = date.fromisoformat(value.strip())
-            return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
         at = datetime.fromisoformat(value.strip())
     except ValueError:
         raise QueryError(
             f"bad --since {value!r}: use e.g. 7d, 24h, 30m or an ISO date (2026-01-31)"
         ) from None
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 # -- report --------------------------------------------------------------

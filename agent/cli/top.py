@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from lumen_agent.cli.app import EXIT_USER_ERROR, _config, _one_line, app
 
-class Window(str, enum.Enum):
+
+class Window(enum.StrEnum):
     M1 = "1m"
     M5 = "5m"
     H1 = "1h"
@@ -30,7 +32,6 @@ def top(
 
     Keys: 1 2 3 4 switch the window (1m 5m 1h 24h), q quits.  Exit 1 when no agent runs.
     """
-    from lumen_agent.cli import EXIT_USER_ERROR, _config, _one_line
     from lumen_agent.top import WINDOW_BY_LABEL, print_once, run
 
     try:
@@ -46,6 +47,4 @@ def top(
     raise typer.Exit(code)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the CLI."""
-    app.command("top")(top)
+app.command("top")(top)

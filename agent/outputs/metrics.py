@@ -49,8 +49,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lumen_agent import __version__
-from lumen_agent.call import Call
 from lumen_agent.config import ConfigError
+from lumen_agent.pipeline.call import Call
 
 log = logging.getLogger("lumen_agent")
 
@@ -142,7 +142,7 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def copy(self) -> "Histogram":
+    def copy(self) -> Histogram:
         h = Histogram(self.buckets)
         h.counts, h.total, h.count = list(self.counts), self.total, self.count
         return h
@@ -150,7 +150,7 @@ class Histogram:
 
 def render_histogram(name: str, help_text: str, h: Histogram) -> list[str]:
     lines = [f"# HELP {name} {escape_help(help_text)}", f"# TYPE {name} histogram"]
-    for bound, n in zip(h.buckets, h.counts):
+    for bound, n in zip(h.buckets, h.counts, strict=False):
         lines.append(_sample_line(f"{name}_bucket", (("le", repr(float(bound))),), n))
     lines.append(_sample_line(f"{name}_bucket", (("le", "+Inf"),), h.count))
     lines.append(_sample_line(f"{name}_sum", (), h.total))
@@ -213,7 +213,7 @@ class _Counter:
         self.values[key] = self.values.get(key, 0) + amount
 
     def samples(self, values: Mapping[tuple[str, ...], Number]) -> list[Sample]:
-        return [(tuple(zip(self.labels, key)), value) for key, value in sorted(values.items())]
+        return [(tuple(zip(self.labels, key, strict=False)), value) for key, value in sorted(values.items())]
 
 
 # -- the metrics -------------------------------------------------------------------
@@ -285,7 +285,7 @@ class Metrics:
             skipped = self._by_reason(pipeline, "skipped.", "skipped")
             untracked = self._by_reason(pipeline, "connections.", "connections")
         lines: list[str] = []
-        for counter, vals in zip(self.counters, values):
+        for counter, vals in zip(self.counters, values, strict=False):
             lines += render_family(counter.name, "counter", counter.help, counter.samples(vals))
         lines += self._health(status, skipped, untracked, flush)
         lines += render_family(
