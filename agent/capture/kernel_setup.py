@@ -243,15 +243,7 @@ def check_prerequisites() -> list[Check]:
             checks.append(
                 Check("headers", False, f"none for {rel}", "apt-get install linux-headers-amd64")
             )
-    tm = tracefs_mounted()
-    checks.append(
-        Check(
-            "tracefs",
-            tm,
-            str(TRACEFS) if tm else "not mounted (will be mounted at start)",
-            "" if tm else f"mount -t tracefs nodev {TRACEFS}",
-        )
-    )
+    checks.append(_tracefs_check())
     perm = has_bpf_permissions()
     checks.append(
         Check(
@@ -263,6 +255,17 @@ def check_prerequisites() -> list[Check]:
         )
     )
     return checks
+
+
+def _tracefs_check() -> Check:
+    """tracefs unmounted is no failure when ``prepare`` can mount it (a fresh
+    host boots that way): only what the agent cannot fix stops it."""
+    if tracefs_mounted():
+        return Check("tracefs", True, str(TRACEFS))
+    mount_fix = f"mount -t tracefs nodev {TRACEFS}"
+    if TRACEFS.is_dir() and _effective_caps() & (1 << CAP_SYS_ADMIN):
+        return Check("tracefs", True, f"not mounted; the agent mounts it at {TRACEFS} at start")
+    return Check("tracefs", False, "not mounted, and mounting it needs CAP_SYS_ADMIN", mount_fix)
 
 
 def prepare() -> None:
