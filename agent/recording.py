@@ -11,6 +11,15 @@ One event a line, a JSON object with at least::
 ``close``.  Other keys are allowed and ignored, so a recording can carry
 notes.  ``lumen-agent run --record FILE`` writes this format and
 ``lumen-agent replay FILE`` reads it.
+
+Who a process was is written once, before its first event (and again when it
+exec'd another program), as a line of kind ``process``::
+
+    {"kind": "process", "pid": 4242, "process": "curl", "exe": "/usr/bin/curl",
+     "user": "alice", "unit": "app.service", "container_id": null}
+
+Replay attributes calls from these lines, never from the replaying host's
+/proc: pid 4242 there is some other process, or none.
 """
 
 from __future__ import annotations
@@ -20,9 +29,11 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import IO
 
+from lumen_agent.pipeline.attribution import MAX_PROCESSES, UNKNOWN, ProcessInfo
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
 log = logging.getLogger("lumen_agent")
@@ -77,12 +88,39 @@ def event_from_json(line: str) -> DataEvent:
         raise RecordingError(f"not a recorded event: {exc!s}") from None
 
 
-def read_events(stream: IO[str], on_bad_line=None) -> Iterator[DataEvent]:
-    """Events of a recording; bad lines go to ``on_bad_line(lineno, error)``."""
+def process_to_json(pid: int, info: ProcessInfo) -> str:
+    return json.dumps({"kind": "process", "pid": pid, **asdict(info)}, separators=(",", ":"))
+
+
+def process_from_json(line: str) -> tuple[int, ProcessInfo] | None:
+    """``(pid, info)`` of a process line; None for any other line."""
+    if '"kind"' not in line:
+        return None
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or record.get("kind") != "process":
+            return None
+        fields = {name: record.get(name) for name in ProcessInfo.__slots__}
+        if not all(value is None or isinstance(value, str) for value in fields.values()):
+            raise TypeError("process fields must be strings")
+        return int(record["pid"]), ProcessInfo(**fields)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordingError(f"not a process record: {exc!s}") from None
+
+
+def read_events(stream: IO[str], on_bad_line=None,
+                on_process: Callable[[int, ProcessInfo], None] | None = None) -> Iterator[DataEvent]:
+    """Events of a recording; bad lines go to ``on_bad_line(lineno, error)``,
+    process lines to ``on_process(pid, info)``."""
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
+            process = process_from_json(line)
+            if process is not None:
+                if on_process is not None:
+                    on_process(*process)
+                continue
             yield event_from_json(line)
         except RecordingError as exc:
             if on_bad_line is None:
@@ -91,12 +129,25 @@ def read_events(stream: IO[str], on_bad_line=None) -> Iterator[DataEvent]:
 
 
 class Recorder:
-    """Appends events to a recording as they are captured, credentials redacted."""
+    """Appends events to a recording as they are captured, credentials redacted.
 
-    def __init__(self, stream: IO[str]) -> None:
+    ``describe(pid)`` says who a process is; that is written before the
+    process's first event, so a replay attributes from the recording.
+    """
+
+    def __init__(self, stream: IO[str], describe: Callable[[int], ProcessInfo] | None = None) -> None:
         self._stream = stream
+        self._describe = describe
+        self._written: dict[int, ProcessInfo] = {}
 
     def write(self, event: DataEvent) -> None:
+        if self._describe is not None:
+            info = self._describe(event.pid)
+            if self._written.get(event.pid) != info:
+                if len(self._written) >= MAX_PROCESSES:
+                    self._written.clear()
+                self._written[event.pid] = info
+                self._stream.write(process_to_json(event.pid, info) + "\n")
         if event.direction is Direction.SEND and event.data:
             event = DataEvent(event.ts_ns, event.pid, event.tid, event.conn, event.direction,
                               redact_credentials(event.data), event.flags)
@@ -104,3 +155,21 @@ class Recorder:
 
     def flush(self) -> None:
         self._stream.flush()
+
+
+class RecordedAttribution:
+    """Attribution from a recording's process lines (never from this host's /proc)."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, ProcessInfo] = {}
+
+    def remember(self, pid: int, info: ProcessInfo) -> None:
+        self._by_pid[pid] = info
+
+    def observe(self, pid: int) -> ProcessInfo:
+        return self._by_pid.get(pid, UNKNOWN)
+
+    lookup = observe
+
+    def forget(self, pid: int) -> None:
+        pass

@@ -6,12 +6,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lumen_agent import paths
+from lumen_agent.config import Config
 from lumen_agent.outputs.store import CallStore
-from lumen_agent.pipeline.core import Pipeline, PipelineOptions
-from lumen_agent.pipeline.keyhash import load_or_create_salt
-from lumen_agent.pricing.table import PriceTable
-from lumen_agent.recording import read_events
+from lumen_agent.pipeline.build import build
+from lumen_agent.recording import RecordedAttribution, read_events
 
 log = logging.getLogger("lumen_agent")
 
@@ -26,16 +24,15 @@ class ReplaySummary:
     rows_written: int
 
 
-def replay(recording: Path, db_path: Path, *, price_overrides: Path | None = None,
-           capture_content: bool = False) -> ReplaySummary:
-    prices = PriceTable.load(price_overrides)
-    store = CallStore(db_path)
-    pipeline = Pipeline(
-        prices,
-        store.add,
-        salt=load_or_create_salt(paths.state_dir()),
-        options=PipelineOptions(capture="replay", capture_content=capture_content),
-    )
+def replay(recording: Path, config: Config) -> ReplaySummary:
+    """Feed ``recording`` through the pipeline ``config`` describes, into ``config.db``.
+
+    Calls are attributed from the recording's process lines; a pid it does
+    not describe stays unattributed.
+    """
+    store = CallStore(config.db)
+    attribution = RecordedAttribution()
+    pipeline = build(config, capture="replay", on_call=store.add, attribution=attribution)
     bad = 0
 
     def on_bad_line(lineno: int, error: Exception) -> None:
@@ -44,7 +41,7 @@ def replay(recording: Path, db_path: Path, *, price_overrides: Path | None = Non
         log.warning("skipped recording line=%d error=%s", lineno, error)
 
     with open(recording, encoding="utf-8") as stream:
-        for event in read_events(stream, on_bad_line):
+        for event in read_events(stream, on_bad_line, on_process=attribution.remember):
             pipeline.feed(event)
             store.maybe_flush()
     pipeline.close()

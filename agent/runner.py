@@ -24,13 +24,13 @@ from typing import IO, Any, Protocol
 from lumen_agent import paths
 from lumen_agent.config import Config
 from lumen_agent.control import ControlServer
+from lumen_agent.outputs.base import Output
 from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.attribution import Attribution
+from lumen_agent.pipeline.build import build
 from lumen_agent.pipeline.call import Call
-from lumen_agent.pipeline.core import Pipeline, PipelineOptions
 from lumen_agent.pipeline.events import DataEvent
-from lumen_agent.pipeline.keyhash import load_or_create_salt
-from lumen_agent.pricing.table import PriceTable
+from lumen_agent.pipeline.gate import ProcessGate
 from lumen_agent.recording import Recorder
 
 log = logging.getLogger("lumen_agent")
@@ -97,42 +97,24 @@ class Agent:
         self._record_file: IO[str] | None = None
         self._recorder: Recorder | None = None
         self._status: dict[str, Any] = {}
-        self._call_listeners: list[Callable[[Call], None]] = []
-        self._tick_listeners: list[Callable[[], None]] = []
-        self._shutdown_listeners: list[Callable[[], None]] = []
         self._ready_listeners: list[Callable[[], None]] = []
-        self._excluded: set[int] = set()
-        self._allowed: set[int] = set()
+        self._stop_listeners: list[Callable[[], None]] = []
         self.ready_at: float | None = None
-        prices = PriceTable.load(config.price_overrides)
         self.store = CallStore(config.db, flush_interval=config.flush_interval_s)
+        self.outputs: list[Output] = [self.store]
         self.attribution = Attribution()
-        self.pipeline = Pipeline(
-            prices,
-            self._on_call,
-            salt=load_or_create_salt(paths.state_dir()),
-            options=PipelineOptions(
-                capture=capture_name,
-                capture_content=config.capture_content,
-                default_tenant=config.default_tenant,
-                default_feature=config.default_feature,
-            ),
-            attribution=self.attribution,
-            on_ignore=self._ignore,
-        )
+        self.gate = ProcessGate(config.filters, self.attribution, on_exclude=self._exclude)
+        self.pipeline = build(config, capture=capture_name, on_call=self._on_call, attribution=self.attribution,
+                              on_ignore=self._ignore)
         self.control = ControlServer(config.runtime_dir)
         self.control.register("status", lambda _request: self._status)
         self.capture = make_capture(self._on_event, self._on_exec)
 
-    # -- extension points (live view, metrics, service manager) ---------------
+    # -- extension points -----------------------------------------------------
 
-    def add_call_listener(self, listener: Callable[[Call], None]) -> None:
-        """Called on the run loop's thread for every call, after it is queued for the store."""
-        self._call_listeners.append(listener)
-
-    def add_tick_listener(self, listener: Callable[[], None]) -> None:
-        """Called on the run loop's thread about once a second."""
-        self._tick_listeners.append(listener)
+    def add_output(self, output: Output) -> None:
+        """Register what receives every finished call (see outputs/base.py)."""
+        self.outputs.append(output)
 
     def add_ready_listener(self, listener: Callable[[], None]) -> None:
         """Called once when capture is attached and the status is published."""
@@ -140,7 +122,7 @@ class Agent:
 
     def add_stop_listener(self, listener: Callable[[], None]) -> None:
         """Called once when the agent starts shutting down, before the capture is detached."""
-        self._shutdown_listeners.append(listener)
+        self._stop_listeners.append(listener)
 
     @property
     def last_status(self) -> dict[str, Any]:
@@ -150,12 +132,11 @@ class Agent:
     # -- the loop -------------------------------------------------------------
 
     def _on_call(self, call: Call) -> None:
-        self.store.add(call)
-        for listener in self._call_listeners:
+        for output in self.outputs:
             try:
-                listener(call)
-            except Exception:  # noqa: BLE001 - a broken view must not stop capture
-                log.exception("call listener failed")
+                output.on_call(call)
+            except Exception:  # noqa: BLE001 - a broken output must not stop capture
+                log.exception("output failed on a call output=%s", output.name)
 
     def _on_event(self, event: DataEvent) -> None:
         if not self._captured(event.pid):
@@ -168,26 +149,17 @@ class Agent:
         # A new program in the same process: same pid and start time, so
         # what we knew of it (name, exe, filter verdict) is stale.
         self.attribution.forget(pid)
-        self._allowed.discard(pid)
-        if pid in self._excluded:
-            self._excluded.discard(pid)
+        if self.gate.forget(pid):
             self.capture.include_pid(pid)
         self._captured(pid)
 
     def _captured(self, pid: int) -> bool:
         """Apply the process filters once per process; excluded ones are dropped in the kernel."""
-        if pid in self._allowed:
-            return True
-        if pid in self._excluded:
-            return False
-        info = self.attribution.observe(pid)
-        if self.config.filters.is_trivial or self.config.filters.allows(info):
-            self._allowed.add(pid)
-            return True
-        self._excluded.add(pid)
+        return self.gate.allows(pid)
+
+    def _exclude(self, pid: int) -> None:
         self.pipeline.counters.add("processes.excluded")
         self.capture.exclude_pid(pid)
-        return False
 
     def _ignore(self, pid: int, conn: int) -> None:
         self.capture.ignore_connection(pid, conn)
@@ -198,7 +170,7 @@ class Agent:
     def run(self, ready: Callable[[], None] | None = None) -> None:
         if self.config.record is not None:
             self._record_file = open(self.config.record, "a", encoding="utf-8")
-            self._recorder = Recorder(self._record_file)
+            self._recorder = Recorder(self._record_file, describe=self.attribution.lookup)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         try:
@@ -235,20 +207,20 @@ class Agent:
 
     def _housekeeping(self) -> None:
         self.pipeline.tick(time.time_ns())
-        self.store.maybe_flush(time.monotonic())
+        now = time.monotonic()
+        for output in self.outputs:
+            try:
+                output.on_tick(now)
+            except Exception:  # noqa: BLE001
+                log.exception("output failed on a tick output=%s", output.name)
         if self._recorder is not None:
             self._recorder.flush()
-        for listener in self._tick_listeners:
-            try:
-                listener()
-            except Exception:  # noqa: BLE001
-                log.exception("tick listener failed")
         self._status = self.status()
         self.write_status()
 
     def shutdown(self) -> None:
         started = time.monotonic()
-        for listener in self._shutdown_listeners:
+        for listener in self._stop_listeners:
             try:
                 listener()
             except Exception:  # noqa: BLE001
@@ -259,7 +231,11 @@ class Agent:
             self.control.close()
             self._drain_ingest()
             self.pipeline.close(time.time_ns())
-            self.store.close()
+            for output in self.outputs:
+                try:
+                    output.close()
+                except Exception:  # noqa: BLE001 - the others still close
+                    log.exception("output failed to close output=%s", output.name)
             if self._record_file is not None:
                 self._record_file.close()
             try:
@@ -283,6 +259,7 @@ class Agent:
             "ingest": {"events": self.control.ingested, "bad_lines": self.control.bad_lines},
             "open_connections": self.pipeline.open_connections,
             "store": self.store.stats(),
+            "outputs": {o.name: o.stats() for o in self.outputs if o is not self.store},
         }
 
     def write_status(self) -> None:

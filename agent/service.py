@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from lumen_agent.outputs.base import Output
+
 log = logging.getLogger("lumen_agent")
 
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
@@ -158,8 +160,11 @@ def status_line(status: Mapping[str, Any]) -> str:
     return f"capturing: {targets} targets, {calls} calls, {rows} rows written"
 
 
-class ServiceNotifications:
-    """The tick and stop hooks that keep the service manager informed."""
+class ServiceNotifications(Output):
+    """Rides along the run loop as an output with no use for calls: its tick
+    keeps the service manager informed (READY, STATUS, WATCHDOG)."""
+
+    name = "service"
 
     def __init__(self, agent: Any, notifier: Notifier, watchdog_s: float | None,
                  clock: Callable[[], float] = time.monotonic, status_path: Path | None = None) -> None:
@@ -198,7 +203,7 @@ class ServiceNotifications:
             self.notifier.send("READY=1", f"STATUS={self._last_status}")
             self.ready_sent = True
 
-    def on_tick(self) -> None:
+    def on_tick(self, now: float | None = None) -> None:
         if not self.ready_sent and self._capturing():
             self.on_ready()
         elif self.ready_sent and self._clock() - self._last_status_at >= STATUS_EVERY_S:
@@ -226,34 +231,11 @@ def install(agent: Any, config: Any) -> ServiceNotifications | None:
         log.warning("WatchdogSec=%.1fs is shorter than %.0fs; pings come about once a second",
                     watchdog_s, MIN_WATCHDOG_S)
     hooks = ServiceNotifications(agent, notifier, watchdog_s, status_path=getattr(config, "status_path", None))
-    agent.add_tick_listener(hooks.on_tick)
-    if hasattr(agent, "add_ready_listener"):  # proposed runner hook: called once the status is written
-        agent.add_ready_listener(hooks.on_ready)
-    _before_shutdown(agent, hooks.on_stopping)
+    agent.add_output(hooks)
+    agent.add_ready_listener(hooks.on_ready)
+    agent.add_stop_listener(hooks.on_stopping)
     log.info("notifying the service manager socket=%s watchdog_s=%s", notifier.value, watchdog_s)
     return hooks
-
-
-def _before_shutdown(agent: Any, hook: Callable[[], None]) -> None:
-    """Run ``hook`` when the agent begins to shut down.
-
-    ``Agent.run`` ends, on SIGTERM or on a failed start, by calling
-    ``self.shutdown()``; wrapping that one method on this instance is the only
-    hook the runner offers today (a stop-listener API would be cleaner).
-    """
-    if hasattr(agent, "add_stop_listener"):
-        agent.add_stop_listener(hook)
-        return
-    original = agent.shutdown
-
-    def shutdown() -> None:
-        try:
-            hook()
-        except Exception:  # noqa: BLE001 - telling systemd must never block the flush
-            log.exception("stopping notification failed")
-        original()
-
-    agent.shutdown = shutdown
 
 
 # -- ExecStartPre=+ ---------------------------------------------------------

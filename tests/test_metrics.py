@@ -330,11 +330,9 @@ class StubAgent:
         self.tick_listeners = []
         self.store = SimpleNamespace(stats=lambda: {"flushes": 1, "last_flush_ms": 4.0})
 
-    def add_call_listener(self, fn):
-        self.call_listeners.append(fn)
-
-    def add_tick_listener(self, fn):
-        self.tick_listeners.append(fn)
+    def add_output(self, output):
+        self.call_listeners.append(output.on_call)
+        self.tick_listeners.append(lambda: output.on_tick(0.0))
 
 
 def get(url):

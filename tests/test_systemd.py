@@ -170,20 +170,29 @@ class FakeAgent:
 
     def __init__(self) -> None:
         self.ready_at: float | None = None
-        self.tick_listeners: list = []
+        self.outputs: list = []
+        self.stop_listeners: list = []
         self.shut_down = False
 
-    def add_tick_listener(self, fn) -> None:
-        self.tick_listeners.append(fn)
+    def add_output(self, output) -> None:
+        self.outputs.append(output)
+
+    def add_ready_listener(self, fn) -> None:
+        pass
+
+    def add_stop_listener(self, fn) -> None:
+        self.stop_listeners.append(fn)
 
     def tick(self) -> None:
-        for fn in self.tick_listeners:
-            fn()
+        for output in self.outputs:
+            output.on_tick(time.monotonic())
 
     def status(self) -> dict:
         return {"targets": ["a", "b"], "pipeline": {"calls": 3}, "store": {"rows_written": 2}}
 
     def shutdown(self) -> None:
+        for fn in self.stop_listeners:
+            fn()
         self.shut_down = True
 
 
@@ -317,7 +326,7 @@ def test_no_socket_no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     agent = FakeAgent()
     assert service.install(agent, None) is None
-    assert agent.tick_listeners == []
+    assert agent.outputs == []
     assert service.notify("READY=1") is False
 
 

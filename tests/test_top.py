@@ -343,11 +343,8 @@ class _StubAgent:
                         "capture": {"events": 12, "lost": 2, "truncated": 1}, "pipeline": {"calls": 1},
                         "store": {"pending": 1}}
 
-    def add_call_listener(self, listener):
-        self.listeners.append(listener)
-
-    def add_tick_listener(self, listener):
-        pass
+    def add_output(self, output):
+        self.listeners.append(output.on_call)
 
 
 def test_install_serves_snapshot_over_the_control_socket(tmp_path):

@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from lumen_agent.cli.app import (
+    ConfigOption,
     DbOption,
     FormatOption,
     PricesOption,
     SinceOption,
+    _config,
     _db,
     _price_table,
     app,
@@ -20,7 +22,6 @@ from lumen_agent.cli.app import (
 )
 from lumen_agent.cli.format import Format, render
 from lumen_agent.outputs.queries import REPORT_KEYS, QueryError
-from lumen_agent.paths import default_price_overrides_path
 
 
 @app.command()
@@ -150,16 +151,17 @@ def replay(
     recording: Annotated[Path, typer.Argument(help="Recorded capture (JSON lines, see docs/recording.md).")],
     db: DbOption = None,
     prices: PricesOption = None,
+    config_path: ConfigOption = None,
 ) -> None:
-    """Run a recorded capture through the pipeline into the database."""
+    """Run a recorded capture through the pipeline into the database (prices, tenant and feature
+    defaults from the configuration, as the agent would)."""
     from lumen_agent.logs import setup_logging
     from lumen_agent.replay import replay as do_replay
 
     setup_logging(False)
     if not recording.is_file():
         raise QueryError(f"no such recording: {recording}")
-    s = do_replay(recording, _db(db),
-                  price_overrides=prices if prices is not None else default_price_overrides_path())
+    s = do_replay(recording, _config(config_path, db=db, price_overrides=prices))
     typer.echo(
         f"replayed {s.events} events: {s.calls} calls ({s.unpriced} unpriced), "
         f"{s.rows_written} rows written, {s.skipped} bytes/items skipped, {s.bad_lines} bad lines"

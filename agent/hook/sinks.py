@@ -98,11 +98,10 @@ class LocalSink:
 
     def __init__(self, settings: HookSettings, pid: int, on_ignore: Callable[[int, int], None]) -> None:
         from lumen_agent import config as config_mod
-        from lumen_agent import paths
         from lumen_agent.outputs.store import CallStore
-        from lumen_agent.pipeline.core import Pipeline, PipelineOptions
-        from lumen_agent.pipeline.keyhash import load_or_create_salt
-        from lumen_agent.pricing.table import PriceTable
+        from lumen_agent.pipeline.attribution import Attribution
+        from lumen_agent.pipeline.build import build
+        from lumen_agent.pipeline.gate import ProcessGate
 
         try:
             config = config_mod.load()
@@ -112,25 +111,13 @@ class LocalSink:
         self.pid = pid
         self.db = settings.db or config.db
         self.shipped = 0
+        attribution = Attribution()
         # The configuration's process filters hold here too: an excluded
         # program's traffic is dropped before the pipeline sees it.
-        from lumen_agent.pipeline.attribution import Attribution
-
-        self.excluded = not config.filters.is_trivial and not config.filters.allows(Attribution().observe(pid))
-        prices = PriceTable.load(config.price_overrides)
+        self.excluded = not ProcessGate(config.filters, attribution).allows(pid)
         self.store = CallStore(self.db, flush_interval=config.flush_interval_s, lock_retry=settings.lock_retry_s)
-        self.pipeline = Pipeline(
-            prices,
-            self.store.add,
-            salt=load_or_create_salt(paths.state_dir()),
-            options=PipelineOptions(
-                capture="hook",
-                capture_content=config.capture_content,
-                default_tenant=config.default_tenant,
-                default_feature=config.default_feature,
-            ),
-            on_ignore=on_ignore,
-        )
+        self.pipeline = build(config, capture="hook", on_call=self.store.add, attribution=attribution,
+                              on_ignore=on_ignore)
         self._next_tick = 0.0
 
     def ship(self, batch: list[tuple]) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from lumen_agent.outputs.base import Output
 from lumen_agent.pipeline.call import Call
 
 # Windows ``top`` offers, in seconds, with their labels.
@@ -142,8 +143,10 @@ def _cost_text(cost: Decimal | None) -> str | None:
     return None if cost is None else format(cost, "f")
 
 
-class LiveFeed:
+class LiveFeed(Output):
     """Thread-safe: :meth:`add` on the run loop, :meth:`snapshot` on any thread."""
+
+    name = "live"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -151,6 +154,9 @@ class LiveFeed:
         self._minutes = _Ring(60, 86400)
         self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_CALLS)
         self._total_calls = 0
+
+    def on_call(self, call: Call) -> None:
+        self.add(call)
 
     def add(self, call: Call, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -266,7 +272,7 @@ def parse_window(request: dict[str, Any]) -> int:
 def install(agent, config) -> LiveFeed:
     """Attach a LiveFeed to a running Agent and serve it as control op ``snapshot``."""
     feed = LiveFeed()
-    agent.add_call_listener(feed.add)
+    agent.add_output(feed)
 
     def snapshot(request: dict[str, Any]) -> dict[str, Any]:
         # The run loop replaces agent._status with a new dict once a second and

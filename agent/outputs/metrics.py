@@ -50,6 +50,7 @@ from typing import Any
 
 from lumen_agent import __version__
 from lumen_agent.config import ConfigError
+from lumen_agent.outputs.base import Output
 from lumen_agent.pipeline.call import Call
 
 log = logging.getLogger("lumen_agent")
@@ -514,6 +515,23 @@ def _handler(render: Callable[[], str]) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class MetricsOutput(Output):
+    """Feeds the metrics from every call, and the store's counts once a second."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: Metrics, store) -> None:
+        self._metrics = metrics
+        self._store = store
+
+    def on_call(self, call) -> None:
+        self._metrics.observe_call(call)
+
+    def on_tick(self, now: float) -> None:
+        if self._store is not None:
+            self._metrics.observe_store(self._store.stats())
+
+
 def install(agent, config) -> MetricsServer | None:
     """Serve ``/metrics`` on ``config.metrics_addr`` (nothing when unset) and feed it from ``agent``."""
     addr = getattr(config, "metrics_addr", None)
@@ -521,10 +539,7 @@ def install(agent, config) -> MetricsServer | None:
         return None
     metrics = Metrics(started=getattr(agent, "_started", None))
     server = MetricsServer(addr, lambda: metrics.render(getattr(agent, "_status", None)))
-    agent.add_call_listener(metrics.observe_call)
-    store = getattr(agent, "store", None)
-    if store is not None:
-        agent.add_tick_listener(lambda: metrics.observe_store(store.stats()))
+    agent.add_output(MetricsOutput(metrics, getattr(agent, "store", None)))
     server.metrics = metrics
     server.start()
     log.info("metrics url=%s", server.url)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import duckdb
 
+from lumen_agent.outputs.base import Output
 from lumen_agent.outputs.schema import CALLS_TABLE, migrate
 from lumen_agent.pipeline.call import CALL_COLUMNS, Call
 
@@ -67,8 +68,13 @@ def _to_row(call: Call) -> list:
     return row
 
 
-class CallStore:
-    """Buffers :class:`Call` rows and appends them to ``llm_calls`` in batches."""
+class CallStore(Output):
+    """Buffers :class:`Call` rows and appends them to ``llm_calls`` in batches.
+
+    As an :class:`Output` of the agent it queues every call and flushes when due.
+    """
+
+    name = "store"
 
     def __init__(
         self,
@@ -124,6 +130,12 @@ class CallStore:
                 self._drop(len(calls) - room)
                 calls = calls[:room]
             self._pending.extend(calls)
+
+    def on_call(self, call: Call) -> None:
+        self.add(call)
+
+    def on_tick(self, now: float) -> None:
+        self.maybe_flush(now)
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the persisted counter ``name`` (written at the next flush)."""

@@ -192,31 +192,21 @@ class LocalSink(EventSink):
         self._config = config
         self._db = db or config.db
         self._on_call = on_call
-        self._excluded: set[int] = set()
         self.pipeline = None
         self.store = None
 
     def _open(self) -> None:
-        from lumen_agent import paths
         from lumen_agent.outputs.store import CallStore
         from lumen_agent.pipeline.attribution import Attribution
-        from lumen_agent.pipeline.core import Pipeline, PipelineOptions
-        from lumen_agent.pipeline.keyhash import load_or_create_salt
-        from lumen_agent.pricing.table import PriceTable
+        from lumen_agent.pipeline.build import build
+        from lumen_agent.pipeline.gate import ProcessGate
 
         config = self._config
         self.store = CallStore(self._db, flush_interval=config.flush_interval_s)
         self.store.flush()  # create the file and schema now: a bad path fails at start
         self.attribution = Attribution()
-        self.pipeline = Pipeline(
-            PriceTable.load(config.price_overrides),
-            self._call,
-            salt=load_or_create_salt(paths.state_dir()),
-            options=PipelineOptions(capture="proxy", capture_content=config.capture_content,
-                                    default_tenant=config.default_tenant,
-                                    default_feature=config.default_feature),
-            attribution=self.attribution,
-        )
+        self.gate = ProcessGate(config.filters, self.attribution)
+        self.pipeline = build(config, capture="proxy", on_call=self._call, attribution=self.attribution)
 
     def _call(self, call: Any) -> None:
         self.store.add(call)
@@ -227,14 +217,13 @@ class LocalSink(EventSink):
         pid = super()._client_pid(peer, local)
         if pid == self._own_pid:
             return pid
-        info = self.attribution.observe(pid)  # now, while the client still runs
-        filters = self._config.filters
-        if not filters.is_trivial and not filters.allows(info):
-            self._excluded.add(pid)
+        self.gate.allows(pid)  # decided now, while the client still runs
         return pid
 
     def _handle(self, event: DataEvent) -> None:
-        if event.pid in self._excluded:
+        # Our own pid stands for a client that could not be identified: the
+        # filters cannot judge it, so it is kept.
+        if event.pid != self._own_pid and not self.gate.allows(event.pid):
             return
         self.pipeline.feed(event)
 
