@@ -6,13 +6,14 @@ import logging
 import platform
 
 from lumen_agent.config import Config
+from lumen_agent.errors import LumenError
 from lumen_agent.logs import setup_logging
 from lumen_agent.runner import Agent, IngestOnly
 
 log = logging.getLogger("lumen_agent")
 
 
-class CaptureUnavailable(RuntimeError):
+class CaptureUnavailable(LumenError):
     """No capture method can run here; the message says which to use instead."""
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from lumen_agent import paths
+from lumen_agent.errors import LumenError
 from lumen_agent.pipeline.filters import FIELDS, ProcessFilter
 
 
-class ConfigError(ValueError):
+class ConfigError(LumenError, ValueError):
     """A configuration file or value that cannot be used (one line, names the file)."""
 
 

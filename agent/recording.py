@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import IO
 
+from lumen_agent.errors import LumenError
 from lumen_agent.pipeline.attribution import MAX_PROCESSES, UNKNOWN, ProcessInfo
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
@@ -51,7 +52,7 @@ def redact_credentials(data: bytes) -> bytes:
     return _CREDENTIAL_HEADER.sub(lambda m: m.group(1) + b": " + REDACTED, data)
 
 
-class RecordingError(ValueError):
+class RecordingError(LumenError, ValueError):
     """A line that is not a recorded event."""
 
 

@@ -32,6 +32,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from lumen_agent.errors import LumenError
 from lumen_agent.outputs.live import WINDOWS
 
 KEYS: dict[str, int] = {"1": 60, "2": 300, "3": 3600, "4": 86400}
@@ -387,7 +388,7 @@ def build_view(snapshot: dict[str, Any] | None, window: int, width: int, height:
 # -- the live loop ---------------------------------------------------------------
 
 
-class AgentUnreachable(Exception):
+class AgentUnreachable(LumenError):
     """No snapshot: the message is one line for the user."""
 
 

@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from lumen_agent.errors import LumenError
+
 SHIPPED_PRICES = Path(__file__).with_name("prices.json")
 
 # Pipeline provider names that are a gateway or a protocol, not a price list:
@@ -32,7 +34,7 @@ _PROVIDER_SYNONYMS = {
 _MEMO_LIMIT = 200_000
 
 
-class PricingError(Exception):
+class PricingError(LumenError):
     """The price table or the user's override file cannot be used."""
 
 

@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from lumen_agent.errors import LumenError
+
 MODULES_DIR = Path("/lib/modules")
 HEADERS_ROOT = Path("/usr/src")
 TRACEFS = Path("/sys/kernel/tracing")
@@ -37,13 +39,8 @@ CAP_PERFMON = 38
 CAP_BPF = 39
 
 
-class CaptureError(Exception):
+class CaptureError(LumenError):
     """A capture prerequisite is missing.  ``str()`` is one line with the fix."""
-
-    def __init__(self, problem: str, fix: str = "") -> None:
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{problem} (fix: {fix})" if fix else problem)
 
 
 @dataclass(frozen=True, slots=True)

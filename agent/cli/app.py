@@ -21,8 +21,7 @@ import duckdb
 import typer
 
 from lumen_agent.cli.format import Format
-from lumen_agent.outputs.queries import QueryError
-from lumen_agent.outputs.schema import SchemaError
+from lumen_agent.errors import LumenError
 from lumen_agent.paths import default_db_path, default_price_overrides_path
 
 app = typer.Typer(
@@ -84,18 +83,17 @@ def _price_table(overrides: Path | None):
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from lumen_agent.agent_main import CaptureUnavailable
-    from lumen_agent.capture.kernel_setup import CaptureError
-    from lumen_agent.config import ConfigError
-    from lumen_agent.pricing.table import PricingError
-
-    return (QueryError, SchemaError, PricingError, ConfigError, CaptureError, CaptureUnavailable,
-            duckdb.Error, OSError)
+    # Ours, plus what the file system and DuckDB say about a path the user gave.
+    return (LumenError, duckdb.Error, OSError)
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    text = exc.problem if isinstance(exc, LumenError) else str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, LumenError) and exc.fix:
+        line += f" (fix: {exc.fix})"
+    return line
 
 
 F = TypeVar("F", bound=Callable[..., object])

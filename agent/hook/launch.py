@@ -9,12 +9,13 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from lumen_agent.errors import LumenError
 from lumen_agent.hook import settings as hs
 
 PTH_NAME = "lumen_agent_hook.pth"
 
 
-class LaunchError(OSError):
+class LaunchError(LumenError):
     """A user-facing failure of exec / install-pth (one line)."""
 
 

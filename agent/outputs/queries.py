@@ -24,6 +24,7 @@ from typing import Any
 
 import duckdb
 
+from lumen_agent.errors import LumenError
 from lumen_agent.outputs.schema import CALLS_TABLE
 from lumen_agent.outputs.store import LOCK_POLL_INTERVAL, is_lock_error
 
@@ -33,7 +34,7 @@ DEFAULT_LOCK_TIMEOUT = 5.0
 _REPRICE_CHUNK = 50_000
 
 
-class QueryError(Exception):
+class QueryError(LumenError):
     """A user-facing error: bad SQL, missing file, bad --since, lock timeout."""
 
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import duckdb
 
 from lumen_agent import __version__
+from lumen_agent.errors import LumenError
 from lumen_agent.pipeline.call import CALL_COLUMNS
 
 CALLS_TABLE = "llm_calls"
@@ -185,7 +186,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaError(Exception):
+class SchemaError(LumenError):
     """The file's schema cannot be used by this version of lumen-agent."""
 
 

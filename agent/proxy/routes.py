@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from lumen_agent.errors import LumenError
+
 # Prefix -> upstream base.  Point a client's base URL at
 # http://127.0.0.1:PORT + prefix + the path it would put after the host.
 DEFAULT_UPSTREAMS: dict[str, str] = {
@@ -33,7 +35,7 @@ DEFAULT_UPSTREAMS: dict[str, str] = {
 }
 
 
-class RouteError(ValueError):
+class RouteError(LumenError, ValueError):
     """A route or upstream URL that cannot be used (one line)."""
 
 
