@@ -263,3 +263,35 @@ def test_close_gives_up_after_lock_retry_and_counts_the_loss(db):
         assert (s["pending"], s["dropped"], s["rows_written"]) == (0, 2, 1)
     finally:
         holder.wait(timeout=60)
+
+
+def test_migration_1_is_frozen_ddl_and_migrating_from_it_gives_the_current_columns(tmp_path):
+    """A file made by migration 1 alone (as the first release made it), then
+    migrated, has exactly the current columns in the Call order: the frozen
+    v1 text plus every later migration."""
+    with duckdb.connect(str(tmp_path / "v1.duckdb")) as con:
+        schema.migrate(con, target=1)
+        assert schema.schema_version(con) == 1
+        v1 = [(r[0], r[1]) for r in con.execute("DESCRIBE llm_calls").fetchall()]
+        schema.migrate(con)
+        migrated = [(r[0], r[1]) for r in con.execute("DESCRIBE llm_calls").fetchall()]
+    with duckdb.connect(str(tmp_path / "fresh.duckdb")) as con:
+        schema.migrate(con)
+        fresh = [(r[0], r[1]) for r in con.execute("DESCRIBE llm_calls").fetchall()]
+    assert migrated == fresh
+    assert [name for name, _ in migrated] == list(CALL_COLUMNS)
+    declared = [t.removesuffix(" NOT NULL").replace("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE")
+                for _, t in schema.CALL_COLUMN_TYPES]
+    assert [t for _, t in migrated] == declared
+    # What the first release created, whatever columns were added since.
+    assert [name for name, _ in v1] == V1_COLUMNS
+
+
+V1_COLUMNS = [
+    "id", "ts_start", "ts_end", "latency_ms", "ttft_ms", "host", "pid", "process", "exe", "user", "unit",
+    "container_id", "provider", "endpoint", "server_address", "server_port", "request_model", "model", "streaming",
+    "status_code", "outcome", "request_id", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "cost_usd", "price_id", "unpriced",
+    "usage_missing", "api_key_hash", "tenant", "feature", "capture", "http_version", "request_body",
+    "response_body",
+]

@@ -34,8 +34,8 @@ Views: ``calls_by_day``, ``spend_by_model``, ``unpriced_models``.
 Migrations
 ----------
 ``MIGRATIONS[i]`` takes a file from version ``i`` to ``i + 1`` (version 0 is
-an empty file).  To change the schema, append a migration; never edit one
-that has shipped.  A new column of ``Call`` must be a new *last* field with a
+an empty file).  Each is literal DDL, frozen once shipped: to change the
+schema, append a migration; never edit one that has shipped.  A new column of ``Call`` must be a new *last* field with a
 default, added here by ``ALTER TABLE llm_calls ADD COLUMN`` (which appends),
 so the table keeps the dataclass order.
 """
@@ -99,13 +99,49 @@ if tuple(name for name, _ in CALL_COLUMN_TYPES) != CALL_COLUMNS:  # pragma: no c
     raise ImportError("schema.CALL_COLUMN_TYPES is out of step with call.Call")
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _create_calls_table() -> str:
-    cols = ",\n    ".join(f"{_quote(n)} {t}" for n, t in CALL_COLUMN_TYPES)
-    return f"CREATE TABLE IF NOT EXISTS {CALLS_TABLE} (\n    {cols}\n)"
+# Version 1 of llm_calls, frozen as shipped: the table later migrations
+# start from.  Never generate this from CALL_COLUMN_TYPES, which grows.
+_CALLS_TABLE_V1 = """CREATE TABLE IF NOT EXISTS llm_calls (
+    "id" VARCHAR NOT NULL,
+    "ts_start" TIMESTAMPTZ NOT NULL,
+    "ts_end" TIMESTAMPTZ NOT NULL,
+    "latency_ms" DOUBLE,
+    "ttft_ms" DOUBLE,
+    "host" VARCHAR,
+    "pid" INTEGER,
+    "process" VARCHAR,
+    "exe" VARCHAR,
+    "user" VARCHAR,
+    "unit" VARCHAR,
+    "container_id" VARCHAR,
+    "provider" VARCHAR,
+    "endpoint" VARCHAR,
+    "server_address" VARCHAR,
+    "server_port" INTEGER,
+    "request_model" VARCHAR,
+    "model" VARCHAR,
+    "streaming" BOOLEAN,
+    "status_code" INTEGER,
+    "outcome" VARCHAR,
+    "request_id" VARCHAR,
+    "input_tokens" BIGINT,
+    "output_tokens" BIGINT,
+    "cache_read_tokens" BIGINT,
+    "cache_write_tokens" BIGINT,
+    "cache_write_1h_tokens" BIGINT,
+    "reasoning_tokens" BIGINT,
+    "cost_usd" DECIMAL(18,8),
+    "price_id" VARCHAR,
+    "unpriced" BOOLEAN,
+    "usage_missing" BOOLEAN,
+    "api_key_hash" VARCHAR,
+    "tenant" VARCHAR,
+    "feature" VARCHAR,
+    "capture" VARCHAR,
+    "http_version" VARCHAR,
+    "request_body" VARCHAR,
+    "response_body" VARCHAR
+)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +196,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "calls table and schema history",
         (
-            _create_calls_table(),
+            _CALLS_TABLE_V1,
             """CREATE TABLE IF NOT EXISTS lumen_meta (
     version INTEGER PRIMARY KEY,
     applied_at TIMESTAMPTZ NOT NULL,
