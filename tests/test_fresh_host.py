@@ -1,8 +1,10 @@
-"""A fresh host: tracefs unmounted.  The agent mounts it itself and captures.
+"""A fresh host: tracefs unmounted, no /lib/modules/$(uname -r)/build link.
+The agent fixes both itself and captures.
 
 The agent runs in a private mount namespace (``unshare --mount``) in which
-tracefs is unmounted first, as on a host that just booted; the test asserts
-inside that namespace that it really is unmounted before the agent starts.
+tracefs is unmounted and /lib/modules is an empty tmpfs, as on a host that
+just booted with only the linux-headers package installed; the test asserts
+inside that namespace that both really are gone before the agent starts.
 A real curl call must then become exactly one priced row.
 """
 
@@ -26,23 +28,25 @@ if _reason:
 from e2e_agent import AgentProcess  # noqa: E402
 
 TRACEFS = "/sys/kernel/tracing"
-# Unmount tracefs (and the debugfs twin that may carry it) in the new mount
-# namespace only, prove it is gone, then exec the agent there.
-UNMOUNTED_TRACEFS = [
+# In the new mount namespace only: unmount tracefs (and the debugfs twin that
+# may carry it), hide /lib/modules, prove both are gone, then exec the agent.
+FRESH_HOST = [
     "unshare", "--mount", "--propagation", "private", "sh", "-c",
     f"umount -l {TRACEFS} 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; "
+    "mount -t tmpfs tmpfs /lib/modules || exit 96; "
     f"if [ -e {TRACEFS}/uprobe_events ]; then echo 'tracefs still mounted' >&2; exit 97; fi; "
-    'echo "tracefs unmounted in this namespace" >&2; exec "$@"', "sh",
+    'if [ -e "/lib/modules/$(uname -r)/build" ]; then echo "headers link still there" >&2; exit 98; fi; '
+    'echo "fresh host: tracefs unmounted, no headers link" >&2; exec "$@"', "sh",
 ]
 
 
-def test_agent_mounts_tracefs_itself_and_captures(tmp_path):
+def test_agent_sets_up_a_fresh_host_itself_and_captures(tmp_path):
     certs = certs_mod.ensure_certs(tmp_path / "certs")
     server = fp.spawn(certs, workdir=tmp_path / "fake-provider")
-    agent = AgentProcess.start(tmp_path / "agent", wrap=UNMOUNTED_TRACEFS)
+    agent = AgentProcess.start(tmp_path / "agent", wrap=FRESH_HOST)
     try:
         agent.wait_ready(need_node=False, timeout=60)
-        assert "tracefs unmounted in this namespace" in agent.log_tail()
+        assert "fresh host: tracefs unmounted, no headers link" in agent.log_tail()
         r = clients.curl(server.url, certs, "openai.chat")
         assert r.returncode == 0, r.describe()
         [row] = agent.wait_rows("pid = ?", [r.pid], count=1, settle=0.5)
