@@ -59,10 +59,13 @@ def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
 
 
 def install_extensions(agent: Agent, config: Config) -> None:
-    """What rides along the run loop: live view for `top`, metrics, the service manager."""
+    """What rides along the run loop: live view for `top`, metrics, exporters, the service manager."""
     from lumen_agent import service
     from lumen_agent.outputs import live, metrics
+    from lumen_agent.outputs.exporters import build_exporters
 
     live.install(agent, config)
     metrics.install(agent, config)
+    for exporter in build_exporters(config):
+        agent.add_output(exporter)
     service.install(agent, config)

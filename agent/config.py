@@ -48,6 +48,16 @@ class Config:
     # Where your application's requests go, by path prefix: "/openai" ->
     # "https://api.openai.com".  See docs/configuration.md.
     proxy_upstreams: dict[str, str] = field(default_factory=dict)
+    # [export.*]: off unless set
+    hostname: str | None = None  # the `host` of every row; this machine's name when unset
+    export_otlp: str | None = None  # e.g. "http://collector:4318"
+    export_otlp_protocol: str = "http/protobuf"
+    export_parquet: Path | None = None  # ROOT of host=H/date=D/part-*.parquet
+    export_parquet_interval_s: float = 300.0
+    export_redis: str | None = None  # e.g. "redis://host:6379/0"
+    export_redis_stream: str = "lumen:calls"
+    export_redis_maxlen: int = 1_000_000
+    export_redis_per_tenant: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -76,12 +86,22 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "filters": ("filters", "*", "include_/exclude_ process, exe, user, unit, container: lists of patterns"),
     "proxy_listen": ("proxy", "listen", "address of `lumen-agent proxy`"),
     "proxy_upstreams": ("proxy", "upstreams", "path prefix -> upstream base URL"),
+    "hostname": ("agent", "hostname", "the host name on every row (default: this machine's)"),
+    "export_otlp": ("export.otlp", "endpoint", "send each call to this OTLP endpoint (docs/export.md)"),
+    "export_otlp_protocol": ("export.otlp", "protocol", "http/protobuf or grpc"),
+    "export_parquet": ("export.parquet", "root", "write calls as Parquet under ROOT/host=H/date=D/"),
+    "export_parquet_interval_s": ("export.parquet", "interval", "seconds between Parquet exports"),
+    "export_redis": ("export.redis", "url", "XADD each call to a Redis stream at this URL"),
+    "export_redis_stream": ("export.redis", "stream", "the Redis stream's key"),
+    "export_redis_maxlen": ("export.redis", "maxlen", "approximate cap of the stream (MAXLEN ~)"),
+    "export_redis_per_tenant": ("export.redis", "per_tenant", "also XADD to STREAM:{tenant}"),
 }
 
 _CHOICES = {
     "capture": ("auto", "ebpf", "hook", "proxy"),
     "attach": ("global", "per-process"),
     "log_level": ("debug", "info", "warning", "error"),
+    "export_otlp_protocol": ("http/protobuf", "grpc"),
 }
 
 
@@ -117,18 +137,26 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
 
 def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
     by_key = {(section, key): name for name, (section, key, _) in OPTIONS.items()}
+    sections = {section for section, _ in by_key}
     values: dict[str, Any] = {}
-    for section, table in data.items():
+
+    def read(section: str, table: Any) -> None:
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section!r} must be a [section]")
         if section == "filters":
             values["filters"] = _filters(table, path)
-            continue
+            return
         for key, value in table.items():
             name = by_key.get((section, key))
-            if name is None:
+            if name is not None:
+                values[name] = value
+            elif f"{section}.{key}" in sections:  # [export.otlp] is a table in [export]
+                read(f"{section}.{key}", value)
+            else:
                 raise ConfigError(f"{path}: unknown option [{section}] {key}")
-            values[name] = value
+
+    for section, table in data.items():
+        read(section, table)
     return values
 
 
@@ -163,8 +191,11 @@ def _build(values: dict[str, Any], path: Path) -> Config:
         if name in _CHOICES and clean[name] not in _CHOICES[name]:
             raise ConfigError(f"{path}: option {name} must be one of {', '.join(_CHOICES[name])}, "
                               f"not {clean[name]!r}")
-    if clean.get("metrics_addr") == "":
-        clean["metrics_addr"] = None
+    for name in ("metrics_addr", "hostname", "export_otlp", "export_redis"):
+        if clean.get(name) == "":
+            clean[name] = None
+    if clean.get("export_parquet") == Path(""):
+        clean["export_parquet"] = None
     if clean.get("record") == Path(""):
         clean["record"] = None
     return replace(config, **clean)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lumen_agent.config import Config
+from lumen_agent.outputs.exporters import build_exporters
 from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.build import build
 from lumen_agent.recording import RecordedAttribution, read_events
@@ -31,8 +32,14 @@ def replay(recording: Path, config: Config) -> ReplaySummary:
     not describe stays unattributed.
     """
     store = CallStore(config.db)
+    outputs = [store, *build_exporters(config)]
+
+    def on_call(call) -> None:
+        for output in outputs:
+            output.on_call(call)
+
     attribution = RecordedAttribution()
-    pipeline = build(config, capture="replay", on_call=store.add, attribution=attribution)
+    pipeline = build(config, capture="replay", on_call=on_call, attribution=attribution)
     bad = 0
 
     def on_bad_line(lineno: int, error: Exception) -> None:
@@ -45,7 +52,8 @@ def replay(recording: Path, config: Config) -> ReplaySummary:
             pipeline.feed(event)
             store.maybe_flush()
     pipeline.close()
-    store.close()
+    for output in outputs:  # the store first: exporters read what it wrote
+        output.close()
     counters = pipeline.counters.snapshot()
     return ReplaySummary(
         events=counters.get("events", 0),

@@ -11,6 +11,9 @@ from lumen_agent.cli.app import (
     EXIT_USER_ERROR,
     ConfigOption,
     DbOption,
+    ExportOtlpOption,
+    ExportParquetOption,
+    ExportRedisOption,
     FormatOption,
     PricesOption,
     _config,
@@ -50,13 +53,17 @@ def run(
         Optional[str], typer.Option("--metrics-addr", help="Serve Prometheus metrics on HOST:PORT.",
                                     show_default=False)
     ] = None,
+    export_otlp: ExportOtlpOption = None,
+    export_parquet: ExportParquetOption = None,
+    export_redis: ExportRedisOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Capture LLM calls until SIGTERM/SIGINT, writing rows to the database."""
     from lumen_agent.agent_main import run_agent
 
     config = _config(config_path, db=db, price_overrides=prices, record=record, capture=capture, attach=attach,
-                     capture_content=capture_content, metrics_addr=metrics_addr,
+                     capture_content=capture_content, metrics_addr=metrics_addr, export_otlp=export_otlp,
+                     export_parquet=export_parquet, export_redis=export_redis,
                      log_level="debug" if verbose else None)
     run_agent(config, exclude_pids=set(exclude_pid))
 

@@ -124,3 +124,20 @@ def _config(config_path: Path | None, **overrides):
     from lumen_agent.config import load
 
     return load(config_path, overrides)
+
+
+ExportOtlpOption = Annotated[
+    Optional[str],
+    typer.Option("--export-otlp", help="Send each call to this OTLP endpoint, e.g. http://collector:4318 "
+                 "([export.otlp] endpoint).", show_default=False),
+]
+ExportParquetOption = Annotated[
+    Optional[Path],
+    typer.Option("--export-parquet", help="Write calls as Parquet under DIR/host=H/date=D/ "
+                 "([export.parquet] root).", show_default=False),
+]
+ExportRedisOption = Annotated[
+    Optional[str],
+    typer.Option("--export-redis", help="XADD each call to a Redis stream, e.g. redis://host:6379/0 "
+                 "([export.redis] url).", show_default=False),
+]

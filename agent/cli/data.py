@@ -10,6 +10,9 @@ import typer
 from lumen_agent.cli.app import (
     ConfigOption,
     DbOption,
+    ExportOtlpOption,
+    ExportParquetOption,
+    ExportRedisOption,
     FormatOption,
     PricesOption,
     SinceOption,
@@ -152,6 +155,9 @@ def replay(
     db: DbOption = None,
     prices: PricesOption = None,
     config_path: ConfigOption = None,
+    export_otlp: ExportOtlpOption = None,
+    export_parquet: ExportParquetOption = None,
+    export_redis: ExportRedisOption = None,
 ) -> None:
     """Run a recorded capture through the pipeline into the database (prices, tenant and feature
     defaults from the configuration, as the agent would)."""
@@ -161,7 +167,8 @@ def replay(
     setup_logging(False)
     if not recording.is_file():
         raise QueryError(f"no such recording: {recording}")
-    s = do_replay(recording, _config(config_path, db=db, price_overrides=prices))
+    s = do_replay(recording, _config(config_path, db=db, price_overrides=prices, export_otlp=export_otlp,
+                                     export_parquet=export_parquet, export_redis=export_redis))
     typer.echo(
         f"replayed {s.events} events: {s.calls} calls ({s.unpriced} unpriced), "
         f"{s.rows_written} rows written, {s.skipped} bytes/items skipped, {s.bad_lines} bad lines"
