@@ -52,6 +52,7 @@ class Config:
     hostname: str | None = None  # the `host` of every row; this machine's name when unset
     export_otlp: str | None = None  # e.g. "http://collector:4318"
     export_otlp_protocol: str = "http/protobuf"
+    export_otlp_headers: dict[str, str] = field(default_factory=dict)
     export_parquet: Path | None = None  # ROOT of host=H/date=D/part-*.parquet
     export_parquet_interval_s: float = 300.0
     export_redis: str | None = None  # e.g. "redis://host:6379/0"
@@ -89,6 +90,7 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "hostname": ("agent", "hostname", "the host name on every row (default: this machine's)"),
     "export_otlp": ("export.otlp", "endpoint", "send each call to this OTLP endpoint (docs/export.md)"),
     "export_otlp_protocol": ("export.otlp", "protocol", "http/protobuf or grpc"),
+    "export_otlp_headers": ("export.otlp", "headers", "extra request headers (OTEL_EXPORTER_OTLP_HEADERS too)"),
     "export_parquet": ("export.parquet", "root", "write calls as Parquet under ROOT/host=H/date=D/"),
     "export_parquet_interval_s": ("export.parquet", "interval", "seconds between Parquet exports"),
     "export_redis": ("export.redis", "url", "XADD each call to a Redis stream at this URL"),

@@ -18,6 +18,7 @@ else
   apt_pkgs+=(linux-headers-amd64)
 fi
 (( with_test )) && apt_pkgs+=(nodejs tmux prometheus systemd)
+(( with_test )) && apt_pkgs+=(redis-server)  # the Redis Streams export test starts its own server
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -27,7 +27,7 @@ def build_exporters(config: Config) -> list[Output]:
         from lumen_agent.outputs.otlp import OtlpExport
 
         exporters.append(OtlpExport(config.export_otlp, protocol=config.export_otlp_protocol,
-                                    host=config.hostname))
+                                    host=config.hostname, headers=config.export_otlp_headers or None))
     return exporters
 
 

@@ -1,0 +1,293 @@
+"""OTLP export: one log record per call, and GenAI client metrics.
+
+Why log records and not spans: a span is an operation *this* process timed,
+inside a trace it belongs to.  The agent observes other processes' calls
+from outside; it has no trace context to join, and a span without one is an
+orphan root in every tracing UI.  A log record (an event, ``lumen.llm_call``)
+carries the same attributes, lands in the collector's logs pipeline, and is
+what GenAI dashboards built on events query.
+
+Attributes follow the OpenTelemetry GenAI semantic conventions where one
+exists (``gen_ai.provider.name``, ``gen_ai.usage.input_tokens``, ...); our
+own (cost, attribution that has no convention) are under ``lumen.*``.
+
+Metrics: ``gen_ai.client.token.usage`` (histogram by ``gen_ai.token.type``),
+``gen_ai.client.operation.duration`` (histogram, seconds) and
+``lumen.cost`` (counter, USD).  Cumulative, so a collector that was down
+misses no spend: the next export carries the totals.
+
+Capture never waits on the collector: calls become records in a bounded
+queue that a worker thread exports in batches through the SDK's OTLP
+exporter.  A batch the collector did not take is kept and retried with
+backoff, so what arrived while it was down is delivered when it is back;
+records that find the queue full are dropped and counted (``status``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from opentelemetry._logs import LogRecord
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from lumen_agent import __version__
+from lumen_agent.errors import LumenError
+from lumen_agent.outputs.base import Output
+from lumen_agent.pipeline.call import Call
+
+log = logging.getLogger(__name__)
+
+# Records held while the collector is unreachable (a few minutes of a busy
+# host; ~1-2 KB each).
+MAX_QUEUED = 50_000
+BATCH = 512
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+# Per export request; the SDK's own retries stay within it.
+EXPORT_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 5.0
+METRICS_INTERVAL_MS = 10_000
+
+EVENT_NAME = "lumen.llm_call"
+
+# Our endpoint names -> gen_ai.operation.name.
+OPERATIONS = {
+    "chat.completions": "chat",
+    "messages": "chat",
+    "responses": "chat",
+    "converse": "chat",
+    "converseStream": "chat",
+    "chat": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "embed": "embeddings",
+    "generateContent": "generate_content",
+    "streamGenerateContent": "generate_content",
+}
+
+
+def operation_name(endpoint: str | None) -> str:
+    return OPERATIONS.get(endpoint or "", "chat")
+
+
+def call_attributes(call: Call) -> dict[str, Any]:
+    """The record's attributes; NULL fields are left out (OTLP has no null)."""
+    a: dict[str, Any] = {
+        "gen_ai.provider.name": call.provider,
+        "gen_ai.operation.name": operation_name(call.endpoint),
+        "gen_ai.request.model": call.request_model,
+        "gen_ai.response.model": call.model,
+        "gen_ai.usage.input_tokens": call.input_tokens,
+        "gen_ai.usage.output_tokens": call.output_tokens,
+        "gen_ai.usage.cache_read.input_tokens": call.cache_read_tokens,
+        "gen_ai.usage.cache_creation.input_tokens": call.cache_write_tokens,
+        "gen_ai.usage.reasoning.output_tokens": call.reasoning_tokens,
+        "server.address": call.server_address,
+        "server.port": call.server_port,
+        "http.response.status_code": call.status_code,
+        "error.type": None if call.outcome.value == "success" else call.outcome.value,
+        "host.name": call.host,
+        "process.pid": call.pid,
+        "process.executable.name": call.process,
+        "process.executable.path": call.exe,
+        "process.owner": call.user,
+        "container.id": call.container_id,
+        "lumen.call.id": call.id,
+        "lumen.endpoint": call.endpoint,
+        "lumen.outcome": call.outcome.value,
+        "lumen.streaming": call.streaming,
+        "lumen.request_id": call.request_id,
+        "lumen.cost_usd": float(call.cost_usd) if call.cost_usd is not None else None,
+        # The exact decimal too: a double cannot hold every DECIMAL(18,8).
+        "lumen.cost_usd_exact": format(call.cost_usd, "f") if call.cost_usd is not None else None,
+        "lumen.price_id": call.price_id,
+        "lumen.unpriced": call.unpriced,
+        "lumen.usage_missing": call.usage_missing,
+        "lumen.latency_ms": call.latency_ms,
+        "lumen.ttft_ms": call.ttft_ms,
+        "lumen.unit": call.unit,
+        "lumen.tenant": call.tenant,
+        "lumen.feature": call.feature,
+        "lumen.api_key_hash": call.api_key_hash,
+        "lumen.capture": call.capture,
+    }
+    return {k: v for k, v in a.items() if v is not None}
+
+
+def _exporters(endpoint: str | None, protocol: str, headers: dict[str, str] | None):
+    """(log exporter, metric exporter) for ``endpoint``; the OTEL_EXPORTER_OTLP_*
+    variables fill in what is not given (the SDK reads them)."""
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        except ImportError:
+            raise LumenError("OTLP over gRPC needs the gRPC exporter package",
+                             "pip install 'lumen-agent[otlp-grpc]', or use protocol = \"http/protobuf\"") from None
+        return (OTLPLogExporter(endpoint=endpoint, headers=headers, timeout=EXPORT_TIMEOUT_S),
+                OTLPMetricExporter(endpoint=endpoint, headers=headers, timeout=EXPORT_TIMEOUT_S))
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    base = endpoint.rstrip("/") if endpoint else None
+    return (OTLPLogExporter(endpoint=f"{base}/v1/logs" if base else None, headers=headers,
+                            timeout=EXPORT_TIMEOUT_S),
+            OTLPMetricExporter(endpoint=f"{base}/v1/metrics" if base else None, headers=headers,
+                               timeout=EXPORT_TIMEOUT_S))
+
+
+class OtlpExport(Output):
+    name = "otlp"
+
+    def __init__(self, endpoint: str | None, *, protocol: str = "http/protobuf", host: str | None = None,
+                 headers: dict[str, str] | None = None, max_queued: int = MAX_QUEUED,
+                 metrics_interval_ms: int = METRICS_INTERVAL_MS) -> None:
+        self.endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        log_exporter, metric_exporter = _exporters(endpoint, protocol, headers)
+        resource = Resource.create({"service.name": "lumen-agent", "service.version": __version__,
+                                    **({"host.name": host} if host else {})})
+        self._queue = _RetryingExport(log_exporter, max_queued)
+        self._provider = LoggerProvider(resource=resource)
+        self._provider.add_log_record_processor(self._queue)
+        self._logger = self._provider.get_logger("lumen_agent", __version__)
+        self._reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=metrics_interval_ms)
+        self._meters = MeterProvider(resource=resource, metric_readers=[self._reader])
+        meter = self._meters.get_meter("lumen_agent", __version__)
+        self._tokens = meter.create_histogram("gen_ai.client.token.usage", unit="{token}",
+                                              description="Tokens used per LLM call, by token type")
+        self._duration = meter.create_histogram("gen_ai.client.operation.duration", unit="s",
+                                                description="Duration of LLM calls")
+        self._cost = meter.create_counter("lumen.cost", unit="USD", description="Spend on LLM calls, as priced")
+
+    def on_call(self, call: Call) -> None:
+        attributes = call_attributes(call)
+        self._logger.emit(LogRecord(timestamp=int(call.ts_end.timestamp() * 1e9), event_name=EVENT_NAME,
+                                          body=f"{call.provider} {call.model or call.request_model}",
+                                          attributes=attributes))
+        dims = {k: attributes[k] for k in ("gen_ai.provider.name", "gen_ai.operation.name",
+                                           "gen_ai.request.model", "gen_ai.response.model") if k in attributes}
+        if call.input_tokens is not None:
+            self._tokens.record(call.input_tokens, {**dims, "gen_ai.token.type": "input"})
+        if call.output_tokens is not None:
+            self._tokens.record(call.output_tokens, {**dims, "gen_ai.token.type": "output"})
+        if call.latency_ms is not None:
+            self._duration.record(call.latency_ms / 1000, dims)
+        if call.cost_usd is not None:
+            self._cost.add(float(call.cost_usd), dims)
+
+    def close(self) -> None:
+        self._queue.shutdown()
+        try:
+            self._meters.shutdown(timeout_millis=CLOSE_TIMEOUT_S * 1000)
+        except Exception as exc:  # noqa: BLE001 - a collector gone at stop must not stop the agent
+            log.warning("otlp metrics at stop: %s", exc)
+
+    def stats(self) -> dict[str, Any]:
+        return self._queue.stats()
+
+
+class _RetryingExport(LogRecordProcessor):
+    """A log record processor with a bounded queue that keeps failed batches.
+
+    The SDK's BatchLogRecordProcessor drops a batch the exporter gave up on
+    and drops silently when full; here nothing leaves the queue before the
+    collector has taken it, and what a full queue refuses is counted.
+    """
+
+    def __init__(self, exporter, max_queued: int) -> None:
+        self._exporter = exporter
+        self._max = max_queued
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._sent = 0
+        self._dropped = 0
+        self._failures = 0
+        self._worker = threading.Thread(target=self._run, name="lumen-otlp", daemon=True)
+        self._worker.start()
+
+    def on_emit(self, log_record) -> None:
+        with self._cond:
+            if len(self._queue) >= self._max:
+                self._dropped += 1
+                return
+            self._queue.append(log_record)
+            if len(self._queue) == 1 or len(self._queue) >= BATCH:
+                self._cond.notify()
+
+    emit = on_emit  # older SDKs call emit()
+
+    def enabled(self, *args: Any, **kwargs: Any) -> bool:
+        return True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue:
+                    return True
+                self._cond.notify()
+            time.sleep(0.05)
+        return False
+
+    def shutdown(self) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify()
+        self._worker.join(CLOSE_TIMEOUT_S + EXPORT_TIMEOUT_S)
+        with self._cond:
+            left = len(self._queue)
+            self._queue.clear()
+        if left:
+            self._dropped += left
+            log.warning("otlp export: %d records not delivered at stop", left)
+        self._exporter.shutdown()
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            queued = len(self._queue)
+        return {"sent": self._sent, "queued": queued, "dropped": self._dropped, "failures": self._failures}
+
+    def _run(self) -> None:
+        backoff = BACKOFF_START_S
+        deadline: float | None = None
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait(1.0)
+                if self._closing and deadline is None:
+                    deadline = time.monotonic() + CLOSE_TIMEOUT_S
+                if not self._queue or (deadline is not None and time.monotonic() > deadline):
+                    return
+                batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+            try:
+                ok = self._exporter.export(batch) == LogRecordExportResult.SUCCESS
+            except Exception as exc:  # noqa: BLE001 - keep the batch, try again
+                log.debug("otlp export raised: %s", exc)
+                ok = False
+            if ok:
+                with self._cond:
+                    for _ in batch:
+                        self._queue.popleft()
+                self._sent += len(batch)
+                backoff = BACKOFF_START_S
+                continue
+            self._failures += 1
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.warning("otlp export: the collector did not take %d records (failures=%d); retrying",
+                            len(batch), self._failures)
+            wait = backoff if deadline is None else min(backoff, max(0.0, deadline - time.monotonic()))
+            with self._cond:
+                self._cond.wait(wait)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
