@@ -1,0 +1,113 @@
+"""Redis Streams export against a real redis-server (Debian) that the test starts."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+from test_export_parquet import recording
+from test_store_support import make_call
+from typer.testing import CliRunner
+
+from lumen_agent.cli import app
+from lumen_agent.outputs.redis_stream import RedisStreamExport
+
+redis = pytest.importorskip("redis")
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed (apt-get install redis-server)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, workdir, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.client = client
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.05)
+    assert predicate()
+
+
+def test_replayed_calls_reach_a_consumer_group_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUMEN_STATE_DIR", str(tmp_path / "state"))
+    server = RedisServer(tmp_path, free_port())
+    try:
+        server.client.xgroup_create("lumen:calls", "billing", id="0", mkstream=True)
+        recording(tmp_path / "r.jsonl", [0, 0, 1])
+        config = tmp_path / "config.toml"
+        config.write_text('[attribution]\ntenant = "team-a"\n[export.redis]\nper_tenant = true\n')
+        result = CliRunner().invoke(app, ["replay", str(tmp_path / "r.jsonl"), "--db", str(tmp_path / "x.duckdb"),
+                                          "--config", str(config), "--export-redis", server.url])
+        assert result.exit_code == 0, result.output
+        [(stream, entries)] = server.client.xreadgroup("billing", "worker-1", {"lumen:calls": ">"}, count=100)
+        assert stream == b"lumen:calls" and len(entries) == 3
+        fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
+        assert {k: fields[k] for k in ("provider", "model", "input_tokens", "output_tokens", "cost_usd", "tenant",
+                                       "outcome", "capture", "unpriced")} == {
+            "provider": "anthropic", "model": "claude-sonnet-4-5-20250929", "input_tokens": "20",
+            "output_tokens": "5", "cost_usd": "0.00013500", "tenant": "team-a", "outcome": "success",
+            "capture": "replay", "unpriced": "false"}
+        assert "request_body" not in fields and "api_key_hash" not in fields  # no key in a recording
+        assert server.client.xlen("lumen:calls:team-a") == 3
+    finally:
+        server.stop()
+
+
+def test_stream_is_capped_and_capture_goes_on_while_redis_restarts(tmp_path):
+    port = free_port()
+    server = RedisServer(tmp_path, port)
+    export = RedisStreamExport(server.url, maxlen=100, max_queued=50)
+    try:
+        for i in range(1000):
+            export.on_call(replace(make_call(i), cost_usd=Decimal("0.001")))
+            if i % 40 == 39:
+                wait_for(lambda: export.stats()["queued"] == 0)
+        wait_for(lambda: export.stats()["sent"] == 1000)
+        # MAXLEN ~ trims whole macro nodes: never far above the cap, never below it.
+        assert 100 <= server.client.xlen("lumen:calls") < 300
+        server.stop()
+        for i in range(1000, 1080):  # Redis is gone: 50 wait, 30 are refused, nothing blocks
+            started = time.monotonic()
+            export.on_call(make_call(i))
+            assert time.monotonic() - started < 0.05
+        assert export.stats()["dropped"] == 30
+        wait_for(lambda: not export.stats()["connected"])
+        server = RedisServer(tmp_path, port)  # back, empty
+        wait_for(lambda: export.stats()["sent"] == 1050, timeout=60)
+        ids = [fields[b"id"].decode() for _, fields in server.client.xrange("lumen:calls")]
+        assert ids == [make_call(i).id for i in range(1000, 1050)]
+        assert export.stats()["reconnects"] == 1
+    finally:
+        export.close()
+        server.stop()
