@@ -322,4 +322,6 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
         ("rows_written", store.get("rows_written", 0)),
         ("rows_pending", store.get("pending", 0)),
         ("rows_dropped", store.get("dropped", 0)),
+        *((f"{name}.{key}", value) for name, stats in sorted(status.get("outputs", {}).items())
+          for key, value in stats.items()),
     ]

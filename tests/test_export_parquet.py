@@ -192,3 +192,21 @@ def test_three_agents_export_into_one_root_read_by_duckdb_and_clickhouse(tmp_pat
     rows = [tuple(field.strip('"') for field in line.split(",")) for line in text.strip().splitlines()]
     assert [(h, d, int(c), int(i), Decimal(cost)) for h, d, c, i, cost in rows] == [
         (h, d, c, i, Decimal(cost)) for h, d, c, i, cost in expected]
+
+
+def test_fleet_history_reprices_from_the_lake_as_docs_say(tmp_path, monkeypatch):
+    """docs/export.md: CREATE TABLE llm_calls AS SELECT * EXCLUDE (date) FROM the files, then reprice."""
+    monkeypatch.setenv("LUMEN_STATE_DIR", str(tmp_path / "state"))
+    db, root = tmp_path / "a.duckdb", tmp_path / "lake"
+    store_calls(db, [replace(c, cost_usd=Decimal("99")) for c in calls_over_days(0, 3)])  # a wrong old price
+    ParquetExporter(db, root, host="host-a").export_once()
+    fleet = tmp_path / "fleet.duckdb"
+    with duckdb.connect(str(fleet)) as con:
+        con.execute("CREATE TABLE llm_calls AS SELECT * EXCLUDE (date) FROM read_parquet(?, hive_partitioning = true)",
+                    [str(root / "**" / "*.parquet")])
+    result = CliRunner().invoke(app, ["reprice", "--db", str(fleet)])
+    assert result.exit_code == 0, result.output
+    with duckdb.connect(str(fleet), read_only=True) as con:
+        costs = con.execute("SELECT DISTINCT cost_usd::VARCHAR FROM llm_calls").fetchall()
+    # gpt-4o-2024-08-06: 1000 in x $2.50/1M + 200 out x $10/1M
+    assert costs == [("0.00450000",)]
