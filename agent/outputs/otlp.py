@@ -146,18 +146,24 @@ def _exporters(endpoint: str | None, protocol: str, headers: dict[str, str] | No
 
 
 class OtlpExport(Output):
+    """Calls wait in a bounded queue; a worker thread turns a batch into log
+    records and metric points and hands the records to the SDK's exporter.
+    The capture thread only appends to the queue."""
+
     name = "otlp"
 
     def __init__(self, endpoint: str | None, *, protocol: str = "http/protobuf", host: str | None = None,
                  headers: dict[str, str] | None = None, max_queued: int = MAX_QUEUED,
                  metrics_interval_ms: int = METRICS_INTERVAL_MS) -> None:
         self.endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-        log_exporter, metric_exporter = _exporters(endpoint, protocol, headers)
+        self._exporter, metric_exporter = _exporters(endpoint, protocol, headers)
         resource = Resource.create({"service.name": "lumen-agent", "service.version": __version__,
                                     **({"host.name": host} if host else {})})
-        self._queue = _RetryingExport(log_exporter, max_queued)
+        # The SDK builds its records (attribute limits, resource, scope) in
+        # emit(); this processor just hands each one back to the worker.
+        self._converted: list = []
         self._provider = LoggerProvider(resource=resource)
-        self._provider.add_log_record_processor(self._queue)
+        self._provider.add_log_record_processor(_Collect(self._converted))
         self._logger = self._provider.get_logger("lumen_agent", __version__)
         self._reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=metrics_interval_ms)
         self._meters = MeterProvider(resource=resource, metric_readers=[self._reader])
@@ -168,45 +174,8 @@ class OtlpExport(Output):
                                                 description="Duration of LLM calls")
         self._cost = meter.create_counter("lumen.cost", unit="USD", description="Spend on LLM calls, as priced")
 
-    def on_call(self, call: Call) -> None:
-        attributes = call_attributes(call)
-        self._logger.emit(LogRecord(timestamp=int(call.ts_end.timestamp() * 1e9), event_name=EVENT_NAME,
-                                          body=f"{call.provider} {call.model or call.request_model}",
-                                          attributes=attributes))
-        dims = {k: attributes[k] for k in ("gen_ai.provider.name", "gen_ai.operation.name",
-                                           "gen_ai.request.model", "gen_ai.response.model") if k in attributes}
-        if call.input_tokens is not None:
-            self._tokens.record(call.input_tokens, {**dims, "gen_ai.token.type": "input"})
-        if call.output_tokens is not None:
-            self._tokens.record(call.output_tokens, {**dims, "gen_ai.token.type": "output"})
-        if call.latency_ms is not None:
-            self._duration.record(call.latency_ms / 1000, dims)
-        if call.cost_usd is not None:
-            self._cost.add(float(call.cost_usd), dims)
-
-    def close(self) -> None:
-        self._queue.shutdown()
-        try:
-            self._meters.shutdown(timeout_millis=CLOSE_TIMEOUT_S * 1000)
-        except Exception as exc:  # noqa: BLE001 - a collector gone at stop must not stop the agent
-            log.warning("otlp metrics at stop: %s", exc)
-
-    def stats(self) -> dict[str, Any]:
-        return self._queue.stats()
-
-
-class _RetryingExport(LogRecordProcessor):
-    """A log record processor with a bounded queue that keeps failed batches.
-
-    The SDK's BatchLogRecordProcessor drops a batch the exporter gave up on
-    and drops silently when full; here nothing leaves the queue before the
-    collector has taken it, and what a full queue refuses is counted.
-    """
-
-    def __init__(self, exporter, max_queued: int) -> None:
-        self._exporter = exporter
         self._max = max_queued
-        self._queue: collections.deque = collections.deque()
+        self._queue: collections.deque[Call] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._sent = 0
@@ -215,34 +184,17 @@ class _RetryingExport(LogRecordProcessor):
         self._worker = threading.Thread(target=self._run, name="lumen-otlp", daemon=True)
         self._worker.start()
 
-    def on_emit(self, log_record) -> None:
+    def on_call(self, call: Call) -> None:
         with self._cond:
             if len(self._queue) >= self._max:
                 self._dropped += 1
                 return
-            self._queue.append(log_record)
+            self._queue.append(call)
             if len(self._queue) == 1 or len(self._queue) >= BATCH:
                 self._cond.notify()
 
-    emit = on_emit  # older SDKs call emit()
-
-    def enabled(self, *args: Any, **kwargs: Any) -> bool:
-        return True
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        deadline = time.monotonic() + timeout_millis / 1000
-        while time.monotonic() < deadline:
-            with self._cond:
-                if not self._queue:
-                    return True
-                self._cond.notify()
-            time.sleep(0.05)
-        return False
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
         with self._cond:
-            if self._closing:
-                return
             self._closing = True
             self._cond.notify()
         self._worker.join(CLOSE_TIMEOUT_S + EXPORT_TIMEOUT_S)
@@ -253,15 +205,45 @@ class _RetryingExport(LogRecordProcessor):
             self._dropped += left
             log.warning("otlp export: %d records not delivered at stop", left)
         self._exporter.shutdown()
+        try:
+            self._meters.shutdown(timeout_millis=CLOSE_TIMEOUT_S * 1000)
+        except Exception as exc:  # noqa: BLE001 - a collector gone at stop must not stop the agent
+            log.warning("otlp metrics at stop: %s", exc)
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
             queued = len(self._queue)
         return {"sent": self._sent, "queued": queued, "dropped": self._dropped, "failures": self._failures}
 
+    # -- the worker -----------------------------------------------------------
+
+    def _records(self, calls: list[Call]) -> list:
+        """SDK log records for ``calls``; their metric points are recorded here, once."""
+        self._converted.clear()
+        spend: dict[tuple, float] = {}
+        for call in calls:
+            attributes = call_attributes(call)
+            self._logger.emit(LogRecord(timestamp=int(call.ts_end.timestamp() * 1e9), event_name=EVENT_NAME,
+                                        body=f"{call.provider} {call.model or call.request_model}",
+                                        attributes=attributes))
+            dims = {k: attributes[k] for k in _METRIC_DIMENSIONS if k in attributes}
+            if call.input_tokens is not None:
+                self._tokens.record(call.input_tokens, {**dims, "gen_ai.token.type": "input"})
+            if call.output_tokens is not None:
+                self._tokens.record(call.output_tokens, {**dims, "gen_ai.token.type": "output"})
+            if call.latency_ms is not None:
+                self._duration.record(call.latency_ms / 1000, dims)
+            if call.cost_usd is not None:  # one counter point per series and batch
+                key = tuple(dims.items())
+                spend[key] = spend.get(key, 0.0) + float(call.cost_usd)
+        for key, usd in spend.items():
+            self._cost.add(usd, dict(key))
+        return list(self._converted)
+
     def _run(self) -> None:
         backoff = BACKOFF_START_S
         deadline: float | None = None
+        records: list = []  # log records of the calls at the head of the queue, in order
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -271,8 +253,10 @@ class _RetryingExport(LogRecordProcessor):
                 if not self._queue or (deadline is not None and time.monotonic() > deadline):
                     return
                 batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+            if len(records) < len(batch):  # convert (and count in metrics) each call once
+                records += self._records(batch[len(records):])
             try:
-                ok = self._exporter.export(batch) == LogRecordExportResult.SUCCESS
+                ok = self._exporter.export(records) == LogRecordExportResult.SUCCESS
             except Exception as exc:  # noqa: BLE001 - keep the batch, try again
                 log.debug("otlp export raised: %s", exc)
                 ok = False
@@ -281,6 +265,7 @@ class _RetryingExport(LogRecordProcessor):
                     for _ in batch:
                         self._queue.popleft()
                 self._sent += len(batch)
+                records = []
                 backoff = BACKOFF_START_S
                 continue
             self._failures += 1
@@ -291,3 +276,28 @@ class _RetryingExport(LogRecordProcessor):
             with self._cond:
                 self._cond.wait(wait)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+
+_METRIC_DIMENSIONS = ("gen_ai.provider.name", "gen_ai.operation.name", "gen_ai.request.model",
+                      "gen_ai.response.model")
+
+
+class _Collect(LogRecordProcessor):
+    """Hands each record the SDK built back to the exporting worker."""
+
+    def __init__(self, into: list) -> None:
+        self._into = into
+
+    def on_emit(self, log_record) -> None:
+        self._into.append(log_record)
+
+    emit = on_emit  # older SDKs call emit()
+
+    def enabled(self, *args: Any, **kwargs: Any) -> bool:
+        return True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass

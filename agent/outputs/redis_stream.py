@@ -79,7 +79,7 @@ class RedisStreamExport(Output):
         self.stream = stream
         self.maxlen = maxlen
         self.per_tenant = per_tenant
-        self._queue: collections.deque[dict[str, str]] = collections.deque()
+        self._queue: collections.deque[Call] = collections.deque()
         self._max_queued = max_queued
         self._cond = threading.Condition()
         self._closing = False
@@ -92,12 +92,11 @@ class RedisStreamExport(Output):
         self._worker.start()
 
     def on_call(self, call: Call) -> None:
-        fields = stream_fields(call)
-        with self._cond:
+        with self._cond:  # the worker makes the fields: capture only appends
             if len(self._queue) >= self._max_queued:
                 self._dropped += 1
                 return
-            self._queue.append(fields)
+            self._queue.append(call)
             if len(self._queue) >= BATCH or len(self._queue) == 1:
                 self._cond.notify()
 
@@ -157,9 +156,9 @@ class RedisStreamExport(Output):
             self._connected = True
             backoff = BACKOFF_START_S
 
-    def _send(self, batch: list[dict[str, str]]) -> None:
+    def _send(self, batch: list[Call]) -> None:
         pipe = self._client.pipeline(transaction=False)
-        for fields in batch:
+        for fields in map(stream_fields, batch):
             pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
             if self.per_tenant and fields.get("tenant"):
                 pipe.xadd(f"{self.stream}:{fields['tenant']}", fields, maxlen=self.maxlen, approximate=True)
