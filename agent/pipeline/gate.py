@@ -34,7 +34,10 @@ class ProcessGate:
             # attribution's own cache.
             self._allowed.clear()
             self._excluded.clear()
-        if self._filters.is_trivial or self._filters.allows(self._attribution.observe(pid)):
+        # Observed now, even with no filters: the process may be gone by the
+        # time its call completes, and attribution must have seen it alive.
+        info = self._attribution.observe(pid)
+        if self._filters.is_trivial or self._filters.allows(info):
             self._allowed.add(pid)
             return True
         self._excluded.add(pid)
