@@ -93,7 +93,8 @@ def test_collector_down_then_back_buffers_delivers_and_counts_the_overflow():
         try:
             wait_for(lambda: len(receiver.records) == 20, timeout=40)
             assert [r["attributes"]["lumen.call.id"] for r in receiver.records] == [c.id for c in calls[:20]]
-            assert export.stats() | {"failures": 0} == {"sent": 20, "queued": 0, "dropped": 10, "failures": 0}
+            assert export.stats() | {"failures": 0} == {"sent": 20, "queued": 0, "dropped": 10, "failures": 0,
+                                                         "reconnects": 1, "connected": True}
         finally:
             export.close()
             receiver.stop()

@@ -25,11 +25,9 @@ records that find the queue full are dropped and counted (``status``).
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import threading
-import time
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry._logs import LogRecord
@@ -42,6 +40,7 @@ from opentelemetry.sdk.resources import Resource
 from lumen_agent import __version__
 from lumen_agent.errors import LumenError
 from lumen_agent.outputs.base import Output
+from lumen_agent.outputs.delivery import DeliveryQueue
 from lumen_agent.pipeline.call import Call
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,6 @@ log = logging.getLogger(__name__)
 # host; ~1-2 KB each).
 MAX_QUEUED = 50_000
 BATCH = 512
-BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 30.0
 # Per export request; the SDK's own retries stay within it.
 EXPORT_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
@@ -174,36 +171,18 @@ class OtlpExport(Output):
                                                 description="Duration of LLM calls")
         self._cost = meter.create_counter("lumen.cost", unit="USD", description="Spend on LLM calls, as priced")
 
-        self._max = max_queued
-        self._queue: collections.deque[Call] = collections.deque()
-        self._cond = threading.Condition()
-        self._closing = False
-        self._sent = 0
-        self._dropped = 0
-        self._failures = 0
-        self._worker = threading.Thread(target=self._run, name="lumen-otlp", daemon=True)
-        self._worker.start()
+        self._delivery = DeliveryQueue("otlp", self._send, max_queued=max_queued, batch=BATCH,
+                                       close_timeout=CLOSE_TIMEOUT_S)
+        # Log records of the calls at the head of the queue, in order: a batch
+        # the collector refused is sent again without being converted (and
+        # counted in the metrics) twice.
+        self._pending_records: list = []
 
     def on_call(self, call: Call) -> None:
-        with self._cond:
-            if len(self._queue) >= self._max:
-                self._dropped += 1
-                return
-            self._queue.append(call)
-            if len(self._queue) == 1 or len(self._queue) >= BATCH:
-                self._cond.notify()
+        self._delivery.put(call)  # the worker converts: capture only appends
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._worker.join(CLOSE_TIMEOUT_S + EXPORT_TIMEOUT_S)
-        with self._cond:
-            left = len(self._queue)
-            self._queue.clear()
-        if left:
-            self._dropped += left
-            log.warning("otlp export: %d records not delivered at stop", left)
+        self._delivery.close()
         self._exporter.shutdown()
         try:
             self._meters.shutdown(timeout_millis=CLOSE_TIMEOUT_S * 1000)
@@ -211,9 +190,7 @@ class OtlpExport(Output):
             log.warning("otlp metrics at stop: %s", exc)
 
     def stats(self) -> dict[str, Any]:
-        with self._cond:
-            queued = len(self._queue)
-        return {"sent": self._sent, "queued": queued, "dropped": self._dropped, "failures": self._failures}
+        return self._delivery.stats()
 
     # -- the worker -----------------------------------------------------------
 
@@ -240,42 +217,13 @@ class OtlpExport(Output):
             self._cost.add(usd, dict(key))
         return list(self._converted)
 
-    def _run(self) -> None:
-        backoff = BACKOFF_START_S
-        deadline: float | None = None
-        records: list = []  # log records of the calls at the head of the queue, in order
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait(1.0)
-                if self._closing and deadline is None:
-                    deadline = time.monotonic() + CLOSE_TIMEOUT_S
-                if not self._queue or (deadline is not None and time.monotonic() > deadline):
-                    return
-                batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
-            if len(records) < len(batch):  # convert (and count in metrics) each call once
-                records += self._records(batch[len(records):])
-            try:
-                ok = self._exporter.export(records) == LogRecordExportResult.SUCCESS
-            except Exception as exc:  # noqa: BLE001 - keep the batch, try again
-                log.debug("otlp export raised: %s", exc)
-                ok = False
-            if ok:
-                with self._cond:
-                    for _ in batch:
-                        self._queue.popleft()
-                self._sent += len(batch)
-                records = []
-                backoff = BACKOFF_START_S
-                continue
-            self._failures += 1
-            if self._failures == 1 or self._failures % 100 == 0:
-                log.warning("otlp export: the collector did not take %d records (failures=%d); retrying",
-                            len(batch), self._failures)
-            wait = backoff if deadline is None else min(backoff, max(0.0, deadline - time.monotonic()))
-            with self._cond:
-                self._cond.wait(wait)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+    def _send(self, calls: Sequence[Call]) -> None:
+        records = self._pending_records
+        if len(records) < len(calls):
+            records += self._records(calls[len(records):])
+        if self._exporter.export(records[:len(calls)]) != LogRecordExportResult.SUCCESS:
+            raise ConnectionError("the collector did not take the records")
+        del records[:len(calls)]
 
 
 _METRIC_DIMENSIONS = ("gen_ai.provider.name", "gen_ai.operation.name", "gen_ai.request.model",
