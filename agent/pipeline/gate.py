@@ -22,7 +22,6 @@ class ProcessGate:
         self._on_exclude = on_exclude
         self._allowed: set[int] = set()
         self._excluded: set[int] = set()
-        self.excluded_count = 0
 
     def allows(self, pid: int) -> bool:
         if pid in self._allowed:
@@ -41,7 +40,6 @@ class ProcessGate:
             self._allowed.add(pid)
             return True
         self._excluded.add(pid)
-        self.excluded_count += 1
         if self._on_exclude is not None:
             self._on_exclude(pid)
         return False
