@@ -643,9 +643,12 @@ def test_hook_stands_aside_when_the_agent_captures_with_ebpf(server, certs, tmp_
     listener.bind(str(run_dir / "ingest.sock"))
     listener.listen(8)
     listener.settimeout(0.2)
-    (run_dir / "status.json").write_text(json.dumps({
-        "pid": os.getpid(), "updated": time.time(), "capture_mode": "ebpf",
-        "targets": ["/usr/lib/x86_64-linux-gnu/libssl.so.3 (file, global, 3 processes)"]}))
+    def publish_status() -> None:  # as a live agent does, about once a second
+        (run_dir / "status.json").write_text(json.dumps({
+            "pid": os.getpid(), "updated": time.time(), "capture_mode": "ebpf",
+            "targets": ["/usr/lib/x86_64-linux-gnu/libssl.so.3 (file, global, 3 processes)"]}))
+
+    publish_status()
     received = bytearray()
     rep = tmp_path / "hook.jsonl"
     db = tmp_path / "x.duckdb"
@@ -655,6 +658,7 @@ def test_hook_stands_aside_when_the_agent_captures_with_ebpf(server, certs, tmp_
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     conns = []
     while proc.poll() is None:
+        publish_status()
         try:
             conn, _ = listener.accept()
             conn.settimeout(5)
