@@ -62,10 +62,12 @@ def install_extensions(agent: Agent, config: Config) -> None:
     """What rides along the run loop: live view for `top`, metrics, exporters, the service manager."""
     from lumen_agent import service
     from lumen_agent.outputs import live, metrics
+    from lumen_agent.outputs.alerts import output as alerts
     from lumen_agent.outputs.exporters import build_exporters
 
     live.install(agent, config)
-    metrics.install(agent, config)
+    server = metrics.install(agent, config)
+    alerts.install(agent, config, metrics_server=server)
     for exporter in build_exporters(config):
         agent.add_output(exporter)
     service.install(agent, config)

@@ -16,6 +16,15 @@ from typing import Any
 
 from lumen_agent import paths
 from lumen_agent.errors import LumenError
+from lumen_agent.outputs.alerts.settings import (
+    AlertSettings,
+    Budget,
+    SettingsError,
+    as_toml_lines,
+    check_sink_names,
+    parse_alerts,
+    parse_budgets,
+)
 from lumen_agent.pipeline.filters import FIELDS, ProcessFilter
 
 
@@ -59,6 +68,9 @@ class Config:
     export_redis_stream: str = "lumen:calls"
     export_redis_maxlen: int = 1_000_000
     export_redis_per_tenant: bool = False
+    # [[budgets]] and [alerts]: spend control (outputs/alerts/settings.py).
+    budgets: tuple[Budget, ...] = ()
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @property
     def socket_path(self) -> Path:
@@ -130,7 +142,10 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    values.update(_from_toml(data, path))
+    try:
+        values.update(_from_toml(data, path))
+    except SettingsError as exc:
+        raise ConfigError(f"{path}: {exc.problem}") from None
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
@@ -141,6 +156,11 @@ def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
     by_key = {(section, key): name for name, (section, key, _) in OPTIONS.items()}
     sections = {section for section, _ in by_key}
     values: dict[str, Any] = {}
+    if "alerts" in data:
+        values["alerts"] = parse_alerts(data["alerts"])
+    if "budgets" in data:
+        zone = values["alerts"].timezone if "alerts" in values else "UTC"
+        values["budgets"] = parse_budgets(data["budgets"], default_timezone=zone)
 
     def read(section: str, table: Any) -> None:
         if not isinstance(table, dict):
@@ -158,7 +178,8 @@ def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{path}: unknown option [{section}] {key}")
 
     for section, table in data.items():
-        read(section, table)
+        if section not in ("alerts", "budgets"):
+            read(section, table)
     return values
 
 
@@ -185,6 +206,9 @@ def _build(values: dict[str, Any], path: Path) -> Config:
         if name == "filters":
             clean[name] = value if isinstance(value, ProcessFilter) else _filters(value, path)
             continue
+        if name in ("budgets", "alerts"):
+            clean[name] = value
+            continue
         kind = types[name]
         try:
             clean[name] = _coerce(kind, value)
@@ -200,7 +224,12 @@ def _build(values: dict[str, Any], path: Path) -> Config:
         clean["export_parquet"] = None
     if clean.get("record") == Path(""):
         clean["record"] = None
-    return replace(config, **clean)
+    config = replace(config, **clean)
+    try:
+        check_sink_names(config.alerts, config.budgets)
+    except SettingsError as exc:
+        raise ConfigError(f"{path}: {exc.problem}") from None
+    return config
 
 
 def _coerce(kind: str, value: Any) -> Any:
@@ -252,6 +281,7 @@ def as_toml(config: Config) -> str:
         out.append(f"[{section}]")
         out.extend(lines)
         out.append("")
+    out.extend(as_toml_lines(config.alerts, config.budgets, _toml_value))
     return "\n".join(out)
 
 

@@ -8,7 +8,7 @@ never the reverse.
 
 from __future__ import annotations
 
-from lumen_agent.cli import agent, data, hook, proxy, top  # noqa: F401  (each adds its commands)
+from lumen_agent.cli import agent, alerts, data, hook, proxy, top  # noqa: F401  (each adds its commands)
 from lumen_agent.cli.app import app
 
 __all__ = ["app", "main"]

@@ -243,6 +243,8 @@ class Metrics:
         self.counters = (self.cost, self.tokens, self.calls, self.unpriced, self.usage_missing)
         self.flush_seconds = Histogram(FLUSH_BUCKETS)
         self._flushes_seen = 0
+        # More families from other outputs (alerts): each returns exposition lines at scrape time.
+        self.extra: list[Callable[[], list[str]]] = []
 
     # -- fed on the run loop's thread --------------------------------------------
 
@@ -297,6 +299,8 @@ class Metrics:
             "lumen_metrics_series_overflow_total", "counter",
             f"Samples reported with every bounded label as \"{OTHER}\" because the family had {MAX_SERIES} series.",
             [((("metric", name),), n) for name, n in sorted(overflowed.items())])
+        for extra in self.extra:
+            lines += extra()
         return "\n".join(lines) + "\n"
 
     def _by_reason(self, pipeline: Mapping[str, Any], prefix: str, folder: str) -> dict[str, int]:

@@ -219,6 +219,30 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+# Budgets and alert rules (outputs/alerts): one row per alert, fired and
+# resolved.  A self-contained step: it touches no other table.
+_ALERTS_TABLE_V1 = """CREATE TABLE IF NOT EXISTS alerts (
+    id VARCHAR NOT NULL,
+    rule VARCHAR NOT NULL,
+    scope VARCHAR NOT NULL,
+    budget VARCHAR,
+    model VARCHAR,
+    subject VARCHAR,
+    period VARCHAR NOT NULL,
+    value DECIMAL(28,8),
+    threshold DECIMAL(28,8),
+    unit VARCHAR,
+    fired_at TIMESTAMPTZ NOT NULL,
+    resolved_at TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ,
+    call_ids VARCHAR[]
+)"""
+
+MIGRATIONS += (
+    # 2 -> 3
+    Migration("alerts table (budgets and alert rules)", (_ALERTS_TABLE_V1,)),
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
