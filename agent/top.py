@@ -331,6 +331,43 @@ def _latest_block(snapshot: dict[str, Any]) -> _Block:
     return _Block("latest", max(len(latest), 1), make)
 
 
+_ALERT_COLUMNS = (
+    _Column("name", "BUDGETS & ALERTS", flexible=True, claim=30),
+    _Column("used", "USED", "right"),
+    _Column("of", "OF", "right"),
+    _Column("note", "STATE", flexible=True, claim=30),
+)
+
+
+def _plain(value: Any) -> str:
+    return format(Decimal(value).normalize(), "f")
+
+
+def _alerts_block(snapshot: dict[str, Any]) -> _Block:
+    """Each budget (spent of its amount, thresholds fired), then each firing alert."""
+    alerts = snapshot.get("alerts") or {}
+    rows: list[dict[str, Any]] = []
+    for b in alerts.get("budgets") or []:
+        fired = b.get("thresholds_fired") or ""
+        rows.append({"name": f"budget {b['budget']} ({b['period']})", "used": usd(b["spent_usd"]),
+                     "of": usd(b["limit_usd"]),
+                     "note": Text(f"{b['used_percent']}% fired {fired}", "red") if fired else f"{b['used_percent']}%"})
+    for a in alerts.get("firing") or []:
+        about = a.get("budget") or a.get("scope") or ""
+        subject = a.get("model") or a.get("subject") or ""
+        money = a.get("unit") == "usd"
+        rows.append({"name": Text(f"{a['rule']} {about} {subject}".strip(), "bold red"),
+                     "used": usd(a["value"]) if money else _plain(a["value"]),
+                     "of": usd(a["threshold"]) if money else _plain(a["threshold"]),
+                     "note": Text("firing since " + clock(a.get("fired_at")), "red")})
+
+    def make(lines: int, width: int) -> RenderableType:
+        shown = rows[:lines]
+        return _table(_fit(_ALERT_COLUMNS, width, shown), shown, "no budgets or alerts", width)
+
+    return _Block("alerts", max(len(rows), 1), make)
+
+
 def build_view(snapshot: dict[str, Any] | None, window: int, width: int, height: int, *,
                notice: str | None = None) -> RenderableType:
     """The whole screen for ``snapshot`` in a terminal of ``width`` x ``height``.
@@ -365,6 +402,12 @@ def build_view(snapshot: dict[str, Any] | None, window: int, width: int, height:
         display = [process, model, provider, tenant, latest]
         by_need = [process, model, latest, provider, tenant]
         by_room = [process, model, provider, tenant, latest]
+
+    if snapshot.get("alerts"):  # budgets and firing alerts: right after the first tables
+        block = _alerts_block(snapshot)
+        display.append(block)
+        by_need.insert(1, block)
+        by_room.insert(1, block)
 
     room = height - len(lines)
     chosen: set[str] = set()

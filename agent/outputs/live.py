@@ -218,6 +218,8 @@ class LiveFeed(Output):
             "latest": latest,
             "calls_seen": total_calls,
             "health": health_summary(health or {}),
+            # Budgets and firing alerts, when the alerts output runs (outputs/alerts).
+            "alerts": ((health or {}).get("outputs") or {}).get("alerts"),
         }
 
 
