@@ -17,7 +17,7 @@ Family = tuple[str, str, str, list[tuple[tuple[tuple[str, str], ...], float]]]
 
 EXPORTED = ("lumen_budget_used_ratio", "lumen_budget_spent_usd", "lumen_budget_limit_usd", "lumen_alert_firing",
             "lumen_spend_today_usd", "lumen_spend_daily_baseline_usd", "lumen_alert_sink_failures_total",
-            "lumen_alert_sink_dropped_total")
+            "lumen_alert_sink_dropped_total", "lumen_feature_cost_usd_total")
 
 
 def families(snapshot: Mapping[str, Any] | None) -> list[Family]:
@@ -43,6 +43,8 @@ def families(snapshot: Mapping[str, Any] | None) -> list[Family]:
          [((("sink", name),), s["failed"]) for name, s in sorted(sinks.items())]),
         ("lumen_alert_sink_dropped_total", "counter", "Alerts dropped because a sink's queue was full.",
          [((("sink", name),), s["dropped"]) for name, s in sorted(sinks.items())]),
+        ("lumen_feature_cost_usd_total", "counter", "Spend of priced calls by feature (x-lumen-feature), US dollars.",
+         [((("feature", name),), float(v)) for name, v in sorted((snap.get("feature_cost") or {}).items())]),
     ]
 
 

@@ -12,10 +12,11 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from lumen_agent.outputs.alerts.engine import Alert, Engine
+from lumen_agent.outputs.alerts.engine import ZERO, Alert, Engine
 from lumen_agent.outputs.alerts.settings import RULES, AlertSettings, Budget
 from lumen_agent.outputs.alerts.sinks import SinkWorker, payload, start_sinks
 from lumen_agent.outputs.alerts.table import AlertTable, rebuild
@@ -28,6 +29,8 @@ log = logging.getLogger("lumen_agent.alerts")
 CLOSE_RETRY_S = 10.0
 # Firing alerts listed in the status (top shows them); the gauges count them all.
 MAX_LISTED = 50
+# Distinct features with their own spend series; later ones are summed as "other".
+MAX_FEATURES = 100
 
 
 class AlertsOutput(Output):
@@ -46,6 +49,9 @@ class AlertsOutput(Output):
         self.resolved = 0
         self.rebuilt: dict[str, int] = {}
         self.snapshot: dict[str, Any] = {}
+        # Spend by feature since start (lumen_feature_cost_usd_total: the agent's
+        # call metrics carry no feature label).
+        self._feature_cost: dict[str, Decimal] = {}
 
     def start(self) -> None:
         """State from the database (before the first call), then act on what that decided."""
@@ -66,6 +72,12 @@ class AlertsOutput(Output):
     # -- Output -----------------------------------------------------------------
 
     def on_call(self, call: Call) -> None:
+        if call.cost_usd is not None:
+            feature = call.feature or ""
+            spent = self._feature_cost
+            if feature not in spent and len(spent) >= MAX_FEATURES:
+                feature = "other"
+            spent[feature] = spent.get(feature, ZERO) + call.cost_usd
         self.engine.observe(call)
         if self.engine.changes:
             self._dispatch()
@@ -137,6 +149,7 @@ class AlertsOutput(Output):
             "firing": [_listed(a) for a in sorted(firing, key=lambda a: a.fired_at)[-MAX_LISTED:]],
             "firing_by_rule": by_rule,
             "spend_today": spend_today,
+            "feature_cost": dict(self._feature_cost),
             "fired": self.fired,
             "resolved": self.resolved,
             "pending_writes": self.table.pending(),
