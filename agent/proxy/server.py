@@ -316,6 +316,12 @@ class _Session:
             payload = out_head + bytes(self.buf[: req.length])
             del self.buf[: req.length]
 
+        guard = self.sink.guard
+        if guard is not None:
+            refused = await self._enforce(guard, req, upstream_target, upstream, out_head, payload, buffered)
+            if refused is not None:
+                return refused
+
         for attempt in range(2):
             conn = self.upstreams.get(upstream.key)
             reused = conn is not None
@@ -345,6 +351,32 @@ class _Session:
                 self._drop(conn)
                 continue
         raise ProxyError(502, "upstream_closed", f"upstream {upstream} closed the connection without answering")
+
+    async def _enforce(self, guard, req: Head, target: str, upstream: Upstream, out_head: bytes, payload: bytes,
+                       buffered: bool) -> bool | None:
+        """A spent "block" budget: answer 429 in the provider's format, and record it as a call.
+
+        Returns whether to keep the client connection, or None to forward.
+        """
+        from lumen_agent.outputs.alerts.guard import refusal, response_bytes
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
+        body = payload[len(out_head):] if buffered else None
+        scope = guard.scope(headers, target, upstream.authority, body, self.client_id)
+        state = guard.check(scope)
+        if state is None:
+            return None
+        status, extra, reply = refusal(scope.provider, state, guard.retry_after(state))
+        keep = buffered and req.keep_alive  # an unread streamed body cannot stay on the connection
+        answer = response_bytes(status, extra, reply, close=not keep)
+        conn_id = next(self.proxy._conn_ids)  # the refused call is accounted like a forwarded one
+        self.sink.send(self.client_id, conn_id, payload if buffered else out_head)
+        self.sink.recv(self.client_id, conn_id, answer)
+        self.sink.closed(self.client_id, conn_id)
+        log.info("proxy: 429 budget %s is spent (%s of %s)", state.budget.name, state.spent, state.budget.amount_usd)
+        self.writer.write(answer)
+        await self.writer.drain()
+        return keep
 
     async def _pump_body(self, req: Head, conn: _Upstream) -> None:
         """Stream a request body (chunked, large, or after 100-continue) to the upstream."""

@@ -53,6 +53,9 @@ class EventSink:
     """Base: the queue and the worker thread.  Subclasses implement ``_handle``."""
 
     name = "base"
+    # What refuses requests of spent "block" budgets (outputs/alerts/guard.py):
+    # only a sink that runs the pipeline here knows the spend.
+    guard = None
 
     def __init__(self, resolve_pids: bool = True) -> None:
         self._resolve_pids = resolve_pids
@@ -194,6 +197,7 @@ class LocalSink(EventSink):
         self._on_call = on_call
         self.pipeline = None
         self.store = None
+        self.alerts = None
 
     def _open(self) -> None:
         from lumen_agent.outputs.store import CallStore
@@ -207,9 +211,29 @@ class LocalSink(EventSink):
         self.attribution = Attribution()
         self.gate = ProcessGate(config.filters, self.attribution)
         self.pipeline = build(config, capture="proxy", on_call=self._call, attribution=self.attribution)
+        self._start_alerts()
+
+    def _start_alerts(self) -> None:
+        """Budgets and alert rules on the proxy's calls, and the guard of "block" budgets."""
+        from lumen_agent.outputs.alerts.guard import BudgetGuard
+        from lumen_agent.outputs.alerts.output import AlertsOutput, wanted
+
+        self.alerts = None
+        if not wanted(self._config):
+            return
+        self.alerts = AlertsOutput(self._db, self._config.alerts, self._config.budgets)
+        self.alerts.start()
+        guard = BudgetGuard(self.alerts, config=self._config, describe=self._describe_client)
+        self.guard = guard if guard else None
+
+    def _describe_client(self, client_id: int) -> Any:
+        pid = self._pids.get(client_id)
+        return None if pid is None or pid == self._own_pid else self.attribution.lookup(pid)
 
     def _call(self, call: Any) -> None:
         self.store.add(call)
+        if self.alerts is not None:
+            self.alerts.on_call(call)
         if self._on_call is not None:
             self._on_call(call)
 
@@ -230,12 +254,16 @@ class LocalSink(EventSink):
     def _tick(self) -> None:
         self.pipeline.tick(time.time_ns())
         self.store.maybe_flush(time.monotonic())
+        if self.alerts is not None:
+            self.alerts.on_tick(time.monotonic())
 
     def _finish(self) -> None:
         if self.pipeline is not None:
             self.pipeline.close(time.time_ns())
         if self.store is not None:
             self.store.close()
+        if getattr(self, "alerts", None) is not None:
+            self.alerts.close()
 
     def flush(self) -> None:
         """Tests: write what is pending now (only safe once the worker is idle)."""

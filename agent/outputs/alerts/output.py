@@ -179,10 +179,15 @@ def _listed(alert: Alert) -> dict[str, Any]:
             "unit": alert.unit, "fired_at": alert.fired_at}
 
 
+def wanted(config) -> bool:
+    """False when no budget is set and every rule is off."""
+    return bool(config.budgets) or any(s.enabled for _, s in config.alerts.rules)
+
+
 def install(agent, config, metrics_server=None) -> AlertsOutput | None:
     """Evaluate budgets and rules in ``agent`` (nothing when every rule is off and no budget is set)."""
     settings: AlertSettings = config.alerts
-    if not config.budgets and not any(s.enabled for _, s in settings.rules):
+    if not wanted(config):
         return None
     output = AlertsOutput(config.db, settings, config.budgets)
     output.start()
