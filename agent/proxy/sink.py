@@ -221,7 +221,8 @@ class LocalSink(EventSink):
         self.alerts = None
         if not wanted(self._config):
             return
-        self.alerts = AlertsOutput(self._db, self._config.alerts, self._config.budgets)
+        # batch=1: a "block" budget must see each call before the next request.
+        self.alerts = AlertsOutput(self._db, self._config.alerts, self._config.budgets, batch=1)
         self.alerts.start()
         guard = BudgetGuard(self.alerts, config=self._config, describe=self._describe_client)
         self.guard = guard if guard else None

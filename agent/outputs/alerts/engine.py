@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
+from operator import attrgetter
 from typing import Any
 
 from lumen_agent.outputs.alerts.periods import ROLLING_SECONDS, CalendarClock, RollingSum
@@ -166,20 +167,22 @@ class BudgetState:
 
 
 class ScopeState:
-    __slots__ = ("daily", "baseline", "models", "costs", "p99", "burn", "burn_totals", "embed", "gen",
-                 "tokens_day")
+    __slots__ = ("daily", "baseline", "spike_line", "models", "costs", "p99", "burn", "burn_totals", "embed", "gen",
+                 "tokens_day", "surging")
 
     def __init__(self) -> None:
         self.daily: dict[int, Decimal] = {}  # day ordinal -> spend (spend_spike)
         self.baseline: tuple[int, Decimal | None] = (-1, None)  # (today, daily average of previous days)
+        self.spike_line: Decimal | None = None  # factor x baseline
         self.models: dict[str, float] = {}  # model -> last seen (new_model)
         self.costs: dict[int, tuple[int, list[float]]] = {}  # day -> (calls, top-K min-heap) (expensive_call)
-        self.p99: tuple[int, float | None] = (-1, None)
+        self.p99: tuple[int, Decimal | None] = (-1, None)  # (today, the expensive-call line)
         self.burn: deque[list] = deque()  # [minute start, calls, errors, cost] (error_burn)
         self.burn_totals = [0, 0, 0.0]
         self.embed = 0  # embedding / generation tokens of the day (embed_surge)
         self.gen = 0
         self.tokens_day = -1
+        self.surging = False
 
 
 class Engine:
@@ -206,6 +209,27 @@ class Engine:
         self._allow = tuple(p.get("new_model", {}).get("allow", ()))
         self._burn_firing: set[str] = set()  # scopes with a firing error_burn
         self._rolling_firing = False
+        # Parameters as the hot path uses them, worked out once.
+        d = Decimal
+        spike, exp, burn = p.get("spend_spike", {}), p.get("expensive_call", {}), p.get("error_burn", {})
+        self._spike_factor = d(str(spike.get("factor", 2)))
+        self._spike_floor = d(str(spike.get("min_daily_usd", 1)))
+        self._max_usd = None if exp.get("max_usd") is None else d(str(exp["max_usd"]))
+        self._p99_factor = d(str(exp.get("p99_factor", 10)))
+        self._burn_percent = float(burn.get("percent", 20))
+        self._burn_window = burn.get("window_minutes", 15) * 60
+        self._burn_min = burn.get("min_calls", 10)
+        self._embed_min = p.get("embed_surge", {}).get("min_tokens", 0)
+        # Per scope kind, the rule steps that apply, in order.
+        steps = (("spend_spike", self._spike), ("new_model", self._new_model), ("expensive_call", self._expensive),
+                 ("error_burn", self._burn_add), ("unpriced_model", self._unpriced), ("embed_surge", self._embed))
+        self._steps = {kind: tuple(fn for rule, fn in steps if rule in self._rules and kind in self._rule_scopes[rule])
+                       for kind in ("all", "tenant")}
+        # Budgets by the values of the fields their scopes name: one lookup per
+        # call instead of one glob match per budget.
+        fields = sorted({attr for b in self.budgets for attr, _, _ in b.matches.fields})
+        self._budget_key = attrgetter(*fields) if fields else (lambda call: None)
+        self._budget_cache: dict[Any, tuple[BudgetState, ...]] = {}
 
     # -- the stream ------------------------------------------------------------------
 
@@ -216,10 +240,15 @@ class Engine:
             if ts >= self._next_expiry:
                 self._expire(ts)
         cost = call.cost_usd
-        if self.budgets:
-            for state in self.budgets:
-                if cost is not None and state.matches(call):
-                    self._budget_call(state, call, ts, cost)
+        if self.budgets and cost is not None:
+            key = self._budget_key(call)
+            matched = self._budget_cache.get(key)
+            if matched is None:
+                if len(self._budget_cache) >= MATCH_CACHE:
+                    self._budget_cache.clear()
+                matched = self._budget_cache[key] = tuple(s for s in self.budgets if s.matches(call))
+            for state in matched:
+                self._budget_call(state, call, ts, cost)
         if not self._rules:
             return
         if self._day.place(ts) or self._today == 0:
@@ -295,28 +324,19 @@ class Engine:
         state = self._scopes.get(scope)
         if state is None:
             state = self._scopes[scope] = ScopeState()
-        kind = "all" if scope == "all" else "tenant"
-        rules = self._rule_scopes
         today = self._today
         model = call.model or call.request_model
-        if "spend_spike" in rules and kind in rules["spend_spike"] and cost is not None:
-            self._spike(scope, state, call, ts, cost, today)
-        if "new_model" in rules and kind in rules["new_model"] and model:
-            self._new_model(scope, state, call, ts, model)
-        if "expensive_call" in rules and kind in rules["expensive_call"] and cost is not None:
-            self._expensive(scope, state, call, ts, cost, today, model)
-        if "error_burn" in rules and kind in rules["error_burn"]:
-            self._burn_add(scope, state, call, ts, cost)
-        if "unpriced_model" in rules and kind in rules["unpriced_model"] and call.unpriced:
-            self._unpriced(scope, call, ts, model)
-        if "embed_surge" in rules and kind in rules["embed_surge"]:
-            self._embed(scope, state, call, ts, today)
+        for step in self._steps["all" if scope == "all" else "tenant"]:
+            step(scope, state, call, ts, cost, today, model)
 
     def _day_alert(self, rule: str, scope: str, subject: str | None, ts: float, **kw: Any) -> Alert:
         return Alert(id="", rule=rule, scope=scope, subject=subject, period=self._day.label, fired_at=ts,
                      expires_at=self._day.end, notify=self._notify(self._rule_notify(rule)), **kw)
 
-    def _spike(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal, today: int) -> None:
+    def _spike(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
+               model: str | None) -> None:
+        if cost is None:
+            return
         p = self._p["spend_spike"]
         daily = state.daily
         total = daily.get(today, ZERO) + cost
@@ -327,12 +347,13 @@ class Engine:
             past = [daily[d] for d in range(today - days, today) if d in daily]
             baseline = (sum(past, ZERO) / days) if any(v > 0 for v in past) else None
             state.baseline = (today, baseline)
+            state.spike_line = None if baseline is None else baseline * self._spike_factor
             for d in [d for d in daily if d < today - days]:
                 del daily[d]
-        if baseline is None:
+        line = state.spike_line
+        if line is None:
             return
-        line = baseline * Decimal(str(p["factor"]))
-        if total > line and total >= Decimal(str(p["min_daily_usd"])):
+        if total > line and total >= self._spike_floor:
             key = ("spend_spike", scope, None, self._day.label)
             alert = self.firing.get(key)
             if alert is None:
@@ -350,7 +371,10 @@ class Engine:
         day, baseline = state.baseline
         return state.daily.get(self._today, ZERO) if day == self._today else ZERO, baseline
 
-    def _new_model(self, scope: str, state: ScopeState, call: Call, ts: float, model: str) -> None:
+    def _new_model(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
+                   model: str | None) -> None:
+        if not model:
+            return
         last = state.models.get(model)
         state.models[model] = ts if last is None else max(last, ts)
         days = self._p["new_model"]["days"]
@@ -367,20 +391,20 @@ class Engine:
         elif not alert.silent:
             alert.value += 1
 
-    def _expensive(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal, today: int,
+    def _expensive(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
                    model: str | None) -> None:
-        p = self._p["expensive_call"]
+        if cost is None:
+            return
         value = float(cost)
-        day, p99 = state.p99
+        day, line = state.p99
         if day != today:
+            p = self._p["expensive_call"]
             p99 = self._p99(state, today, p["baseline_days"], p["min_baseline_calls"])
-            state.p99 = (today, p99)
-        limits = []
-        if p["max_usd"] is not None:
-            limits.append(Decimal(str(p["max_usd"])))
-        if p99 is not None:
-            limits.append(Decimal(str(p99)) * Decimal(str(p["p99_factor"])))
-        line = min(limits) if limits else None
+            limits = [] if self._max_usd is None else [self._max_usd]
+            if p99 is not None:
+                limits.append(Decimal(str(p99)) * self._p99_factor)
+            line = min(limits) if limits else None
+            state.p99 = (today, line)
         count, heap = state.costs.get(today, (0, []))
         if len(heap) < P99_TOP_K:
             heapq.heappush(heap, value)
@@ -412,7 +436,8 @@ class Engine:
         top = heapq.nlargest(rank_from_top, (v for _, heap in past for v in heap))
         return top[-1] if top else None
 
-    def _burn_add(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None) -> None:
+    def _burn_add(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
+                  model: str | None) -> None:
         minute = ts - ts % 60
         error = call.outcome in ERROR_OUTCOMES
         spend = float(cost) if cost is not None else 0.0
@@ -431,8 +456,7 @@ class Engine:
         self._burn_check(scope, state, ts, call)
 
     def _burn_check(self, scope: str, state: ScopeState, now: float, call: Call | None) -> None:
-        p = self._p["error_burn"]
-        horizon = now - p["window_minutes"] * 60
+        horizon = now - self._burn_window
         totals = state.burn_totals
         while state.burn and state.burn[0][0] + 60 <= horizon:
             _, calls, errors, spend = state.burn.popleft()
@@ -440,23 +464,27 @@ class Engine:
             totals[1] -= errors
             totals[2] -= spend
         calls, errors, spend = totals
-        percent = Decimal(errors * 100) / Decimal(calls) if calls else ZERO
-        burning = calls >= p["min_calls"] and percent > Decimal(str(p["percent"])) and spend > 1e-12
-        key = ("error_burn", scope, None, self._day.label)
-        alert = self.firing.get(key)
-        if burning and alert is None and call is not None:
-            self._fire(self._day_alert("error_burn", scope, None, now,
-                                       value=percent.quantize(Decimal("0.01")),
-                                       threshold=Decimal(str(p["percent"])), unit="percent",
-                                       call_ids=[call.id]))
+        burning = calls >= self._burn_min and errors * 100 > self._burn_percent * calls and spend > 1e-12
+        if burning and scope in self._burn_firing:
+            return
+        if burning and call is not None:
+            key = ("error_burn", scope, None, self._day.label)
+            if key not in self.firing:
+                percent = Decimal(errors * 100) / Decimal(calls)
+                self._fire(self._day_alert("error_burn", scope, None, now, value=percent.quantize(Decimal("0.01")),
+                                           threshold=Decimal(str(self._p["error_burn"]["percent"])), unit="percent",
+                                           call_ids=[call.id]))
             self._burn_firing.add(scope)
-        elif not burning:
+        elif not burning and scope in self._burn_firing:
             alert = next((a for a in self.firing.values() if a.rule == "error_burn" and a.scope == scope), None)
             if alert is not None:
                 self._resolve(alert.key, now)
             self._burn_firing.discard(scope)
 
-    def _unpriced(self, scope: str, call: Call, ts: float, model: str | None) -> None:
+    def _unpriced(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
+                  model: str | None) -> None:
+        if not call.unpriced:
+            return
         key = ("unpriced_model", scope, model, self._day.label)
         alert = self.firing.get(key)
         if alert is None:
@@ -467,9 +495,10 @@ class Engine:
             if alert.add_call(call.id):
                 self._change("update", alert)
 
-    def _embed(self, scope: str, state: ScopeState, call: Call, ts: float, today: int) -> None:
+    def _embed(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
+               model: str | None) -> None:
         if state.tokens_day != today:
-            state.tokens_day, state.embed, state.gen = today, 0, 0
+            state.tokens_day, state.embed, state.gen, state.surging = today, 0, 0, False
         tokens = (call.input_tokens or 0) + (call.output_tokens or 0)
         if not tokens:
             return
@@ -477,9 +506,12 @@ class Engine:
             state.embed += tokens
         else:
             state.gen += tokens
+        if state.embed <= state.gen and not state.surging:
+            return
         key = ("embed_surge", scope, None, self._day.label)
         alert = self.firing.get(key)
-        surging = state.embed > state.gen and state.embed >= self._p["embed_surge"]["min_tokens"]
+        surging = state.embed > state.gen and state.embed >= self._embed_min
+        state.surging = surging
         if surging and alert is None:
             self._fire(self._day_alert("embed_surge", scope, None, ts, value=Decimal(state.embed),
                                        threshold=Decimal(state.gen), unit="tokens", call_ids=[call.id]))

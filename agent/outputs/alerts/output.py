@@ -31,6 +31,11 @@ CLOSE_RETRY_S = 10.0
 MAX_LISTED = 50
 # Distinct features with their own spend series; later ones are summed as "other".
 MAX_FEATURES = 100
+# Calls are evaluated in batches of this many (and at every tick, so an alert
+# fires within a second): the rules' state stays warm in the CPU caches
+# instead of being interleaved with parsing, which measured 3x cheaper
+# (bench/alerts_bench.py).
+BATCH_CALLS = 256
 
 
 class AlertsOutput(Output):
@@ -38,8 +43,10 @@ class AlertsOutput(Output):
 
     def __init__(self, db: Path, settings: AlertSettings, budgets: tuple[Budget, ...] = (), *,
                  clock: Callable[[], float] = time.time, host: str | None = None,
-                 sinks: dict[str, SinkWorker] | None = None) -> None:
+                 sinks: dict[str, SinkWorker] | None = None, batch: int = BATCH_CALLS) -> None:
         self.engine = Engine(settings, budgets)
+        self.batch = batch
+        self._pending: list[Call] = []
         self.table = AlertTable(db)
         self.db = Path(db)
         self.clock = clock
@@ -72,17 +79,28 @@ class AlertsOutput(Output):
     # -- Output -----------------------------------------------------------------
 
     def on_call(self, call: Call) -> None:
-        if call.cost_usd is not None:
-            feature = call.feature or ""
-            spent = self._feature_cost
-            if feature not in spent and len(spent) >= MAX_FEATURES:
-                feature = "other"
-            spent[feature] = spent.get(feature, ZERO) + call.cost_usd
-        self.engine.observe(call)
+        self._pending.append(call)
+        if len(self._pending) >= self.batch:
+            self.evaluate()
+
+    def evaluate(self) -> None:
+        """Run the calls waiting for the rules through them, and act on what fired."""
+        calls, self._pending = self._pending, []
+        observe = self.engine.observe
+        spent = self._feature_cost
+        for call in calls:
+            if call.cost_usd is not None:
+                feature = call.feature or ""
+                if feature not in spent and len(spent) >= MAX_FEATURES:
+                    feature = "other"
+                spent[feature] = spent.get(feature, ZERO) + call.cost_usd
+            observe(call)
         if self.engine.changes:
             self._dispatch()
 
     def on_tick(self, now: float) -> None:
+        if self._pending:
+            self.evaluate()
         self.engine.advance(self.clock())
         if self.engine.changes:
             self._dispatch()
@@ -90,6 +108,8 @@ class AlertsOutput(Output):
         self.publish()
 
     def close(self) -> None:
+        if self._pending:
+            self.evaluate()
         if self.engine.changes:
             self._dispatch()
         deadline = time.monotonic() + CLOSE_RETRY_S
