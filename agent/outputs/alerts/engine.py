@@ -47,7 +47,6 @@ P99_TOP_K = 2_000
 MATCH_CACHE = 10_000
 # Endpoints whose tokens are embedding tokens (embed_surge).
 EMBED_ENDPOINTS = frozenset({"embeddings", "embedContent", "batchEmbedContents", "embed", "embeddings.create"})
-ERROR_OUTCOMES = frozenset({Outcome.ERROR, Outcome.RATE_LIMITED})
 HUNDRED = Decimal(100)
 ZERO = Decimal(0)
 
@@ -130,7 +129,7 @@ class ScopeMatcher:
 
 
 class BudgetState:
-    __slots__ = ("budget", "matches", "clock", "rolling", "spent", "period", "fired", "limits", "last_ts")
+    __slots__ = ("budget", "matches", "clock", "rolling", "spent", "period", "fired", "limits", "next_limit")
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
@@ -142,7 +141,12 @@ class BudgetState:
         self.fired: set[Decimal] = set()
         # Threshold percent -> dollars, worked out once.
         self.limits = [(t, budget.amount_usd * t / HUNDRED) for t in budget.thresholds]
-        self.last_ts = -INF
+        # The lowest threshold not fired yet, in dollars: one comparison per call.
+        self.next_limit = self.limits[0][1]
+
+    def rearm(self) -> None:
+        unfired = [limit for t, limit in self.limits if t not in self.fired]
+        self.next_limit = min(unfired) if unfired else None
 
     def ratio(self) -> float:
         return float(self.spent / self.budget.amount_usd)
@@ -168,21 +172,22 @@ class BudgetState:
 
 class ScopeState:
     __slots__ = ("daily", "baseline", "spike_line", "models", "costs", "p99", "burn", "burn_totals", "embed", "gen",
-                 "tokens_day", "surging")
+                 "tokens_day", "surging", "steps")
 
     def __init__(self) -> None:
         self.daily: dict[int, Decimal] = {}  # day ordinal -> spend (spend_spike)
         self.baseline: tuple[int, Decimal | None] = (-1, None)  # (today, daily average of previous days)
         self.spike_line: Decimal | None = None  # factor x baseline
         self.models: dict[str, float] = {}  # model -> last seen (new_model)
-        self.costs: dict[int, tuple[int, list[float]]] = {}  # day -> (calls, top-K min-heap) (expensive_call)
+        self.costs: dict[int, list] = {}  # day -> [calls, top-K min-heap] (expensive_call)
         self.p99: tuple[int, Decimal | None] = (-1, None)  # (today, the expensive-call line)
-        self.burn: deque[list] = deque()  # [minute start, calls, errors, cost] (error_burn)
-        self.burn_totals = [0, 0, 0.0]
+        self.burn: deque[list] = deque()  # [minute start, calls, errors, spending calls] (error_burn)
+        self.burn_totals = [0, 0, 0]  # calls, errors, calls that cost something
         self.embed = 0  # embedding / generation tokens of the day (embed_surge)
         self.gen = 0
         self.tokens_day = -1
         self.surging = False
+        self.steps: tuple = ()  # the rule steps of this scope's kind
 
 
 class Engine:
@@ -220,6 +225,7 @@ class Engine:
         self._burn_window = burn.get("window_minutes", 15) * 60
         self._burn_min = burn.get("min_calls", 10)
         self._embed_min = p.get("embed_surge", {}).get("min_tokens", 0)
+        self._new_model_s = p.get("new_model", {}).get("days", 30) * DAY_S
         # Per scope kind, the rule steps that apply, in order.
         steps = (("spend_spike", self._spike), ("new_model", self._new_model), ("expensive_call", self._expensive),
                  ("error_burn", self._burn_add), ("unpriced_model", self._unpriced), ("embed_surge", self._embed))
@@ -284,17 +290,18 @@ class Engine:
         if state.rolling is not None:
             state.rolling.add(ts, cost)
             state.spent = state.rolling.total
-            self._rolling_resolve(state, ts)
+            if state.fired:
+                self._rolling_resolve(state, ts)
         else:
             if state.clock.place(ts):
                 state.spent = ZERO
                 state.fired = set()
                 state.period = state.clock.label
-            elif ts < state.clock.start:  # pragma: no cover - place() moved it
-                return
+                state.rearm()
             state.spent += cost
-        state.last_ts = max(state.last_ts, ts)
         spent = state.spent
+        if state.next_limit is None or spent < state.next_limit:
+            return
         for percent, limit in state.limits:
             if spent >= limit and percent not in state.fired:
                 state.fired.add(percent)
@@ -306,6 +313,7 @@ class Engine:
                     value=spent, threshold=limit, unit="usd", fired_at=ts,
                     expires_at=INF if state.clock is None else state.clock.end, budget=budget.name,
                     call_ids=[call.id], notify=self._notify(budget.notify)))
+        state.rearm()
 
     def _rolling_resolve(self, state: BudgetState, now: float) -> None:
         still = False
@@ -313,6 +321,7 @@ class Engine:
             if percent in state.fired:
                 if state.spent < limit:
                     state.fired.discard(percent)
+                    state.rearm()
                     self._resolve(("budget", state.budget.name, f"{_pct(percent)}%", "rolling"), now)
                 else:
                     still = True
@@ -324,9 +333,10 @@ class Engine:
         state = self._scopes.get(scope)
         if state is None:
             state = self._scopes[scope] = ScopeState()
+            state.steps = self._steps["all" if scope == "all" else "tenant"]
         today = self._today
         model = call.model or call.request_model
-        for step in self._steps["all" if scope == "all" else "tenant"]:
+        for step in state.steps:
             step(scope, state, call, ts, cost, today, model)
 
     def _day_alert(self, rule: str, scope: str, subject: str | None, ts: float, **kw: Any) -> Alert:
@@ -376,12 +386,12 @@ class Engine:
         if not model:
             return
         last = state.models.get(model)
-        state.models[model] = ts if last is None else max(last, ts)
-        days = self._p["new_model"]["days"]
+        if last is None or ts > last:
+            state.models[model] = ts
         if self._allow:  # an allow list replaces "not seen lately"
             if any(fnmatchcase(model, p) for p in self._allow):
                 return
-        elif last is not None and ts - last <= days * DAY_S:
+        elif last is not None and ts - last <= self._new_model_s:
             return
         key = ("new_model", scope, model, self._day.label)
         alert = self.firing.get(key)
@@ -405,12 +415,15 @@ class Engine:
                 limits.append(Decimal(str(p99)) * self._p99_factor)
             line = min(limits) if limits else None
             state.p99 = (today, line)
-        count, heap = state.costs.get(today, (0, []))
+        day_costs = state.costs.get(today)
+        if day_costs is None:
+            day_costs = state.costs[today] = [0, []]
+        day_costs[0] += 1
+        heap = day_costs[1]
         if len(heap) < P99_TOP_K:
             heapq.heappush(heap, value)
         elif value > heap[0]:
             heapq.heapreplace(heap, value)
-        state.costs[today] = (count + 1, heap)
         if line is None or cost <= line:
             return
         key = ("expensive_call", scope, None, self._day.label)
@@ -438,33 +451,40 @@ class Engine:
 
     def _burn_add(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
                   model: str | None) -> None:
-        minute = ts - ts % 60
-        error = call.outcome in ERROR_OUTCOMES
-        spend = float(cost) if cost is not None else 0.0
-        if state.burn and state.burn[-1][0] >= minute:
-            bucket = state.burn[-1]
+        outcome = call.outcome
+        error = outcome is Outcome.ERROR or outcome is Outcome.RATE_LIMITED
+        spending = 1 if cost else 0  # "while it still spends": calls that cost something
+        burn = state.burn
+        if burn and burn[-1][0] + 60 > ts:
+            bucket = burn[-1]
         else:
-            bucket = [minute, 0, 0, 0.0]
-            state.burn.append(bucket)
+            bucket = [ts - ts % 60, 0, 0, 0]
+            burn.append(bucket)
+            self._burn_expire(state, ts)  # once a minute at most: the window stays bounded
         bucket[1] += 1
         bucket[2] += error
-        bucket[3] += spend
+        bucket[3] += spending
         totals = state.burn_totals
         totals[0] += 1
         totals[1] += error
-        totals[2] += spend
-        self._burn_check(scope, state, ts, call)
+        totals[2] += spending
+        # A success cannot start a burn; old minutes leave the totals at the next check.
+        if error or scope in self._burn_firing:
+            self._burn_check(scope, state, ts, call)
 
-    def _burn_check(self, scope: str, state: ScopeState, now: float, call: Call | None) -> None:
+    def _burn_expire(self, state: ScopeState, now: float) -> None:
         horizon = now - self._burn_window
         totals = state.burn_totals
         while state.burn and state.burn[0][0] + 60 <= horizon:
-            _, calls, errors, spend = state.burn.popleft()
+            _, calls, errors, spending = state.burn.popleft()
             totals[0] -= calls
             totals[1] -= errors
-            totals[2] -= spend
-        calls, errors, spend = totals
-        burning = calls >= self._burn_min and errors * 100 > self._burn_percent * calls and spend > 1e-12
+            totals[2] -= spending
+
+    def _burn_check(self, scope: str, state: ScopeState, now: float, call: Call | None) -> None:
+        self._burn_expire(state, now)
+        calls, errors, spending = state.burn_totals
+        burning = calls >= self._burn_min and errors * 100 > self._burn_percent * calls and spending > 0
         if burning and scope in self._burn_firing:
             return
         if burning and call is not None:
