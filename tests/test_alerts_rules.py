@@ -336,3 +336,47 @@ def test_restart_resolves_what_ended_while_the_agent_was_down(tmp_path):
     again.tick()
     assert [r[10] for r in alert_rows(again.db)] == ["2026-03-03T00:00:00"]
     again.close()
+
+
+def test_days_follow_the_configured_time_zone(tmp_path):
+    """Asia/Tokyo is UTC+9: its 2026-03-02 ends at 2026-03-02T15:00:00Z."""
+    h = Harness(tmp_path, only("new_model", extra='new_model.scopes = ["all"]') + '[alerts]\ntimezone = "Asia/Tokyo"\n')
+    h.call("2026-03-02T14:59:00", out_tokens=10)  # 23:59 in Tokyo
+    h.tick("2026-03-02T15:00:01")
+    assert [(r[8], r[9], r[10]) for r in alert_rows(h.db)] == [
+        ("2026-03-02", "2026-03-02T14:59:00", "2026-03-02T15:00:00")]
+    h.close()
+
+
+def test_prometheus_client_collector_exports_the_same_families(tmp_path):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from lumen_agent.outputs.alerts import gauges
+
+    config = only() + '[[budgets]]\nname = "m"\namount_usd = 4\n'
+    h = Harness(tmp_path, config)
+    h.call("2026-03-02T10:00:00", out_tokens=100_000)  # $1.00 of $4
+    h.tick("2026-03-02T10:00:01")
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(gauges.Collector(lambda: h.alerts.snapshot))
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'lumen_budget_used_ratio{budget="m"} 0.25' in text
+    assert 'lumen_alert_firing{rule="budget"} 0.0' in text
+    h.close()
+
+
+def test_gauges_on_the_agents_metrics_page(tmp_path):
+    from lumen_agent.outputs.alerts import gauges
+    from lumen_agent.outputs.metrics import Metrics
+
+    config = only("new_model", extra='new_model.scopes = ["all"]') + '[[budgets]]\nname = "m"\namount_usd = 4\n'
+    h = Harness(tmp_path, config)
+    h.call("2026-03-02T10:00:00", out_tokens=100_000, tenant="acme")  # $1.00 of $4
+    h.tick("2026-03-02T10:00:01")
+    metrics = Metrics()
+    metrics.extra.append(lambda: gauges.render_text(h.alerts.snapshot))
+    lines = metrics.render({}).splitlines()
+    for line in ('lumen_budget_used_ratio{budget="m"} 0.25', 'lumen_budget_spent_usd{budget="m"} 1',
+                 'lumen_budget_limit_usd{budget="m"} 4', 'lumen_alert_firing{rule="budget"} 0',
+                 'lumen_alert_firing{rule="new_model"} 1', 'lumen_feature_cost_usd_total{feature=""} 1'):
+        assert line in lines, line
+    h.close()

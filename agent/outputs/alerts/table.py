@@ -179,35 +179,15 @@ def rebuild(engine: Engine, db: Path, now: float) -> dict[str, int]:
     """
     stats = {"calls": 0, "alerts": 0, "adopted": 0, "fired": 0, "resolved": 0}
     stored: list[Alert] = []
-    calls: list[StoredCall] = []
-    if Path(db).exists():
-        con = duckdb.connect(str(db), read_only=True)
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            tables = _tables(con)
-            since = datetime.fromtimestamp(now - lookback_days(engine) * DAY_S, UTC)
-            if "llm_calls" in tables:
-                cur = con.execute(_CALL_SQL, [since, datetime.fromtimestamp(now, UTC)])
-                while rows := cur.fetchmany(REBUILD_CHUNK):
-                    calls.extend(_stored_call(r) for r in rows)
-            if "alerts" in tables:
-                horizon = datetime.fromtimestamp(now - ALERT_LOOKBACK_DAYS * DAY_S, UTC)
-                rows = con.execute(
-                    "SELECT id, rule, scope, budget, model, subject, period, value, threshold, unit, "
-                    "epoch_us(fired_at), epoch_us(resolved_at), epoch_us(expires_at), call_ids FROM alerts "
-                    "WHERE resolved_at IS NULL OR fired_at >= ? ORDER BY fired_at", [horizon]).fetchall()
-                stored = [_stored_alert(r) for r in rows]
-        finally:
-            con.close()
-    stats["calls"], stats["alerts"] = len(calls), len(stored)
     engine.muted = True
     try:
-        for call in calls:
-            engine.observe(call)  # type: ignore[arg-type]  # StoredCall has what the engine reads
+        if Path(db).exists():
+            stored = _replay(engine, Path(db), now, stats)
         engine.advance(now)
     finally:
         engine.muted = False
         engine.changes.clear()
+    stats["alerts"] = len(stored)
     firing_rows = {a.key: a for a in stored if a.resolved_at is None}
     known = {a.key for a in stored}
     for key, alert in list(engine.firing.items()):
@@ -225,6 +205,35 @@ def rebuild(engine: Engine, db: Path, now: float) -> dict[str, int]:
         engine.changes.append(("resolve", row))
         stats["resolved"] += 1
     return stats
+
+
+def _replay(engine: Engine, db: Path, now: float, stats: dict[str, int]) -> list[Alert]:
+    """Stream the stored calls of the look-back through ``engine`` (chunk by
+    chunk: a month of calls is never all in memory); return the recent alerts."""
+    from lumen_agent.outputs.queries import open_readonly
+
+    stored: list[Alert] = []
+    con = open_readonly(db)  # waits out a writer's flush
+    try:
+        tables = _tables(con)
+        since = datetime.fromtimestamp(now - lookback_days(engine) * DAY_S, UTC)
+        if "llm_calls" in tables:
+            cur = con.execute(_CALL_SQL, [since, datetime.fromtimestamp(now, UTC)])
+            observe = engine.observe
+            while rows := cur.fetchmany(REBUILD_CHUNK):
+                for row in rows:
+                    observe(_stored_call(row))  # type: ignore[arg-type]  # StoredCall has what it reads
+                stats["calls"] += len(rows)
+        if "alerts" in tables:
+            horizon = datetime.fromtimestamp(now - ALERT_LOOKBACK_DAYS * DAY_S, UTC)
+            rows = con.execute(
+                "SELECT id, rule, scope, budget, model, subject, period, value, threshold, unit, "
+                "epoch_us(fired_at), epoch_us(resolved_at), epoch_us(expires_at), call_ids FROM alerts "
+                "WHERE resolved_at IS NULL OR fired_at >= ? ORDER BY fired_at", [horizon]).fetchall()
+            stored = [_stored_alert(r) for r in rows]
+    finally:
+        con.close()
+    return stored
 
 
 def _dt(us: int) -> datetime:
