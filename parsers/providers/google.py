@@ -9,6 +9,10 @@ so it is added to input.  Every stream chunk carries cumulative usage: the
 latest wins.  The JSON mapping of the protobuf omits zero counts, so a
 missing candidates or thoughts count next to a reported prompt means zero.
 
+``promptTokensDetails`` and ``cacheTokensDetails`` split the prompt and the
+cached part by modality (``TEXT``, ``IMAGE``, ``AUDIO``, ``VIDEO``); the
+audio counts are kept because audio input is priced above the rest.
+
 The model comes from ``modelVersion``, else from the URL (``models/NAME:...``).
 """
 
@@ -16,8 +20,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from lumen_agent.parsers.providers.base import BaseReader, plus
+from lumen_agent.parsers.providers.base import BaseReader, plus, token_count
 from lumen_agent.parsers.usage import Usage
+
+
+def _modality_count(details: Any, modality: str) -> int | None:
+    """The token count of one modality in a ``*TokensDetails`` list; 0 when
+    the list is there without it, None when there is no list."""
+    if not isinstance(details, list):
+        return None
+    total = 0
+    for item in details:
+        if isinstance(item, dict) and item.get("modality") == modality:
+            total += token_count(item.get("tokenCount")) or 0
+    return total
 
 
 class GeminiReader(BaseReader):
@@ -35,6 +51,8 @@ class GeminiReader(BaseReader):
         self._note("candidates", usage.get("candidatesTokenCount"))
         self._note("thoughts", usage.get("thoughtsTokenCount"))
         self._note("tool_prompt", usage.get("toolUsePromptTokenCount"))
+        self._note("prompt_audio", _modality_count(usage.get("promptTokensDetails"), "AUDIO"))
+        self._note("cached_audio", _modality_count(usage.get("cacheTokensDetails"), "AUDIO"))
 
     def result(self) -> Usage:
         prompt = self._get("prompt")
@@ -48,4 +66,7 @@ class GeminiReader(BaseReader):
             output_tokens=output,
             cache_read_tokens=self._get("cached"),
             reasoning_tokens=thoughts,
+            reasoning_reported=True,
+            input_audio_tokens=self._get("prompt_audio"),
+            cache_read_audio_tokens=self._get("cached_audio"),
         )
