@@ -72,6 +72,15 @@ class Call:
     # Prompt and completion text: only when the user turned content capture on.
     request_body: str | None = None
     response_body: str | None = None
+    # Exact cost (schema migration 3).  cost_usd is what the call cost: the
+    # provider's stated charge (charged_usd) when it gives one, else
+    # token_cost_usd, the price table's figure (tokens plus request fees).
+    token_cost_usd: Decimal | None = None
+    charged_usd: Decimal | None = None
+    service_tier: str | None = None
+    web_search_requests: int | None = None
+    input_audio_tokens: int | None = None
+    cache_read_audio_tokens: int | None = None
 
 
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Call))
