@@ -82,7 +82,10 @@ class SkippedMessage:
 
 
 class EventStreamParser:
-    """Feed bytes with ``receive_data``; collect messages with ``next_events``."""
+    """Feed bytes with ``receive_data``; collect messages with ``next_events``.
+
+    When ``receive_data`` raises, the messages completed before the damage
+    are still handed out by ``next_events``."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()

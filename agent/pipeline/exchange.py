@@ -168,8 +168,10 @@ class Exchange:
                 self._body += plain
                 self._drain_ndjson(final=False)
             elif self._mode == "eventstream":
-                self._events.receive_data(plain)
-                self._feed_stream_events()
+                try:
+                    self._events.receive_data(plain)
+                finally:  # the messages whole before any damage still count
+                    self._feed_stream_events()
             else:
                 self._body += plain
         except ParseError as exc:
