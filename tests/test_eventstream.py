@@ -8,11 +8,16 @@ import struct
 import zlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lumen_agent.parsers.errors import LimitExceeded, ParseError
 from lumen_agent.parsers.eventstream import (
-    MAX_HEADERS_BYTES, MAX_MESSAGE_BYTES, EventMessage, EventStreamError, EventStreamParser, SkippedMessage,
+    MAX_HEADERS_BYTES,
+    MAX_MESSAGE_BYTES,
+    EventMessage,
+    EventStreamError,
+    EventStreamParser,
+    SkippedMessage,
     encode_message,
 )
 

@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lumen_agent.parsers.encodings import Decoder, decoder_for
-from lumen_agent.parsers.eventstream import EventStreamParser, SkippedMessage
 from lumen_agent.parsers.errors import LimitExceeded, ParseError
+from lumen_agent.parsers.eventstream import EventStreamParser, SkippedMessage
 from lumen_agent.parsers.http1 import MessageHead
-from lumen_agent.parsers.providers import RequestInfo, UsageReader, identify, served_by, usage_reader
+from lumen_agent.parsers.providers import (
+    RequestInfo,
+    UsageReader,
+    identify,
+    served_by,
+    usage_reader,
+)
 from lumen_agent.parsers.providers.bedrock import event_objects
 from lumen_agent.parsers.sse import SseParser
 from lumen_agent.parsers.usage import Usage

@@ -149,7 +149,7 @@ class BaseReader:
     the normalised ``Usage`` in ``result``.
     """
 
-    __slots__ = ("_counts", "_model", "_response_id", "_fallback_model")
+    __slots__ = ("_counts", "_fallback_model", "_model", "_response_id")
 
     def __init__(self, fallback_model: str | None = None) -> None:
         self._counts: dict[str, int] = {}

@@ -50,7 +50,7 @@ class ChatCompletionsReader(BaseReader):
     ``usage_missing`` with no tokens: never estimated.
     """
 
-    __slots__ = ("_tier", "_charged")
+    __slots__ = ("_charged", "_tier")
 
     def __init__(self, fallback_model: str | None = None) -> None:
         super().__init__(fallback_model)
