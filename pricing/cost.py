@@ -127,14 +127,18 @@ def price_call(table, usage: Usage, provider: str | None, request_model: str | N
 
     The row is looked up by the model the response names, then by the one the
     request asked for (an Azure deployment, a gateway alias), for the call's
-    provider on its date.  A call without tokens is neither priced nor
+    provider on its date (Bedrock: the other way round).  A call without tokens is neither priced nor
     unpriced; a call with tokens and no matching row is unpriced, unless the
     provider stated what it charged.
     """
     charged = _quantize(usage.charged_usd) if usage.charged_usd is not None else None
     if not usage.has_tokens:
         return Priced(charged, None, charged, None, False)
-    for name in dict.fromkeys(n for n in (usage.model, request_model) if n):
+    # Bedrock prices depend on the inference profile the URL names (AWS adds
+    # 10% for geographic cross-region profiles such as us.); the body names
+    # only the vendor's model, so the request's model id is tried first there.
+    names = (request_model, usage.model) if provider == "bedrock" else (usage.model, request_model)
+    for name in dict.fromkeys(n for n in names if n):
         row = table.lookup(name, provider, at)
         if row is not None:
             token_cost = compute_cost(usage, row)

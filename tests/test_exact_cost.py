@@ -336,10 +336,12 @@ def test_bedrock_invoke_with_response_stream(prices):
     call = priced(prices, f"{BEDROCK}/model/{PROFILE}/invoke-with-response-stream",
                   {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50, "messages": []}, stream,
                   content_type="application/vnd.amazon.eventstream", chunked=True, piece=5)
-    # claude-sonnet-4-5-20250929 (named in the body): 60 x 3 + 400 x 0.3 + 10 x 15 = 180 + 120 + 150 = 450
+    # Priced by the profile in the URL, us.anthropic.claude-sonnet-4-5 ($3.30 in, $0.33 cache read,
+    # $16.50 out), not by the vendor name in the body (which has no region premium):
+    #   60 x 3.3 + 400 x 0.33 + 10 x 16.5 = 198 + 132 + 165 = 495 / 1M
     assert call.model == "claude-sonnet-4-5-20250929"
     assert (call.input_tokens, call.cache_read_tokens, call.output_tokens) == (460, 400, 10)
-    assert call.cost_usd == Decimal("0.00045000")
+    assert call.cost_usd == Decimal("0.00049500")
 
 
 APP_PROFILE = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6"

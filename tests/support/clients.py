@@ -45,8 +45,13 @@ ANTHROPIC_VERSION = "2023-06-01"
 PROMPT = "What is the capital of the UK?"
 DEFAULT_TIMEOUT = 120.0
 
-# Scenarios the SDK script serves (Gemini has no SDK here: use curl or node).
-SDK_SCENARIOS = tuple(s for s in fp.SCENARIOS if not s.startswith("gemini"))
+# Scenarios the SDK script serves (Gemini has no SDK here: use curl or node;
+# Bedrock has its own client, bedrock_client.py).
+SDK_SCENARIOS = tuple(s for s in fp.SCENARIOS if s.startswith(("openai.", "anthropic.")))
+BEDROCK_SCRIPT = SUPPORT_DIR / "bedrock_client.py"
+BEDROCK_SCENARIOS = tuple(s for s in fp.SCENARIOS if s.startswith("bedrock."))
+VERTEX_TOKEN = "ya29.fake-vertex-token-0000"
+BEDROCK_API_KEY = "bedrock-api-key-fake-0000"
 _STATUS_RE = re.compile(r"^lumen-test-status: (\d+)$", re.M)
 
 
@@ -120,8 +125,9 @@ def client_env(certs: Any, extra: Mapping[str, str] | None = None) -> dict[str, 
 
 
 def _spawn(name: str, argv: list[str], env: Mapping[str, str]) -> Running:
+    # errors="replace": a binary body (an AWS event stream) must not break the capture of stdout.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(env))
+                            text=True, errors="replace", env=dict(env))
     return Running(name, argv, proc)
 
 
@@ -155,6 +161,20 @@ def request_for(scenario: str, *, model: str | None = None) -> tuple[str, dict[s
         if s.streaming:
             body["stream"] = True
         return s.path, body, headers
+    if scenario in ("vertex.rawPredict", "vertex.streamRawPredict"):
+        headers = {**json_type, "Authorization": f"Bearer {VERTEX_TOKEN}"}
+        body = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 256, "messages": messages}
+        if s.streaming:
+            body["stream"] = True
+        return s.path, body, headers
+    if scenario.startswith("vertex."):
+        headers = {**json_type, "Authorization": f"Bearer {VERTEX_TOKEN}"}
+        return s.path, {"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}, headers
+    if s.provider == "bedrock":  # a Bedrock API key (bearer); boto3 signs with SigV4 instead
+        headers = {**json_type, "Authorization": f"Bearer {BEDROCK_API_KEY}"}
+        if s.endpoint.startswith("converse"):
+            return s.path, {"messages": [{"role": "user", "content": [{"text": PROMPT}]}]}, headers
+        return s.path, {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 256, "messages": messages}, headers
     # google
     method = "streamGenerateContent?alt=sse" if s.streaming else "generateContent"
     headers = {**json_type, "x-goog-api-key": GOOGLE_KEY}
@@ -174,6 +194,22 @@ def _knob_headers(chunks: int | None, encoding: str | None, status: int | None,
         out["x-fake-transfer"] = transfer
     out.update(headers or {})
     return out
+
+
+# --------------------------------------------------------------------------------------
+# boto3 (the real AWS SDK) for Bedrock
+# --------------------------------------------------------------------------------------
+
+
+def bedrock(url: str, certs: Any, scenarios: Sequence[str] = BEDROCK_SCENARIOS, *,
+            timeout: float = DEFAULT_TIMEOUT) -> ClientResult:
+    """``python tests/support/bedrock_client.py``: one boto3 bedrock-runtime call
+    per scenario, fake credentials; one JSON line per call."""
+    argv = [sys.executable, str(BEDROCK_SCRIPT), "--url", url, *scenarios]
+    env = client_env(certs, {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret",
+                             "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+                             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
+    return _spawn("boto3", argv, env).finish(timeout)
 
 
 # --------------------------------------------------------------------------------------
