@@ -25,7 +25,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 
-from .errors import LimitExceeded, ParseError
+from lumen_agent.parsers.errors import LimitExceeded, ParseError
 
 PRELUDE_BYTES = 12
 CRC_BYTES = 4

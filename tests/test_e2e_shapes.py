@@ -19,12 +19,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-
+from ebpf_env import ebpf_skip_reason  # noqa: E402
 from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
-
-from ebpf_env import ebpf_skip_reason  # noqa: E402
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow]
 

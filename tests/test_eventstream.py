@@ -10,6 +10,7 @@ import zlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lumen_agent.parsers.errors import LimitExceeded, ParseError
 from lumen_agent.parsers.eventstream import (
     MAX_HEADERS_BYTES,

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from builders import exchange_events, load_fixture, request_bytes, response_bytes
+
+from lumen_agent.outputs.queries import run_sql
+from lumen_agent.outputs.store import CallStore
 from lumen_agent.parsers.eventstream import encode_message
 from lumen_agent.parsers.providers import identify
-from lumen_agent.pipeline import Pipeline
+from lumen_agent.pipeline.core import Pipeline
 from lumen_agent.pricing.table import PriceTable
-from lumen_agent.queries import run_sql
-from lumen_agent.store import CallStore
 
 SALT = b"s" * 32
 M = Decimal(1_000_000)
@@ -448,3 +449,26 @@ def test_known_host_is_not_renamed_by_headers(prices):
     call = priced(prices, "https://openrouter.ai/api/v1/chat/completions", {"model": "openai/gpt-4o-mini",
                   "messages": []}, json.dumps(CHAT).encode(), headers={"openai-organization": "x"})
     assert call.provider == "openrouter"
+
+
+def test_reprice_keeps_the_stated_charge_and_reprices_the_rest(prices, tmp_path: Path):
+    from lumen_agent.outputs.queries import reprice
+
+    facts, body = load_fixture("openrouter_chat_completions_nonstream.txt")
+    charged = priced(prices, facts["url"], {"model": "openai/gpt-5-mini", "messages": []}, body)
+    gemini = {"candidates": [], "modelVersion": "gemini-2.5-flash", "responseId": "r",
+              "usageMetadata": {"promptTokenCount": 1100, "candidatesTokenCount": 50, "cachedContentTokenCount": 400,
+                                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 100},
+                                                        {"modality": "AUDIO", "tokenCount": 1000}],
+                                "cacheTokensDetails": [{"modality": "AUDIO", "tokenCount": 400}]}}
+    audio = priced(prices, "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent",
+                   {"contents": []}, json.dumps(gemini).encode())
+    db = tmp_path / "lumen.duckdb"
+    with CallStore(db) as store:
+        store.add(charged)
+        store.add(audio)
+    result = reprice(db, prices)
+    assert (result.examined, result.changed) == (2, 0)  # the same table gives the same figures
+    rows = run_sql(db, "SELECT cost_usd, token_cost_usd, charged_usd FROM llm_calls ORDER BY cost_usd").rows
+    assert rows == [(Decimal("0.00079500"), Decimal("0.00079500"), None),
+                    (Decimal("0.00435825"), Decimal("0.00435825"), Decimal("0.00435825"))]

@@ -721,7 +721,7 @@ def bedrock(scenario: str, model: str, tokens: Tokens | None, n: int) -> list[by
         body["usage"] = usage
         return [_json(body)]
     out = []
-    for i, piece in enumerate(events):
+    for piece in events:
         data = json.loads(piece.decode().split("data: ", 1)[1])
         if data.get("type") == "message_stop":
             data["amazon-bedrock-invocationMetrics"] = {
