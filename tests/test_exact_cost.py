@@ -472,3 +472,25 @@ def test_reprice_keeps_the_stated_charge_and_reprices_the_rest(prices, tmp_path:
     rows = run_sql(db, "SELECT cost_usd, token_cost_usd, charged_usd FROM llm_calls ORDER BY cost_usd").rows
     assert rows == [(Decimal("0.00079500"), Decimal("0.00079500"), None),
                     (Decimal("0.00435825"), Decimal("0.00435825"), Decimal("0.00435825"))]
+
+
+def test_override_file_carries_tier_audio_and_fee_rates(tmp_path: Path):
+    overrides = tmp_path / "prices.toml"
+    overrides.write_text('''
+[[price]]
+provider = "openai"
+model = "my-model"
+input = "2.00"
+output = "8.00"
+cache_read = "0.50"
+input_audio = "4.00"
+web_search_per_1000 = "25"
+
+[price.service_tiers.flex]
+input = "1.00"
+output = "4.00"
+''')
+    row = PriceTable.load(overrides).lookup("my-model", "openai")
+    assert (row.input_audio, row.web_search_per_1000) == (Decimal("4.00"), Decimal("25"))
+    flex = row.service_tier("flex")
+    assert (flex.input, flex.output, flex.cache_read) == (Decimal("1.00"), Decimal("4.00"), None)
