@@ -437,6 +437,11 @@ def usage_from_body(body: str) -> dict[str, int] | None:
             usage = {"input_tokens": m.get("promptTokenCount", 0),
                      "cache_read_tokens": m.get("cachedContentTokenCount", 0), "cache_write_tokens": 0,
                      "output_tokens": m.get("candidatesTokenCount", 0) + thoughts, "reasoning_tokens": thoughts}
+        elif isinstance(obj.get("usage"), dict) and "inputTokens" in obj["usage"]:  # Bedrock Converse
+            u = obj["usage"]
+            read, write = u.get("cacheReadInputTokens", 0), u.get("cacheWriteInputTokens", 0)
+            usage = {"input_tokens": u["inputTokens"] + read + write, "cache_read_tokens": read,
+                     "cache_write_tokens": write, "output_tokens": u.get("outputTokens", 0), "reasoning_tokens": 0}
         elif isinstance(obj.get("usage"), dict) and "prompt_tokens" in obj["usage"]:
             u = obj["usage"]
             usage = {"input_tokens": u["prompt_tokens"],
@@ -483,5 +488,5 @@ def expected_usage(scenario: str, **kwargs: Any) -> dict[str, int] | None:
 __all__: Sequence[str] = (
     "ClientResult", "Running", "client_env", "request_for", "start_curl", "curl", "curl_get", "start_sdk", "sdk",
     "start_node_fetch", "node_fetch", "start_concurrent", "run_concurrent", "usage_from_body", "model_from_body",
-    "expected_usage", "SDK_SCENARIOS",
+    "expected_usage", "SDK_SCENARIOS", "BEDROCK_SCENARIOS", "bedrock",
 )
