@@ -53,6 +53,8 @@ class EventStreamError(ParseError):
 class EventMessage:
     headers: tuple[tuple[str, HeaderValue], ...]
     payload: bytes
+    message_type: str | None = None  # ":message-type": event, exception, error
+    event_type: str | None = None  # ":event-type", or ":exception-type" for exceptions
 
     def header(self, name: str) -> HeaderValue | None:
         for key, value in self.headers:
@@ -60,25 +62,15 @@ class EventMessage:
                 return value
         return None
 
-    @property
-    def message_type(self) -> str | None:
-        value = self.header(":message-type")
-        return value if isinstance(value, str) else None
-
-    @property
-    def event_type(self) -> str | None:
-        """``:event-type`` (events) or ``:exception-type`` (exceptions)."""
-        value = self.header(":event-type")
-        if value is None:
-            value = self.header(":exception-type")
-        return value if isinstance(value, str) else None
-
 
 @dataclass(frozen=True, slots=True)
 class SkippedMessage:
     """A whole message that was framed correctly but cannot be used."""
 
     reason: str  # "message_crc", "headers"
+
+
+_PRELUDE = struct.Struct(">III")
 
 
 class EventStreamParser:
@@ -93,30 +85,38 @@ class EventStreamParser:
         self.skipped = 0
 
     def receive_data(self, data: bytes) -> None:
-        self._buffer += data
-        buf = self._buffer
-        start = 0
-        while len(buf) - start >= PRELUDE_BYTES:
-            total, headers_len = _U32.unpack_from(buf, start)[0], _U32.unpack_from(buf, start + 4)[0]
-            if zlib.crc32(buf[start : start + 8]) != _U32.unpack_from(buf, start + 8)[0]:
+        # Usually a read holds whole messages: parse it in place, and keep
+        # only an unfinished tail.
+        if self._buffer:
+            self._buffer += data
+            buf: bytes | bytearray = self._buffer
+        else:
+            buf = data
+        start, size = 0, len(buf)
+        while size - start >= PRELUDE_BYTES:
+            total, headers_len, prelude_crc = _PRELUDE.unpack_from(buf, start)
+            if zlib.crc32(buf[start : start + 8]) != prelude_crc:
                 self._lost("prelude CRC mismatch")
             if total < MIN_MESSAGE_BYTES or headers_len > total - MIN_MESSAGE_BYTES:
                 self._lost(f"impossible lengths total={total} headers={headers_len}")
             if total > MAX_MESSAGE_BYTES or headers_len > MAX_HEADERS_BYTES:
                 self._buffer = bytearray()
                 raise LimitExceeded(f"event stream message of {total} bytes exceeds MAX_MESSAGE_BYTES")
-            if len(buf) - start < total:
+            if size - start < total:
                 break
             end = start + total
-            message = bytes(buf[start:end])
+            message = _message(bytes(buf[start:end]), headers_len)
+            if message.__class__ is SkippedMessage:
+                self.skipped += 1
+            self._events.append(message)
             start = end
-            self._events.append(_message(message, headers_len))
-        if start:
-            del buf[:start]
+        if buf is self._buffer:
+            del self._buffer[:start]
+        elif start < size:
+            self._buffer = bytearray(buf[start:])
 
     def next_events(self) -> list[EventMessage | SkippedMessage]:
         events, self._events = self._events, []
-        self.skipped += sum(1 for e in events if isinstance(e, SkippedMessage))
         return events
 
     @property
@@ -129,14 +129,40 @@ class EventStreamParser:
         raise EventStreamError(f"event stream framing lost: {why}")
 
 
+# A stream repeats a handful of header blocks byte for byte (one per event
+# type): parsed blocks are kept, up to this many, so each is parsed once.
+MAX_CACHED_HEADER_BLOCKS = 64
+_Parsed = tuple[tuple[tuple[str, HeaderValue], ...], str | None, str | None] | None
+_header_cache: dict[bytes, _Parsed] = {}
+
+
 def _message(message: bytes, headers_len: int) -> EventMessage | SkippedMessage:
     if zlib.crc32(message[:-CRC_BYTES]) != _U32.unpack_from(message, len(message) - CRC_BYTES)[0]:
         return SkippedMessage("message_crc")
     end = PRELUDE_BYTES + headers_len
-    headers = _headers(message, PRELUDE_BYTES, end)
-    if headers is None:
+    block = message[PRELUDE_BYTES:end]
+    try:
+        parsed = _header_cache[block]
+    except KeyError:
+        parsed = _parsed(block)
+        if len(_header_cache) >= MAX_CACHED_HEADER_BLOCKS:
+            _header_cache.clear()
+        _header_cache[block] = parsed
+    if parsed is None:
         return SkippedMessage("headers")
-    return EventMessage(headers, message[end:-CRC_BYTES])
+    headers, message_type, event_type = parsed
+    return EventMessage(headers, message[end:-CRC_BYTES], message_type, event_type)
+
+
+def _parsed(block: bytes) -> _Parsed:
+    headers = _headers(block, 0, len(block))
+    if headers is None:
+        return None
+    found = dict(headers)
+    message_type = found.get(":message-type")
+    event_type = found.get(":event-type", found.get(":exception-type"))
+    return (headers, message_type if isinstance(message_type, str) else None,
+            event_type if isinstance(event_type, str) else None)
 
 
 def _headers(buf: bytes, pos: int, end: int) -> tuple[tuple[str, HeaderValue], ...] | None:

@@ -79,11 +79,19 @@ def model_id(raw: str) -> str:
     return text
 
 
+# ConverseStream events that never carry usage: not worth decoding (a long
+# stream is almost all contentBlockDelta).
+_NO_USAGE_EVENTS = frozenset({"messageStart", "contentBlockStart", "contentBlockDelta", "contentBlockStop",
+                              "messageStop"})
+
+
 def event_objects(message: EventMessage) -> Iterator[Any]:
     """The JSON objects one event-stream message carries (none for
-    exceptions, unknown events and payloads that are not JSON)."""
+    exceptions, events without usage and payloads that are not JSON)."""
     if message.message_type not in (None, "event"):
         return  # "exception" / "error": the stream failed, no usage in it
+    if message.event_type in _NO_USAGE_EVENTS:
+        return
     try:
         payload = json.loads(message.payload)
     except (ValueError, RecursionError):
