@@ -494,3 +494,23 @@ output = "4.00"
     assert (row.input_audio, row.web_search_per_1000) == (Decimal("4.00"), Decimal("25"))
     flex = row.service_tier("flex")
     assert (flex.input, flex.output, flex.cache_read) == (Decimal("1.00"), Decimal("4.00"), None)
+
+
+@pytest.mark.parametrize("served,cost", [
+    # gemini-3.6-flash priority: $2.70 in, $0.27 cached, $13.50 out:
+    #   (1000 - 200) x 2.7 + 200 x 0.27 + 100 x 13.5 = 2160 + 54 + 1350 = 3564
+    ("priority", Decimal("0.00356400")),
+    # flex: $0.75, $0.075, $3.75: 600 + 15 + 375 = 990
+    ("flex", Decimal("0.00099000")),
+    # a priority request over its limit is served (and billed) at standard: $1.50, $0.15, $7.50:
+    #   1200 + 30 + 750 = 1980
+    ("standard", Decimal("0.00198000")),
+])
+def test_gemini_service_tier_from_the_response_header(prices, served, cost):
+    body = {"candidates": [], "modelVersion": "gemini-3.6-flash", "responseId": "tier",
+            "usageMetadata": {"promptTokenCount": 1000, "cachedContentTokenCount": 200, "candidatesTokenCount": 100,
+                              "totalTokenCount": 1100}}
+    call = priced(prices, "https://generativelanguage.googleapis.com/v1beta/models/gemini-3.6-flash:generateContent",
+                  {"contents": [], "service_tier": "priority"}, json.dumps(body).encode(),
+                  headers={"x-gemini-service-tier": served})
+    assert (call.service_tier, call.cost_usd) == (served, cost)

@@ -13,14 +13,19 @@ missing candidates or thoughts count next to a reported prompt means zero.
 cached part by modality (``TEXT``, ``IMAGE``, ``AUDIO``, ``VIDEO``); the
 audio counts are kept because audio input is priced above the rest.
 
+The service tier that served the call (``standard``, ``flex``, ``priority``)
+is the ``x-gemini-service-tier`` response header: a request for priority
+that exceeded its limit is served, and billed, at standard.
+
 The model comes from ``modelVersion``, else from the URL (``models/NAME:...``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from lumen_agent.parsers.providers.base import BaseReader, plus, token_count
+from lumen_agent.parsers.providers.base import BaseReader, plus, service_tier, token_count
 from lumen_agent.parsers.usage import Usage
 
 
@@ -37,7 +42,16 @@ def _modality_count(details: Any, modality: str) -> int | None:
 
 
 class GeminiReader(BaseReader):
-    __slots__ = ()
+    __slots__ = ("_tier",)
+
+    def __init__(self, fallback_model: str | None = None) -> None:
+        super().__init__(fallback_model)
+        self._tier: str | None = None
+
+    def feed_headers(self, headers: Mapping[str, str]) -> None:
+        tier = service_tier(headers.get("x-gemini-service-tier"))
+        if tier is not None:
+            self._tier = tier.removeprefix("service_tier_")  # SERVICE_TIER_PRIORITY -> priority
 
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -69,4 +83,5 @@ class GeminiReader(BaseReader):
             reasoning_reported=True,
             input_audio_tokens=self._get("prompt_audio"),
             cache_read_audio_tokens=self._get("cached_audio"),
+            service_tier=self._tier,
         )
