@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lumen_agent.parsers.errors import ParseError
 from lumen_agent.parsers.providers import (
     RequestInfo,
