@@ -514,3 +514,35 @@ def test_gemini_service_tier_from_the_response_header(prices, served, cost):
                   {"contents": [], "service_tier": "priority"}, json.dumps(body).encode(),
                   headers={"x-gemini-service-tier": served})
     assert (call.service_tier, call.cost_usd) == (served, cost)
+
+
+def test_bedrock_stream_exception_is_an_error_not_a_success(prices):
+    stream = (aws_event("messageStart", {"role": "assistant"})
+              + aws_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hel"}})
+              + encode_message({":exception-type": "throttlingException", ":content-type": "application/json",
+                                ":message-type": "exception"}, b'{"message":"Too many tokens, please wait."}'))
+    call = priced(prices, f"{BEDROCK}/model/{PROFILE}/converse-stream", {"messages": []}, stream,
+                  content_type="application/vnd.amazon.eventstream", chunked=True)
+    assert (call.status_code, call.outcome.value) == (200, "rate_limited")
+    assert call.usage_missing and call.cost_usd is None
+
+
+def test_anthropic_compaction_iterations_with_one_hour_cache_writes(prices):
+    usage = {"input_tokens": 500, "output_tokens": 100, "cache_read_input_tokens": 0,
+             "cache_creation_input_tokens": 0,
+             "iterations": [
+                 {"type": "compaction", "input_tokens": 2000, "output_tokens": 300, "cache_read_input_tokens": 0,
+                  "cache_creation_input_tokens": 1000,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1000}},
+                 {"type": "message", "input_tokens": 500, "output_tokens": 100, "cache_read_input_tokens": 1000,
+                  "cache_creation_input_tokens": 0}]}
+    body = {"id": "msg_c1h", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+            "content": [], "usage": usage}
+    call = priced(prices, "https://api.anthropic.com/v1/messages",
+                  {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}, json.dumps(body).encode())
+    # compaction: 2000 x 3 + 1000 x 6 (1h write) + 300 x 15 = 6000 + 6000 + 4500 = 16500
+    # message:    500 x 3 + 1000 x 0.3 + 100 x 15        = 1500 + 300 + 1500  =  3300
+    # total 19800 / 1M
+    assert (call.input_tokens, call.cache_read_tokens, call.cache_write_tokens, call.cache_write_1h_tokens,
+            call.output_tokens) == (4500, 1000, 1000, 1000, 400)
+    assert call.cost_usd == Decimal("0.01980000")

@@ -29,6 +29,14 @@ class Outcome(enum.Enum):
             return cls.SUCCESS
         return cls.ERROR
 
+    @classmethod
+    def from_stream_exception(cls, name: str | None) -> Outcome | None:
+        """The outcome of a stream that reported an exception event (AWS event
+        stream: ``throttlingException``, ``modelStreamErrorException``...)."""
+        if not name:
+            return None
+        return cls.RATE_LIMITED if "throttl" in name.lower() else cls.ERROR
+
 
 @dataclass(frozen=True, slots=True)
 class Call:

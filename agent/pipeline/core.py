@@ -139,7 +139,7 @@ class Pipeline:
             model=model,
             streaming=info.streaming,
             status_code=status,
-            outcome=Outcome.from_status(status, ex.complete),
+            outcome=Outcome.from_stream_exception(ex.stream_exception) or Outcome.from_status(status, ex.complete),
             request_id=_first_header(response, REQUEST_ID_HEADERS),
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,

@@ -71,6 +71,9 @@ class Exchange:
     complete: bool = False
     # Why the body could not be read in full, for the skip counters.
     body_problem: str | None = None
+    # An exception event inside a 200 event stream (Bedrock's
+    # throttlingException, modelStreamErrorException): the call failed.
+    stream_exception: str | None = None
     _reader: UsageReader | None = None
     _decoder: Decoder | None = None
     _mode: str = "json"  # json | sse | ndjson | eventstream | discard
@@ -254,6 +257,9 @@ class Exchange:
             if isinstance(message, SkippedMessage):
                 # Counted by the pipeline's response_body skips; the stream goes on.
                 self.body_problem = f"event stream message skipped: {message.reason}"
+                continue
+            if message.message_type in ("exception", "error"):
+                self.stream_exception = message.event_type or message.message_type
                 continue
             if message.event_type == "metadata":  # ConverseStream's last event
                 self._stream_finished = True
