@@ -187,3 +187,43 @@ def test_fuzz_mutated_stream_whole_vs_pieces(position, value, step):
     # Whatever was damaged, nothing was invented: each message kept is one we sent.
     sent = parse(STREAM)
     assert all(m in sent for m in whole[0] if isinstance(m, EventMessage))
+
+
+# -- the AWS event-stream test vectors (as botocore's tests/unit/test_eventstream.py
+# carries them): bytes written by AWS, not by our encoder.
+
+AWS_VECTORS = [
+    (b"\x00\x00\x00\x10\x00\x00\x00\x00\x05\xc2H\xeb}\x98\xc8\xff", {}, b""),
+    (b"\x00\x00\x00\x1e\x00\x00\x00\x0e]J\xdb\x8d\x04long\x05\xff\xff\xff\xff\xff\xff\xff\xffK\xc22\xda",
+     {"long": -1}, b""),
+    (b"\x00\x00\x00=\x00\x00\x00 \x07\xfd\x83\x96\x0ccontent-type\x07\x00\x10application/json{'foo':'bar'}"
+     b"\x8d\x9c\x08\xb1", {"content-type": "application/json"}, b"{'foo':'bar'}"),
+    (b"\x00\x00\x00\x52\x00\x00\x00\x42\xbf\x23\x63\x7e\x0d:message-type\x07\x00\x05error"
+     b"\x0b:error-code\x07\x00\x04code\x0e:error-message\x07\x00\x07message\x6b\x6c\xea\x3d",
+     {":message-type": "error", ":error-code": "code", ":error-message": "message"}, b""),
+]
+
+
+def test_aws_vectors_decode_alone_and_together():
+    for raw, headers, payload in AWS_VECTORS:
+        (message,) = parse(raw)
+        assert (dict(message.headers), message.payload) == (headers, payload)
+    together = b"".join(raw for raw, _, _ in AWS_VECTORS)
+    assert parse(together, step=1) == parse(together)
+    assert parse(together)[-1].message_type == "error"
+
+
+def test_aws_corrupted_vectors():
+    # payload byte changed: the message CRC fails -> one counted skip
+    corrupted_payload = b"\x00\x00\x00\x1d\x00\x00\x00\x00\xfdR\x8cZ{'foo':'bar'\x8d\xc3e96"
+    assert parse(corrupted_payload) == [SkippedMessage("message_crc")]
+    # a header name changed ("content+type"): same
+    corrupted_headers = (b"\x00\x00\x00=\x00\x00\x00 \x07\xfd\x83\x96\x0ccontent+type\x07\x00\x10"
+                         b"application/json{'foo':'bar'}\x8d\x9c\x08\xb1")
+    assert parse(corrupted_headers) == [SkippedMessage("message_crc")]
+    # the total length or the headers length changed: the prelude CRC fails, framing is lost
+    for raw in (b"\x01\x00\x00\x1d\x00\x00\x00\x00\xfdR\x8cZ{'foo':'bar'}\xc3e96",
+                b"\x00\x00\x00=\xff\x00\x01\x02\x07\xfd\x83\x96\x0ccontent-type\x07\x00"
+                b"\x10application/json{'foo':'bar'}\x8d\x9c\x08\xb1"):
+        with pytest.raises(EventStreamError, match="prelude CRC"):
+            parse(raw)
