@@ -11,7 +11,11 @@ this one shape, following DESIGN.md section 3:
 - ``output_tokens`` counts all generated tokens, reasoning included;
   ``reasoning_tokens`` is part of it.
 
-``None`` means "not reported", which is different from zero.
+``None`` means the usage is missing (``usage_missing``), or a part the API
+never reports apart (Anthropic's thinking tokens).  A part the provider does
+not have for a call that reported usage is 0, not None (cache writes on
+OpenAI, cache reads without a cache), so ``input - cache_read - cache_write``
+is never NULL on a row with usage.
 
 Beyond the token parts, a response may say more about the bill:
 
