@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from builders import exchange_events, load_fixture, request_bytes, response_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lumen_agent.outputs.queries import run_sql
 from lumen_agent.outputs.store import CallStore
@@ -546,3 +548,17 @@ def test_anthropic_compaction_iterations_with_one_hour_cache_writes(prices):
     assert (call.input_tokens, call.cache_read_tokens, call.cache_write_tokens, call.cache_write_1h_tokens,
             call.output_tokens) == (4500, 1000, 1000, 1000, 400)
     assert call.cost_usd == Decimal("0.01980000")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(min_value=0, max_value=len(CONVERSE_STREAM) - 1), st.integers(min_value=1, max_value=255),
+       st.sampled_from([None, 1, 7, 64]))
+def test_bedrock_stream_any_damaged_byte_gives_exact_or_missing_never_invented(prices, position, flip, piece):
+    # CRC-32 catches every single-byte error: a damaged stream either still has its
+    # metadata message intact (exact numbers) or has no usage at all.
+    damaged = bytearray(CONVERSE_STREAM)
+    damaged[position] ^= flip
+    call = priced(prices, f"{BEDROCK}/model/{PROFILE}/converse-stream", {"messages": []}, bytes(damaged),
+                  content_type="application/vnd.amazon.eventstream", chunked=True, piece=piece)
+    got = (call.input_tokens, call.cache_write_tokens, call.output_tokens, call.cost_usd)
+    assert got in ((325, 300, 10, CONVERSE_STREAM_COST), (None, None, None, None))
