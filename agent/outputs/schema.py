@@ -260,7 +260,7 @@ _ALERTS_TABLE_V1 = """CREATE TABLE IF NOT EXISTS alerts (
 )"""
 
 MIGRATIONS += (
-    # 2 -> 3
+    # 3 -> 4
     Migration("alerts table (budgets and alert rules)", (_ALERTS_TABLE_V1,)),
 )
 
