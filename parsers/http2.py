@@ -81,7 +81,7 @@ _FIXED_LENGTH = {_PRIORITY: 5, _RST: 4, _PING: 8, _WINDOW: 4}
 _ON_STREAM_ZERO = (_SETTINGS, _PING, _GOAWAY)
 _HUNT_MAX_LENGTH = 16384  # a hunted frame is no larger than the default maximum
 _END_STREAM = 0x01
-_END_HEADERS = 0x04
+_PADDED = 0x08
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +161,8 @@ def _new_decoder() -> hpack.Decoder:
 
 class Http2Parser:
     def __init__(self, *, joined: bool = False) -> None:
-        self._sides = {kind: _Direction(kind, joined=joined) for kind in MessageKind}
+        self._requests = _Direction(MessageKind.REQUEST, joined=joined)
+        self._responses = _Direction(MessageKind.RESPONSE, joined=joined)
         self._streams: OrderedDict[int, _Stream] = OrderedDict()
         self._events: list[Event] = []
         self.joined = joined
@@ -169,19 +170,40 @@ class Http2Parser:
     # -- public API ---------------------------------------------------------
 
     def receive_data(self, kind: MessageKind, data: bytes) -> None:
-        side = self._sides[kind]
+        side = self._requests if kind is MessageKind.REQUEST else self._responses
+        if (
+            len(data) > FRAME_HEADER_SIZE
+            and data[3] == _DATA
+            and not data[4] & _PADDED
+            and (data[0] << 16 | data[1] << 8 | data[2]) == len(data) - FRAME_HEADER_SIZE
+            and side.state == "frames"
+            and not side.buffer
+            and not side.skip
+            and side.block is None
+        ):
+            # The hot path: one read that is one whole DATA frame (a streamed chunk).
+            stream_id = _STREAM_WORD.unpack_from(data, 5)[0] & 0x7FFFFFFF
+            if stream_id:
+                self._data(kind, stream_id, data[FRAME_HEADER_SIZE:], bool(data[4] & _END_STREAM), len(data))
+                return
         if side.skip and data:
             n = min(side.skip, len(data))
             side.skip -= n
             data = data[n:]
         if not data:
             return
-        side.buffer += data
-        self._parse(side)
+        if side.buffer:
+            side.buffer += data
+            rest = self._parse(side, side.buffer)
+            del side.buffer[: len(side.buffer) - rest]
+        else:  # the usual case, whole frames per read: no copy into the buffer
+            rest = self._parse(side, data)
+            if rest:
+                side.buffer += data[len(data) - rest :]
 
     def lost_data(self, kind: MessageKind) -> None:
         """Bytes before the next ``receive_data`` of ``kind`` are missing."""
-        side = self._sides[kind]
+        side = self._requests if kind is MessageKind.REQUEST else self._responses
         side.buffer.clear()
         side.skip = 0
         side.block = None
@@ -196,7 +218,7 @@ class Http2Parser:
             for kind in MessageKind:
                 self._cut(stream_id, stream, kind)
         self._streams.clear()
-        for side in self._sides.values():
+        for side in (self._requests, self._responses):
             side.buffer.clear()
             side.block = None
 
@@ -210,8 +232,8 @@ class Http2Parser:
 
     # -- framing ------------------------------------------------------------
 
-    def _parse(self, side: _Direction) -> None:
-        buf = side.buffer
+    def _parse(self, side: _Direction, buf: bytes | bytearray) -> int:
+        """Read the frames in ``buf``; return how many bytes at its end are left for later."""
         pos = 0
         while True:
             if side.skip:  # an oversized frame found in this buffer: pass over it
@@ -268,15 +290,43 @@ class Http2Parser:
             end = pos + FRAME_HEADER_SIZE + length
             if end > len(buf):
                 break
-            self._frame(side, memoryview(buf)[pos:end])
+            if buf[pos + 3] == _DATA and side.state == "frames" and side.block is None:
+                self._data_frame(side, buf, pos, length)
+            else:
+                self._frame(side, bytes(buf[pos:end]))
             pos = end
-        if pos:
-            del buf[:pos]
+        return len(buf) - pos
 
-    def _frame(self, side: _Direction, raw: memoryview) -> None:
+    def _data_frame(self, side: _Direction, buf: bytes | bytearray, pos: int, length: int) -> None:
+        """A DATA frame, read here rather than by hyperframe.
+
+        DATA is the hot path (a streamed response is one frame per token or
+        so) and its layout is trivial, while hyperframe builds a frame object
+        and a flag set for each: that alone made HTTP/2 streams take about
+        twice the time of HTTP/1.1 ones.  Every other frame type goes
+        through hyperframe.
+        """
+        flags = buf[pos + 4]
+        stream_id = _STREAM_WORD.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
+        start, end = pos + FRAME_HEADER_SIZE, pos + FRAME_HEADER_SIZE + length
+        if flags & _PADDED:
+            pad = buf[start] if length else 0
+            if not length or pad >= length:  # RFC 9113 section 6.1: padding as long as the payload
+                self._events.append(Skipped(FRAME_HEADER_SIZE + length, "malformed HTTP/2 frame: bad padding"))
+                self._frame_lost(side, _DATA, stream_id)
+                return
+            start, end = start + 1, end - pad
+        if not stream_id:
+            self._events.append(Skipped(FRAME_HEADER_SIZE + length, "malformed HTTP/2 frame: DATA on stream 0"))
+            return
+        self._data(side.kind, stream_id, bytes(buf[start:end]), bool(flags & _END_STREAM),
+                   FRAME_HEADER_SIZE + length)
+
+    def _frame(self, side: _Direction, raw: bytes) -> None:
         try:
-            frame, _length = HeadersFrame.parse_frame_header(raw[:FRAME_HEADER_SIZE])
-            frame.parse_body(raw[FRAME_HEADER_SIZE:])
+            view = memoryview(raw)
+            frame, _length = HeadersFrame.parse_frame_header(view[:FRAME_HEADER_SIZE])
+            frame.parse_body(view[FRAME_HEADER_SIZE:])
         except (HyperframeError, ValueError, struct.error) as exc:
             frame_type, stream_id = raw[3], _STREAM_WORD.unpack_from(raw, 5)[0] & 0x7FFFFFFF
             self._events.append(Skipped(len(raw), f"malformed HTTP/2 frame: {exc}"))
@@ -303,7 +353,7 @@ class Http2Parser:
                 self._reset(frame.stream_id, frame.error_code, side.kind)
             case SettingsFrame() if "ACK" not in frame.flags:
                 size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
-                other = self._sides[_other(side.kind)]
+                other = self._responses if side.kind is MessageKind.REQUEST else self._requests
                 if size is not None and other.decoder is not None:
                     # Raised at once, never lowered: a block the peer encoded
                     # before it saw a lower value is still valid, and the
@@ -503,10 +553,6 @@ class Http2Parser:
         if stream is None or stream.ignored:
             return
         self._events.append(StreamReset(stream_id, error_code, sender))
-
-
-def _other(kind: MessageKind) -> MessageKind:
-    return MessageKind.RESPONSE if kind is MessageKind.REQUEST else MessageKind.REQUEST
 
 
 def _pseudo(headers: tuple[tuple[str, str], ...], name: str) -> str | None:

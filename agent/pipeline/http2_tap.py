@@ -83,6 +83,12 @@ class Http2Tap:
     def _handle(self, events, ts_ns: int) -> list[Exchange]:
         done: list[Exchange] = []
         for event in events:
+            if type(event) is StreamEvent and type(event.event) is Body and event.kind is MessageKind.RESPONSE:
+                # The hot path: a piece of a streamed response.
+                exchange = self._exchanges.get(event.stream_id)
+                if exchange is not None:
+                    exchange.on_response_body(event.event.data)
+                continue
             match event:
                 case StreamEvent(kind=MessageKind.REQUEST):
                     self._request(event.stream_id, event.event, ts_ns)
