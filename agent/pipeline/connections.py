@@ -4,7 +4,9 @@ Events of many processes and connections arrive interleaved.  Each
 connection (pid, conn id) gets its own state, found in an LRU table with a
 bound on its size and on idle time.  The side of the conversation the
 process is on is read from the bytes: a process that writes a request line
-(or reads a status line) is the client.  Only client sides become calls; the
+(or reads a status line) is the client; for HTTP/2 (http2_tap.py), one that
+writes the client preface, and one that writes a SETTINGS frame first is a
+server.  Only client sides become calls; the
 server side of a call between two local processes is the same call seen
 again, so it is ignored (and the kernel told to stop copying it).
 """

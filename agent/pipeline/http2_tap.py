@@ -103,7 +103,8 @@ class Http2Tap:
                         exchange.on_cut(ts_ns)
                         done.append(exchange)
                 case Skipped():
-                    self._counters.skip(_skip_key(event.reason), event.reason, event.nbytes or 1)
+                    key = _skip_key(event.reason)  # *_bytes reasons count bytes, the others items
+                    self._counters.skip(key, event.reason, event.nbytes if key.endswith("_bytes") else 1)
         return done
 
     def _request(self, stream_id: int, event, ts_ns: int) -> None:
