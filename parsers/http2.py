@@ -102,7 +102,19 @@ class StreamReset:
     sender: MessageKind  # REQUEST: the client ended it
 
 
-Event = StreamEvent | StreamReset | Skipped
+@dataclass(frozen=True, slots=True)
+class StreamDropped:
+    """A response whose headers could not be read: its call is not reported.
+
+    Its status is unknown, so any row would be a guess; the caller drops
+    the exchange and counts it.
+    """
+
+    stream_id: int
+    reason: str
+
+
+Event = StreamEvent | StreamReset | StreamDropped | Skipped
 
 
 class _Stream:
@@ -438,7 +450,7 @@ class Http2Parser:
             self._track(promised, _Stream(ignored=True))
             return
         if headers is None:
-            self._unreadable(side.kind, stream_id)
+            self._unreadable(side.kind, stream_id, end_stream)
             return
         if side.kind is MessageKind.REQUEST:
             self._request_headers(stream_id, end_stream, headers, len(block))
@@ -500,7 +512,7 @@ class Http2Parser:
         status = _pseudo(headers, ":status")
         if status is None or not (status.isdigit() and len(status) == 3):
             self._events.append(Skipped(size, "response HEADERS without :status"))
-            self._cut(stream_id, stream, MessageKind.RESPONSE)
+            self._drop(stream_id, stream, "response HEADERS without :status")
             return
         code = int(status)
         stream.response_final = code >= 200
@@ -508,13 +520,22 @@ class Http2Parser:
         if end_stream and stream.response_final:
             self._end(stream_id, stream, MessageKind.RESPONSE)
 
-    def _unreadable(self, kind: MessageKind, stream_id: int) -> None:
+    def _unreadable(self, kind: MessageKind, stream_id: int, end_stream: bool = False) -> None:
         """The headers of ``stream_id`` from ``kind`` could not be read."""
         stream = self._streams.get(stream_id)
         if stream is None:
             self._track(stream_id, _Stream(ignored=True))
-        elif kind is MessageKind.RESPONSE and not stream.ignored:
-            self._cut(stream_id, stream, MessageKind.RESPONSE)
+        elif stream.ignored:
+            return
+        elif kind is MessageKind.RESPONSE and not stream.response_final:
+            self._drop(stream_id, stream, "response headers unreadable")
+        elif end_stream:  # trailers: what they said is lost, not that the message ended
+            self._end(stream_id, stream, kind)
+
+    def _drop(self, stream_id: int, stream: _Stream, reason: str) -> None:
+        stream.ignored = True  # its frames still to come are dropped quietly
+        stream.request_open = stream.response_open = False
+        self._events.append(StreamDropped(stream_id, reason))
 
     def _track(self, stream_id: int, stream: _Stream) -> None:
         self._streams[stream_id] = stream
@@ -703,6 +724,7 @@ __all__ = [
     "PREFACE",
     "Event",
     "Http2Parser",
+    "StreamDropped",
     "StreamEvent",
     "StreamReset",
     "is_settings_frame",

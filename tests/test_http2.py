@@ -28,6 +28,7 @@ from lumen_agent.parsers.http2 import (
     MAX_STREAMS,
     PREFACE,
     Http2Parser,
+    StreamDropped,
     StreamEvent,
     StreamReset,
     sniff_side,
@@ -268,7 +269,7 @@ def test_fuzz_mutated_frames(index, position, noise, delete):
     pieces[index] = (kind, bytes(data))
     for step in (None, 1, 13):
         events, _ = parse(pieces, step)
-        assert all(isinstance(e, (StreamEvent, StreamReset, Skipped)) for e in events)
+        assert all(isinstance(e, (StreamEvent, StreamReset, StreamDropped, Skipped)) for e in events)
 
 
 # -------------------------------------------------------------------- through the pipeline
@@ -389,6 +390,24 @@ def test_joined_mid_stream_reads_a_literal_only_stream(prices):
     assert (call.input_tokens, call.output_tokens, call.cost_usd, call.http_version) == (
         78, 9, Decimal("0.00001710"), "2")
     assert pipeline.counters["skipped.h2_joined_midstream"] == 1
+
+
+def test_joined_mid_stream_unreadable_response_makes_no_row(prices):
+    """The request decodes, the response's headers refer to table entries from
+    before the join: its status is unknown, so no row, and it is counted."""
+    facts, body = load_fixture("openai_chat_completions_stream_text.txt")
+    client, server = hpack.Encoder(), hpack.Encoder()
+    server.encode([("content-type", "text/event-stream")])  # an entry the tap never saw
+    request = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": []}).encode()
+    req_headers = [(":method", "POST"), (":scheme", "https"), (":path", CHAT), (":authority", "api.openai.com")]
+    sent = raw_headers(client, 9, req_headers) + DataFrame(9, request, flags=["END_STREAM"]).serialize()
+    recv = (raw_headers(server, 9, [(":status", "200"), ("content-type", "text/event-stream")])
+            + DataFrame(9, body, flags=["END_STREAM"]).serialize())
+    events = [DataEvent(1, 9, 9, 1, Direction.SEND, sent), DataEvent(2, 9, 9, 1, Direction.RECV, recv)]
+    calls, pipeline = run(prices, events)
+    assert calls == []
+    assert pipeline.counters["skipped.h2_response_unreadable"] == 1
+    assert pipeline.counters["skipped.h2_header_block"] == 1
 
 
 def test_gap_cuts_open_streams_and_resynchronises(prices):

@@ -17,7 +17,7 @@ from lumen_agent.parsers.http1 import (
     Skipped,
     Truncated,
 )
-from lumen_agent.parsers.http2 import Http2Parser, StreamEvent, StreamReset
+from lumen_agent.parsers.http2 import Http2Parser, StreamDropped, StreamEvent, StreamReset
 from lumen_agent.parsers.providers.recognise import provider_of_host
 from lumen_agent.pipeline.counters import Counters
 from lumen_agent.pipeline.events import EventFlag
@@ -102,6 +102,10 @@ class Http2Tap:
                     if exchange is not None and exchange.request_done:
                         exchange.on_cut(ts_ns)
                         done.append(exchange)
+                case StreamDropped():
+                    # Its response could not be read: no row rather than a guessed one.
+                    if self._exchanges.pop(event.stream_id, None) is not None:
+                        self._counters.skip("h2_response_unreadable", event.reason)
                 case Skipped():
                     key = _skip_key(event.reason)  # *_bytes reasons count bytes, the others items
                     self._counters.skip(key, event.reason, event.nbytes if key.endswith("_bytes") else 1)
