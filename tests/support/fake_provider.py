@@ -30,6 +30,7 @@ Knobs, as request headers (or query parameters ``fake_<name>`` with ``-`` -> ``_
     x-fake-delay-ms: 20         sleep between stream events
     x-fake-ttft-ms: 200         sleep before the response starts
     x-fake-abort-after: 3       send that many body pieces, then drop the connection
+    x-fake-h2-never-index: 1    HTTP/2: response headers as never-indexed HPACK literals
 
 Requests without credentials (Authorization / x-api-key / x-goog-api-key) get a
 401 like the real APIs. Keep-alive works: one connection serves many requests.
@@ -1227,6 +1228,11 @@ class _H2Connection:
         out += [(name.lower(), value) for name, value in reply.headers]
         if coding != "identity":
             out += [("content-encoding", coding), ("vary", "Accept-Encoding")]
+        if headers.get("x-fake-h2-never-index"):
+            # Never-indexed literals: the HPACK table stays empty (h2_client.py --never-index).
+            from hpack import NeverIndexedHeaderTuple
+
+            out = [NeverIndexedHeaderTuple(name, value) for name, value in out]
         abort_after = knobs.get("abort_after")
         delay = (knobs.get("delay_ms") or 0) / 1000
 
