@@ -147,7 +147,7 @@ class _Block:
 class _Direction:
     """Framing and header table of what one side sends."""
 
-    __slots__ = ("block", "buffer", "decoder", "kind", "skip", "skip_stream", "state")
+    __slots__ = ("block", "buffer", "decoder", "kind", "skip", "state")
 
     def __init__(self, kind: MessageKind, *, joined: bool) -> None:
         self.kind = kind
@@ -158,7 +158,6 @@ class _Direction:
         else:
             self.state = "preface" if kind is MessageKind.REQUEST else "first_frame"
         self.skip = 0  # bytes of an oversized frame still to pass over
-        self.skip_stream = 0
         # None: the header table is unknown (joined mid-stream, or a gap).
         self.decoder: hpack.Decoder | None = None if joined else _new_decoder()
         self.block: _Block | None = None  # header block being assembled
@@ -184,7 +183,7 @@ class Http2Parser:
     def receive_data(self, kind: MessageKind, data: bytes) -> None:
         side = self._requests if kind is MessageKind.REQUEST else self._responses
         if (
-            len(data) > FRAME_HEADER_SIZE
+            FRAME_HEADER_SIZE < len(data) <= FRAME_HEADER_SIZE + MAX_FRAME_SIZE
             and data[3] == _DATA
             and not data[4] & _PADDED
             and (data[0] << 16 | data[1] << 8 | data[2]) == len(data) - FRAME_HEADER_SIZE
