@@ -1,6 +1,6 @@
 """One request and its response, assembled from HTTP messages of any version.
 
-A protocol tap (HTTP/1.1 now, HTTP/2 later) drives an ``Exchange`` through
+A protocol tap (HTTP/1.1, or one HTTP/2 stream) drives an ``Exchange`` through
 its life with the ``on_*`` methods; the exchange owns what happens to the
 bytes: bounded buffering of the request body, content decoding of the
 response, and feeding the provider's usage reader as the body arrives, so a

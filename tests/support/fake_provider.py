@@ -38,9 +38,14 @@ Knobs, as request headers (or query parameters ``fake_<name>`` with ``-`` -> ``_
     x-fake-delay-ms: 20         sleep between stream events
     x-fake-ttft-ms: 200         sleep before the response starts
     x-fake-abort-after: 3       send that many body pieces, then drop the connection
+    x-fake-h2-never-index: 1    HTTP/2: response headers as never-indexed HPACK literals
 
 Requests without credentials (Authorization / x-api-key / x-goog-api-key) get a
 401 like the real APIs. Keep-alive works: one connection serves many requests.
+
+With ``--http2`` (``http2=True``) the server also offers HTTP/2 in ALPN (h2 first,
+http/1.1 still served to clients that ask for it) and answers the same bodies over
+it, many streams at once on one connection; this part needs the ``h2`` package.
 
 Run it as a subprocess:
 
@@ -1177,7 +1182,10 @@ class _TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         except (ssl.SSLError, OSError):
             return
         try:
-            self.RequestHandlerClass(tls, client_address, self)
+            if tls.selected_alpn_protocol() == "h2":
+                _H2Connection(tls, client_address, self).serve()
+            else:
+                self.RequestHandlerClass(tls, client_address, self)
         except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
         finally:
@@ -1196,12 +1204,223 @@ class _TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             self._log.close()
 
 
-def server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
+def server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str], *,
+                   http2: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
-    ctx.set_alpn_protocols(["http/1.1"])  # never h2: the clients must speak HTTP/1.1
+    # Without http2 never h2: the clients must speak HTTP/1.1.
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return ctx
+
+
+# --------------------------------------------------------------------------------------
+# HTTP/2 (ALPN h2), on the h2 library
+# --------------------------------------------------------------------------------------
+
+
+class _H2Headers:
+    """A request's headers with the case-insensitive ``get`` build_reply expects."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._map = {name.lower(): value for name, value in pairs}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._map.get(name.lower(), default)
+
+
+class _H2Connection:
+    """One HTTP/2 connection: a reading loop, and a thread per answered stream.
+
+    The TLS object is only ever used under ``_lock`` (an SSL object must not
+    read and write from two threads at once); the reader waits for bytes with
+    select() outside it.  A stream thread that runs out of flow-control
+    window waits on ``_window`` until the client's WINDOW_UPDATE arrives.
+    """
+
+    def __init__(self, tls: ssl.SSLSocket, client_address: Any, server: _TLSServer) -> None:
+        import h2.config
+        import h2.connection
+
+        self.tls = tls
+        self.client_address = client_address
+        self.server = server
+        self.connection_id = server.next_connection_id()
+        self.requests_on_connection = 0
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self._lock = threading.Lock()
+        self._window = threading.Condition(self._lock)
+        self._closed = False
+        self._reset: set[int] = set()
+        self._pending: dict[int, tuple[list[tuple[str, str]], bytearray]] = {}
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.tls.sendall(data)
+
+    def serve(self) -> None:
+        import select
+
+        import h2.events
+        import h2.exceptions
+
+        with self._lock:
+            self.conn.initiate_connection()
+            self._flush()
+        idle_since = time.monotonic()
+        try:
+            while not self._closed:
+                if not self.tls.pending():
+                    ready, _, _ = select.select([self.tls], [], [], 0.05)
+                    if not ready:
+                        if time.monotonic() - idle_since > _Handler.timeout:
+                            break
+                        continue
+                idle_since = time.monotonic()
+                with self._lock:
+                    try:
+                        data = self.tls.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue
+                    if not data:
+                        break
+                    try:
+                        events = self.conn.receive_data(data)
+                    except h2.exceptions.ProtocolError:
+                        self._flush()
+                        break
+                    for event in events:
+                        self._on_event(event, h2.events)
+                    self._flush()
+                    self._window.notify_all()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            with self._lock:
+                self._closed = True
+                self._window.notify_all()
+
+    def _on_event(self, event: Any, events: Any) -> None:
+        if isinstance(event, events.RequestReceived):
+            self._pending[event.stream_id] = (list(event.headers), bytearray())
+        elif isinstance(event, events.DataReceived):
+            if event.stream_id in self._pending:
+                self._pending[event.stream_id][1].extend(event.data)
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, events.StreamEnded) and event.stream_id in self._pending:
+            headers, body = self._pending.pop(event.stream_id)
+            self.requests_on_connection += 1
+            threading.Thread(target=self._answer, args=(event.stream_id, headers, bytes(body)),
+                             name="fake-provider-h2", daemon=True).start()
+        elif isinstance(event, events.StreamReset):
+            self._reset.add(event.stream_id)
+        elif isinstance(event, events.ConnectionTerminated):
+            self._closed = True
+
+    def _send(self, stream_id: int, data: bytes, end: bool) -> bool:
+        """Send ``data`` on the stream as the window allows; False once it is gone."""
+        with self._lock:
+            while True:
+                if self._closed or stream_id in self._reset:
+                    return False
+                if not data:
+                    if end:
+                        self.conn.end_stream(stream_id)
+                        self._flush()
+                    return True
+                n = min(len(data), self.conn.local_flow_control_window(stream_id),
+                        self.conn.max_outbound_frame_size)
+                if n <= 0:
+                    self._window.wait(1.0)
+                    continue
+                self.conn.send_data(stream_id, data[:n], end_stream=end and n == len(data))
+                self._flush()
+                data = data[n:]
+                if not data:
+                    return True
+
+    def _answer(self, stream_id: int, pairs: list[tuple[str, str]], body: bytes) -> None:
+        try:
+            self._respond(stream_id, pairs, body)
+        except (OSError, ssl.SSLError, ValueError, KeyError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - h2's StreamClosedError and friends: the client went away
+            if self.server.verbose:
+                print(f"fake provider h2 stream {stream_id}: {exc!r}", file=sys.stderr)
+
+    def _respond(self, stream_id: int, pairs: list[tuple[str, str]], body: bytes) -> None:
+        started = time.time()
+        headers = _H2Headers(pairs)
+        method, target = headers.get(":method") or "GET", headers.get(":path") or "/"
+        reply = build_reply(method, target, headers, body)
+        knobs: dict[str, Any] = reply.info.get("knobs") or {}
+        coding = knobs.get("encoding") or "identity"
+        if coding != "identity" and not _accepts(headers.get("accept-encoding"), coding):
+            coding = "identity"
+        if knobs.get("ttft_ms"):
+            time.sleep(knobs["ttft_ms"] / 1000)
+        streaming = bool(reply.scenario and SCENARIOS[reply.scenario].streaming)
+        encoder = _Encoder(coding)
+        out = [(":status", str(reply.status)), ("server", _Handler.server_version)]
+        out += [(name.lower(), value) for name, value in reply.headers]
+        if coding != "identity":
+            out += [("content-encoding", coding), ("vary", "Accept-Encoding")]
+        if headers.get("x-fake-h2-never-index"):
+            # Never-indexed literals: the HPACK table stays empty (h2_client.py --never-index).
+            from hpack import NeverIndexedHeaderTuple
+
+            out = [NeverIndexedHeaderTuple(name, value) for name, value in out]
+        abort_after = knobs.get("abort_after")
+        delay = (knobs.get("delay_ms") or 0) / 1000
+
+        def record(aborted: bool) -> None:
+            self.server.record({
+                "ts_start": started, "ts_end": time.time(), "method": method, "path": target,
+                "status": reply.status, "scenario": reply.scenario, "request_id": reply.request_id,
+                "model": reply.model, "tokens": asdict(reply.tokens) if reply.tokens else None,
+                "encoding": coding, "transfer": "h2", "http_version": "2", "aborted": aborted,
+                "client": list(self.client_address[:2]), "connection_id": self.connection_id,
+                "request_on_connection": self.requests_on_connection, "stream_id": stream_id,
+                **{k: v for k, v in reply.info.items() if k != "knobs"},
+            })
+
+        if not streaming:
+            encoded = b"".join(encoder.feed(p) for p in reply.pieces) + encoder.finish()
+            out.append(("content-length", str(len(encoded))))
+            with self._lock:
+                self.conn.send_headers(stream_id, out)
+                self._flush()
+            if abort_after is not None:
+                record(True)
+                self._send(stream_id, encoded[: len(encoded) // 2], False)
+                with self._lock:
+                    self.conn.reset_stream(stream_id, 2)  # INTERNAL_ERROR
+                    self._flush()
+                return
+            record(False)
+            self._send(stream_id, encoded, True)
+            return
+        with self._lock:
+            self.conn.send_headers(stream_id, out)
+            self._flush()
+        last = len(reply.pieces) - 1
+        for i, piece in enumerate(reply.pieces):
+            if abort_after is not None and i >= abort_after:
+                record(True)
+                with self._lock:
+                    self.conn.reset_stream(stream_id, 2)
+                    self._flush()
+                return
+            if i and delay:
+                time.sleep(delay)
+            data = encoder.feed(piece)
+            if i == last:
+                data += encoder.finish()
+                record(False)
+            if not self._send(stream_id, data, i == last):
+                return
 
 
 class FakeProvider:
@@ -1213,8 +1432,9 @@ class FakeProvider:
     """
 
     def __init__(self, cert: str | os.PathLike[str], key: str | os.PathLike[str], *, host: str = "127.0.0.1",
-                 port: int = 0, log_path: str | os.PathLike[str] | None = None, verbose: bool = False) -> None:
-        self._server = _TLSServer((host, port), server_context(cert, key), verbose, log_path)
+                 port: int = 0, log_path: str | os.PathLike[str] | None = None, verbose: bool = False,
+                 http2: bool = False) -> None:
+        self._server = _TLSServer((host, port), server_context(cert, key, http2=http2), verbose, log_path)
         self._thread: threading.Thread | None = None
 
     @property
@@ -1289,7 +1509,8 @@ class FakeProviderProcess:
 
 
 def spawn(certs: Any, *, port: int = 0, host: str = "127.0.0.1", workdir: str | os.PathLike[str] | None = None,
-          python: str = sys.executable, timeout: float = 20, verbose: bool = False) -> FakeProviderProcess:
+          python: str = sys.executable, timeout: float = 20, verbose: bool = False,
+          http2: bool = False) -> FakeProviderProcess:
     """Start the server as a subprocess and wait until it listens.
 
     ``certs`` is a ``tests.support.certs.Certs`` (anything with ``.cert`` and ``.key``).
@@ -1303,6 +1524,8 @@ def spawn(certs: Any, *, port: int = 0, host: str = "127.0.0.1", workdir: str | 
             "--cert", str(certs.cert), "--key", str(certs.key), "--ready-file", str(ready), "--log", str(log_path)]
     if verbose:
         argv.append("--verbose")
+    if http2:
+        argv.append("--http2")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -1327,9 +1550,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--ready-file", help="the port is written here once listening")
     parser.add_argument("--log", help="append one JSON line per answered request")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--http2", action="store_true", help="offer h2 in ALPN too (needs the h2 package)")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
-    server = _TLSServer((args.host, args.port), server_context(args.cert, args.key), args.verbose, args.log)
+    context = server_context(args.cert, args.key, http2=args.http2)
+    server = _TLSServer((args.host, args.port), context, args.verbose, args.log)
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)
