@@ -143,7 +143,15 @@ class _Shape:
 
 def _shape(img: _Image, addr: int) -> _Shape:
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-    from capstone.x86 import X86_INS_CALL, X86_INS_INT3, X86_INS_LEA, X86_INS_MOV, X86_OP_IMM, X86_OP_MEM, X86_REG_RIP
+    from capstone.x86 import (
+        X86_INS_CALL,
+        X86_INS_INT3,
+        X86_INS_LEA,
+        X86_INS_MOV,
+        X86_OP_IMM,
+        X86_OP_MEM,
+        X86_REG_RIP,
+    )
 
     md = Cs(CS_ARCH_X86, CS_MODE_64)
     md.detail = True
