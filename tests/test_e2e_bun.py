@@ -33,7 +33,7 @@ _reason = ebpf_skip_reason("openssl") or bun_client.bun_missing()
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
-from e2e_agent import AgentProcess
+from e2e_agent import AgentProcess  # noqa: E402
 
 # Hand-computed (USD per 1M tokens: gpt-4o-mini input 0.15, cached input 0.075, output 0.60;
 # claude-sonnet-4-5 input 3, cache read 0.30, 5-minute cache write 3.75, output 15).

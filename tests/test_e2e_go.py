@@ -32,7 +32,7 @@ _reason = ebpf_skip_reason("openssl") or go_client.go_missing()
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
-from e2e_agent import AgentProcess
+from e2e_agent import AgentProcess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HTTP2_TAP = REPO / "parsers" / "http2.py"
