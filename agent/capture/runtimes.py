@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -82,14 +83,22 @@ def go_probe_specs(p: go_tls.GoTlsProbes) -> tuple[ProbeSpec, ...]:
 
 
 def analyse_file(path: str, cache: dict[str, RuntimeResult] | None = None) -> RuntimeResult | None:
-    """What to probe in ``path``; None when it is neither a Go TLS program nor Bun."""
+    """What to probe in ``path``; None when it is neither a Go TLS program nor Bun.
+
+    A file that is not a readable ELF (truncated, corrupt, not an executable)
+    is None too: it cannot be probed and it is nothing to report.
+    """
+    try:
+        return _analyse_file(path, cache)
+    except (ELFError, struct.error, ValueError, OSError):
+        return None
+
+
+def _analyse_file(path: str, cache: dict[str, RuntimeResult] | None) -> RuntimeResult | None:
     started = time.perf_counter()
     st = os.stat(path)
     with open(path, "rb") as f:
-        try:
-            elf = ELFFile(f)
-        except ELFError:
-            return None
+        elf = ELFFile(f)
         bid = build_id(elf)
         cached = cache.get(bid) if (cache is not None and bid) else None
 
