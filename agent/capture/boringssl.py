@@ -85,9 +85,23 @@ def load_patterns(path: Path = PATTERNS_FILE) -> tuple[Pattern, ...]:
     )
 
 
+# Read-only data of a Bun executable holds both (Bun before 1.3 has no `.bun` section).
+BUN_MARKERS = (b"bun:main\0", b"/boringssl/ssl/ssl_lib.cc\0")
+# .rodata searched for them at most (bun 1.2-1.4: 33-40 MB).
+MAX_RODATA_SCAN = 128 * 1024 * 1024
+
+
 def looks_like_bun(elf: ELFFile) -> bool:
-    """Bun and the executables ``bun build --compile`` makes carry a ``.bun`` section."""
-    return elf.get_section_by_name(".bun") is not None
+    """Bun, or an executable ``bun build --compile`` made: a ``.bun`` section, or
+    Bun's module loader and BoringSSL's source paths among its strings."""
+    if elf.get_section_by_name(".bun") is not None:
+        return True
+    ro = elf.get_section_by_name(".rodata")
+    if ro is None or not ro["sh_size"]:
+        return False
+    start, end = ro["sh_offset"], ro["sh_offset"] + min(ro["sh_size"], MAX_RODATA_SCAN)
+    with mmap.mmap(elf.stream.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return all(mm.find(marker, start, end) >= 0 for marker in BUN_MARKERS)
 
 
 class _Image:
