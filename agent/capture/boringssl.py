@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,6 +90,9 @@ def load_patterns(path: Path = PATTERNS_FILE) -> tuple[Pattern, ...]:
 BUN_MARKERS = (b"bun:main\0", b"/boringssl/ssl/ssl_lib.cc\0")
 # .rodata searched for them at most (bun 1.2-1.4: 33-40 MB).
 MAX_RODATA_SCAN = 128 * 1024 * 1024
+# Bun executables are 90+ MB; smaller files skip the string search, which
+# would otherwise hold the GIL for every new executable the host runs.
+MIN_BUN_FILE_BYTES = 48 * 1024 * 1024
 
 
 def looks_like_bun(elf: ELFFile) -> bool:
@@ -97,7 +101,7 @@ def looks_like_bun(elf: ELFFile) -> bool:
     if elf.get_section_by_name(".bun") is not None:
         return True
     ro = elf.get_section_by_name(".rodata")
-    if ro is None or not ro["sh_size"]:
+    if ro is None or not ro["sh_size"] or os.fstat(elf.stream.fileno()).st_size < MIN_BUN_FILE_BYTES:
         return False
     start, end = ro["sh_offset"], ro["sh_offset"] + min(ro["sh_size"], MAX_RODATA_SCAN)
     with mmap.mmap(elf.stream.fileno(), 0, access=mmap.ACCESS_READ) as mm:
