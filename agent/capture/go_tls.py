@@ -129,15 +129,31 @@ def _read_vaddr(elf: ELFFile, addr: int, size: int) -> bytes | None:
 
 
 def _from_symtab(elf: ELFFile) -> dict[str, tuple[int, int]]:
-    """name -> (address, size) of the wanted functions from .symtab."""
+    """name -> (address, size) of the wanted functions from .symtab.
+
+    The names are looked up in the string table first, then the symbols are
+    compared by name offset with struct.iter_unpack: pyelftools' per-symbol
+    objects take ~0.5 s on a Go binary's 10-100k symbols, this ~20 ms.
+    """
     sec = elf.get_section_by_name(".symtab")
-    if not isinstance(sec, SymbolTableSection):
+    if not isinstance(sec, SymbolTableSection) or elf.elfclass != 64 or not elf.little_endian:
+        return {}
+    strtab = elf.get_section(sec["sh_link"]).data()
+    offsets = {}
+    for name in WANTED:
+        i = strtab.find(b"\0" + name.encode() + b"\0")
+        if i >= 0:
+            offsets[i + 1] = name
+    if not offsets:
         return {}
     found: dict[str, tuple[int, int]] = {}
-    for sym in sec.iter_symbols():
-        if sym.name in WANTED and sym["st_value"]:
-            found[sym.name] = (sym["st_value"], sym["st_size"])
-            if len(found) == len(WANTED):
+    data = sec.data()
+    usable = len(data) - len(data) % 24
+    for st_name, _info, _other, _shndx, value, size in struct.iter_unpack("<IBBHQQ", data[:usable]):
+        name = offsets.get(st_name)
+        if name is not None and value:
+            found[name] = (value, size)
+            if len(found) == len(offsets):
                 break
     return found
 
