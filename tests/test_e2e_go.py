@@ -13,6 +13,7 @@ Run under the probe lock:  flock /tmp/lumen-ebpf.lock .venv/bin/python -m pytest
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections import Counter
@@ -158,20 +159,46 @@ def test_go_20_goroutines_give_20_rows(agent, server, certs, binaries):
     assert Counter(row["request_id"] for row in rows) == Counter(line["request_id"] for line in lines)
 
 
-@pytest.mark.skipif(not HTTP2_TAP.exists(),
-                    reason="needs the HTTP/2 tap (parsers/http2.py, issue 10) and an h2 fake provider")
-@pytest.mark.parametrize("scenario", ["openai.chat", "openai.chat.stream"])
-def test_go_http2(agent, server, certs, binaries, scenario):
-    """Go's default: HTTP/2 negotiated by ALPN."""
+H2_READY = HTTP2_TAP.exists() and "http2" in inspect.signature(fp.spawn).parameters
+
+
+@pytest.fixture(scope="module")
+def server_h2(certs, tmp_path_factory):
+    """The fake provider offering h2 first in ALPN (issue 10's fake provider)."""
+    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider-h2"), http2=True)
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.skipif(not H2_READY, reason="needs the HTTP/2 tap (parsers/http2.py, issue 10) and the fake "
+                                          "provider's http2=True; unskips itself once both are on main")
+@pytest.mark.parametrize("scenario", ["openai.chat", "openai.chat.stream", "anthropic.messages.stream"])
+def test_go_http2(agent, server_h2, certs, binaries, scenario):
+    """Go's default: HTTP/2 negotiated by ALPN, one connection, a stream per call."""
     exe = binaries["symtab"]
     wait_go_target(agent, exe, certs)
-    r = go_client.run(exe, server.url, certs, scenario, http1=False)
+    r = go_client.run(exe, server_h2.url, certs, scenario, http1=False)
     assert r.returncode == 0, r.describe()
     [line] = r.json_lines()
     assert (line["status"], line["proto"]) == (200, "HTTP/2.0"), line
     [row] = rows_for(agent, r.pid, 1)
-    check_row(row, scenario, r.pid, exe, server.port)
+    check_row(row, scenario, r.pid, exe, server_h2.port)
     assert row["http_version"] == "2"
+
+
+@pytest.mark.skipif(not H2_READY, reason="needs the HTTP/2 tap (parsers/http2.py, issue 10) and the fake "
+                                          "provider's http2=True; unskips itself once both are on main")
+def test_go_http2_20_goroutines_share_one_connection(agent, server_h2, certs, binaries):
+    exe = binaries["stripped"]
+    wait_go_target(agent, exe, certs)
+    r = go_client.run(exe, server_h2.url, certs, "openai.chat.stream", http1=False, concurrency=20)
+    assert r.returncode == 0, r.describe()
+    lines = r.json_lines()
+    assert [(line["status"], line["proto"]) for line in lines] == [(200, "HTTP/2.0")] * 20
+    rows = rows_for(agent, r.pid, 20)
+    for row in rows:
+        check_row(row, "openai.chat.stream", r.pid, exe, server_h2.port)
+    assert len({row["request_id"] for row in rows}) == 20
 
 
 def test_go_status_names_the_target_and_no_crash(agent, binaries):
