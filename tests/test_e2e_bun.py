@@ -51,6 +51,9 @@ TOKENS = {
     "anthropic.messages.stream": {"input_tokens": 1820, "cache_read_tokens": 1500, "cache_write_tokens": 300,
                                   "output_tokens": 12},
 }
+# Each client lives this long before its calls, so the agent reads its name and
+# executable from /proc at exec even when a loaded machine delays the exec event.
+ALIVE_S = 0.5
 # `push rbp; mov rbp, rsp` with the other encoding of the mov (48 8b ec for
 # 48 89 e5): the same instructions, but no prologue pattern matches any more.
 PROLOGUE = bytes.fromhex("554889e5")
@@ -152,7 +155,7 @@ def rows_for(agent: AgentProcess, pid: int, count: int) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("scenario", ["openai.chat", "openai.chat.stream", "anthropic.messages.stream"])
 def test_bun_script_fetch(agent, server, certs, bun, scenario):
     warm_up(agent, bun, certs, script=True, want=f"{bun} (bun, global")
-    r = bun_client.run_script(bun, server.url, certs, scenario, calls=2)
+    r = bun_client.run_script(bun, server.url, certs, scenario, calls=2, wait=ALIVE_S)
     assert r.returncode == 0, r.describe()
     lines = r.json_lines()
     assert [line["status"] for line in lines] == [200, 200]
@@ -165,7 +168,7 @@ def test_bun_script_fetch(agent, server, certs, bun, scenario):
 @pytest.mark.parametrize("scenario", ["openai.chat", "openai.chat.stream"])
 def test_bun_compiled_executable(agent, server, certs, compiled, scenario):
     warm_up(agent, compiled, certs, script=False, want=f"{compiled} (bun, global")
-    r = bun_client.run_compiled(compiled, server.url, certs, scenario)
+    r = bun_client.run_compiled(compiled, server.url, certs, scenario, wait=ALIVE_S)
     assert r.returncode == 0, r.describe()
     [line] = r.json_lines()
     assert line["status"] == 200

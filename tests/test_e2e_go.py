@@ -36,6 +36,11 @@ if _reason:
 from e2e_agent import AgentProcess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# Each client lives this long before its calls, so the agent reads its name and
+# executable from /proc at exec even when a loaded machine delays the exec event
+# (a process gone by then leaves process/exe NULL).  Its probes were attached
+# by the warm-up run, so the wait changes nothing else.
+ALIVE_S = 0.5
 HTTP2_TAP = REPO / "parsers" / "http2.py"
 
 # Hand-computed costs (USD per 1M tokens as published: gpt-4o-mini input 0.15,
@@ -137,7 +142,7 @@ def rows_for(agent: AgentProcess, pid: int, count: int) -> list[dict[str, Any]]:
 def test_go_http11(agent, server, certs, binaries, build, scenario):
     exe = binaries[build]
     wait_go_target(agent, exe, certs)
-    r = go_client.run(exe, server.url, certs, scenario, http1=True)
+    r = go_client.run(exe, server.url, certs, scenario, http1=True, wait=ALIVE_S)
     assert r.returncode == 0, r.describe()
     [line] = r.json_lines()
     assert (line["status"], line["proto"]) == (200, "HTTP/1.1"), line
@@ -149,7 +154,7 @@ def test_go_http11(agent, server, certs, binaries, build, scenario):
 def test_go_20_goroutines_give_20_rows(agent, server, certs, binaries):
     exe = binaries["symtab"]
     wait_go_target(agent, exe, certs)
-    r = go_client.run(exe, server.url, certs, "openai.chat.stream", http1=True, concurrency=20)
+    r = go_client.run(exe, server.url, certs, "openai.chat.stream", http1=True, wait=ALIVE_S, concurrency=20)
     assert r.returncode == 0, r.describe()
     lines = r.json_lines()
     assert [line["status"] for line in lines] == [200] * 20
@@ -177,7 +182,7 @@ def test_go_http2(agent, server_h2, certs, binaries, scenario):
     """Go's default: HTTP/2 negotiated by ALPN, one connection, a stream per call."""
     exe = binaries["symtab"]
     wait_go_target(agent, exe, certs)
-    r = go_client.run(exe, server_h2.url, certs, scenario, http1=False)
+    r = go_client.run(exe, server_h2.url, certs, scenario, http1=False, wait=ALIVE_S)
     assert r.returncode == 0, r.describe()
     [line] = r.json_lines()
     assert (line["status"], line["proto"]) == (200, "HTTP/2.0"), line
@@ -191,7 +196,7 @@ def test_go_http2(agent, server_h2, certs, binaries, scenario):
 def test_go_http2_20_goroutines_share_one_connection(agent, server_h2, certs, binaries):
     exe = binaries["stripped"]
     wait_go_target(agent, exe, certs)
-    r = go_client.run(exe, server_h2.url, certs, "openai.chat.stream", http1=False, concurrency=20)
+    r = go_client.run(exe, server_h2.url, certs, "openai.chat.stream", http1=False, wait=ALIVE_S, concurrency=20)
     assert r.returncode == 0, r.describe()
     lines = r.json_lines()
     assert [(line["status"], line["proto"]) for line in lines] == [(200, "HTTP/2.0")] * 20
