@@ -36,6 +36,9 @@ log = logging.getLogger("lumen_agent.capture")
 # Executables waiting for the worker; more than this at once (an exec storm
 # of new binaries) are dropped and counted, they are looked at on next exec.
 MAX_QUEUED = 1024
+# Files remembered as already looked at; past this the memory is cleared and
+# a file seen again is looked at again (cheap for non-Go/Bun files).
+MAX_SEEN_FILES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,8 @@ class RuntimeAnalyser:
         key = (st.st_dev, st.st_ino, st.st_mtime_ns)
         if key in self._seen:
             return
+        if len(self._seen) >= MAX_SEEN_FILES:
+            self._seen.clear()
         self._seen.add(key)
         try:
             self._queue.put_nowait(path)

@@ -415,8 +415,10 @@ class TargetTracker:
     def on_exit(self, pid: int) -> None:
         for t in self.targets.values():
             t.pids.discard(pid)
-        for pids in self._runtime_pids.values():
-            pids.discard(pid)
+        for key in [k for k, pids in self._runtime_pids.items() if pid in pids]:
+            self._runtime_pids[key].discard(pid)
+            if not self._runtime_pids[key]:
+                del self._runtime_pids[key]  # every other executable ever run would pile up
         self._rescans = [(t, p) for t, p in self._rescans if p != pid]
 
 
