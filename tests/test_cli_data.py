@@ -125,10 +125,31 @@ def test_report_by_model_exact_sums(db):
          "cache_read_tokens": 0, "cache_write_tokens": 100, "cost_usd": Decimal("0.00172500"),
          "unpriced_calls": 0},
         {"model": "lumen-test-model", "calls": 1, "input_tokens": 10, "output_tokens": 5,
-         "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": Decimal("0E-8"),
+         "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": None,
          "unpriced_calls": 1},
     ]
     assert '"cost_usd": 0.00987500' in out
+    assert '"cost_usd": null, "unpriced_calls": 1' in out
+
+
+def test_report_unpriced_model_cost_is_empty_never_zero(db):
+    # lumen-test-model has 10 + 5 tokens and no price: its spend is unknown,
+    # which CSV shows as an empty field and a table as a blank cell, never
+    # 0.00000000 (that would read as free).
+    out = ok("report", "--by", "model", "--db", str(db), "-f", "csv")
+    assert out == (
+        "model,calls,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,unpriced_calls\n"
+        "gpt-4o-2024-08-06,3,3000,300,500,0,0.00987500,0\n"
+        "claude-sonnet-4-5,1,300,50,0,100,0.00172500,0\n"
+        "lumen-test-model,1,10,5,0,0,,1\n"
+    )
+    table = ok("report", "--by", "model", "--db", str(db)).splitlines()
+    assert table[-1].split() == ["lumen-test-model", "1", "10", "5", "0", "0", "1"]
+    # A group with priced and unpriced calls keeps the known part of its cost
+    # (unpriced_calls says it understates); a group of calls without usage
+    # (errors) cost nothing known to be charged: 0.
+    out = ok("report", "--by", "provider", "--db", str(db), "-f", "csv")
+    assert "openai,4,3010,305,500,0,0.00987500,1\n" in out
 
 
 def test_report_table_exact(db):

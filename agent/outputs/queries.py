@@ -192,7 +192,9 @@ def report(path: str | os.PathLike[str], by: str, since: str | None = None) -> R
 
     Token sums and cost are 0 rather than NULL for a group without them;
     ``unpriced_calls`` says how many calls had tokens but no price, i.e. how
-    far ``cost_usd`` understates the spend.  Days are UTC days.
+    far ``cost_usd`` understates the spend.  A group whose only calls with
+    tokens are unpriced has no known cost: ``cost_usd`` is NULL there, never
+    0, which would read as free.  Days are UTC days.
     """
     if by not in REPORT_KEYS:
         raise QueryError(f"bad --by {by!r}: choose one of {', '.join(REPORT_KEYS)}")
@@ -201,7 +203,7 @@ def report(path: str | os.PathLike[str], by: str, since: str | None = None) -> R
     if since:
         where = "WHERE ts_start >= ?"
         params.append(parse_since(since))
-    order = f'"{name}"' if by == "day" else f'cost_usd DESC, calls DESC, "{name}" NULLS LAST'
+    order = f'"{name}"' if by == "day" else f'cost_usd DESC NULLS LAST, calls DESC, "{name}" NULLS LAST'
     sql = f"""
         SELECT {expr} AS "{name}",
                count(*) AS calls,
@@ -209,7 +211,8 @@ def report(path: str | os.PathLike[str], by: str, since: str | None = None) -> R
                coalesce(sum(output_tokens), 0) AS output_tokens,
                coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
                coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
-               CAST(coalesce(sum(cost_usd), 0) AS DECIMAL(38, 8)) AS cost_usd,
+               CASE WHEN count(cost_usd) = 0 AND count(*) FILTER (WHERE unpriced) > 0 THEN NULL
+                    ELSE CAST(coalesce(sum(cost_usd), 0) AS DECIMAL(38, 8)) END AS cost_usd,
                count(*) FILTER (WHERE unpriced) AS unpriced_calls
         FROM {CALLS_TABLE}
         {where}
