@@ -38,7 +38,16 @@ def choose_capture(config: Config) -> str:
 
 
 def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
+    from lumen_agent.instance import InstanceLock
+
     setup_logging(config.log_level)
+    # Before anything is built or bound: a second agent on this database
+    # must neither record nor touch the first one's sockets and status file.
+    with InstanceLock(config.db, config.runtime_dir):
+        _run_locked(config, exclude_pids)
+
+
+def _run_locked(config: Config, exclude_pids: set[int]) -> None:
     capture = choose_capture(config)
     if capture == "ebpf":
         from lumen_agent.capture.ebpf import CaptureOptions, EbpfCapture

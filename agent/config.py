@@ -43,7 +43,8 @@ class Config:
     flush_interval_s: float = 2.0
     max_call_bytes: int = 256 * 1024
     metrics_addr: str | None = None  # e.g. "127.0.0.1:9464"; off when unset
-    runtime_dir: Path = field(default_factory=paths.runtime_dir)
+    # None: the runtime directory of ``db`` (paths.runtime_dir), filled in below.
+    runtime_dir: Path = None  # type: ignore[assignment]
     log_level: str = "info"
     # [pricing]
     price_overrides: Path = field(default_factory=paths.default_price_overrides_path)
@@ -72,6 +73,10 @@ class Config:
     budgets: tuple[Budget, ...] = ()
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
+    def __post_init__(self) -> None:
+        if self.runtime_dir is None:
+            object.__setattr__(self, "runtime_dir", paths.runtime_dir(self.db))
+
     @property
     def socket_path(self) -> Path:
         return self.runtime_dir / "agent.sock"
@@ -91,7 +96,7 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "flush_interval_s": ("agent", "flush_interval_s", "seconds between appends to the database"),
     "max_call_bytes": ("agent", "max_call_bytes", "bytes of one SSL call copied whole by the probes"),
     "metrics_addr": ("agent", "metrics_addr", "serve Prometheus metrics on HOST:PORT (off when empty)"),
-    "runtime_dir": ("agent", "runtime_dir", "folder of the agent's socket and status file"),
+    "runtime_dir": ("agent", "runtime_dir", "folder of the agent's sockets, status file and lock [default: follows db]"),
     "log_level": ("agent", "log_level", "debug, info, warning or error"),
     "price_overrides": ("pricing", "overrides", "TOML file that adds or replaces prices (pricing/README.md)"),
     "default_tenant": ("attribution", "tenant", "tenant of calls that send no x-lumen-tenant header"),
@@ -224,6 +229,9 @@ def _build(values: dict[str, Any], path: Path) -> Config:
         clean["export_parquet"] = None
     if clean.get("record") == Path(""):
         clean["record"] = None
+    if clean.get("runtime_dir") in (None, Path("")):
+        # Not set: the agent of this database has its own folder.
+        clean["runtime_dir"] = paths.runtime_dir(clean.get("db", config.db))
     config = replace(config, **clean)
     try:
         check_sink_names(config.alerts, config.budgets)

@@ -73,6 +73,7 @@ class ControlServer:
         self._handlers: dict[str, Handler] = {}
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
+        self._bound: dict[Path, tuple[int, int]] = {}  # path -> (st_dev, st_ino) of our socket
         self.ingested = 0
         self.bad_lines = 0
 
@@ -96,11 +97,16 @@ class ControlServer:
         for server in self._servers:
             server.shutdown()
             server.server_close()
-        for path in (self.control_path, self.ingest_path):
+        for path, identity in self._bound.items():
+            # Only the socket we bound: a path taken over by another agent
+            # since is that agent's, and removing it would hide it.
             try:
-                path.unlink()
+                st = path.stat()
+                if (st.st_dev, st.st_ino) == identity:
+                    path.unlink()
             except OSError:
                 pass
+        self._bound.clear()
         self._servers.clear()
 
     def _serve(self, path: Path, mode: int, *, ingest_only: bool) -> None:
@@ -120,6 +126,8 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, mode)
+        st = path.stat()
+        self._bound[path] = (st.st_dev, st.st_ino)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                   name=f"lumen-{path.name}", daemon=True)
         thread.start()

@@ -238,12 +238,18 @@ class Agent:
                     log.exception("output failed to close output=%s", output.name)
             if self._record_file is not None:
                 self._record_file.close()
-            try:
-                self.config.status_path.unlink()
-            except OSError:
-                pass
+            self._remove_status()
             log.info("stopped rows_written=%d shutdown_s=%.2f",
                      self.store.stats().get("rows_written", 0), time.monotonic() - started)
+
+    def _remove_status(self) -> None:
+        """Remove the status file if it is still ours (never another agent's)."""
+        path = self.config.status_path
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def status(self) -> dict[str, Any]:
         return {

@@ -82,13 +82,13 @@ def config_show(config_path: ConfigOption = None, db: DbOption = None) -> None:
 
 
 @app.command()
-def status(config_path: ConfigOption = None, fmt: FormatOption = Format.TABLE) -> None:
-    """Exit 0 and summarise the running agent; exit 1 when none is capturing."""
+def status(config_path: ConfigOption = None, db: DbOption = None, fmt: FormatOption = Format.TABLE) -> None:
+    """Exit 0 and summarise the running agent (of --db); exit 1 when none is capturing."""
     from lumen_agent.control import request
     from lumen_agent.runner import read_status, status_rows
 
     try:
-        config = _config(config_path)
+        config = _config(config_path, db=db)
     except Exception as exc:  # noqa: BLE001
         typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None

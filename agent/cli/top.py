@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lumen_agent.cli.app import EXIT_USER_ERROR, _config, _one_line, app
+from lumen_agent.cli.app import EXIT_USER_ERROR, DbOption, _config, _one_line, app
 
 
 class Window(enum.StrEnum):
@@ -27,6 +27,7 @@ def top(
         typer.Option("--config", help="Configuration TOML [default: /etc/lumen-agent/config.toml as root]",
                      show_default=False),
     ] = None,
+    db: DbOption = None,
 ) -> None:
     """Live spend of the running agent: rates, top processes, models, providers, tenants, latest calls.
 
@@ -35,7 +36,7 @@ def top(
     from lumen_agent.top import WINDOW_BY_LABEL, print_once, run
 
     try:
-        config = _config(config_path)
+        config = _config(config_path, db=db)  # the agent of this database
     except Exception as exc:  # noqa: BLE001 - a bad config file is one line, as in `status`
         typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None

@@ -9,7 +9,8 @@ no command line of ours).  Imports only the standard library and ``paths``.
                               counted while none answers); local: never the agent
     LUMEN_HOOK_DB             database of the in-process pipeline
                               [default: the agent's default database]
-    LUMEN_HOOK_SOCKET         ingest socket [default: <runtime dir>/ingest.sock]
+    LUMEN_HOOK_SOCKET         ingest socket [default: <runtime dir of the
+                              database>/ingest.sock]
     LUMEN_HOOK_REPORT         at exit, write the hook's counters (JSON) to this file
     LUMEN_HOOK_EXIT_TIMEOUT   seconds the exit may wait for the last rows [15]
     LUMEN_HOOK_LOCK_RETRY     seconds the final append retries while another
@@ -48,7 +49,8 @@ class HookSettings:
             return self.socket
         from lumen_agent import paths
 
-        return paths.runtime_dir() / "ingest.sock"
+        # The agent of the database this hook writes to, not any agent.
+        return paths.runtime_dir(self.db) / "ingest.sock"
 
 
 def _float(value: str | None, default: float) -> float:
