@@ -25,10 +25,12 @@ import json
 import logging
 import os
 import queue
+import select
 import socket
 import socketserver
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +46,9 @@ log = logging.getLogger("lumen_agent")
 MAX_QUEUED_EVENTS = 100_000
 # One request line; an event line carries at most one SSL call's bytes.
 MAX_LINE_BYTES = 8 * 1024 * 1024
+
+# How often wait_idle looks at the sockets.
+IDLE_POLL_S = 0.05
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -64,6 +69,25 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.active = 0  # accepted connections not yet finished
+        self._active_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Counted here, on the accepting thread, so no accepted connection is
+        # ever invisible to wait_idle (a handler thread may not have run yet).
+        with self._active_lock:
+            self.active += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._active_lock:
+                self.active -= 1
 
 
 class ControlServer:
@@ -92,6 +116,26 @@ class ControlServer:
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self._serve(self.control_path, 0o600, ingest_only=False)
         self._serve(self.ingest_path, 0o666, ingest_only=True)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no connection is open or waiting to be accepted; False at the timeout.
+
+        For a host whose senders have exited: their last bytes are still in
+        the sockets, and each connection ends once they are read.
+        """
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while True:
+            listening = [server.socket for server in self._servers]
+            pending = bool(listening) and bool(select.select(listening, [], [], 0)[0])
+            busy = pending or any(server.active for server in self._servers)
+            # Twice in a row: between accept() and the count there is a moment.
+            quiet = 0 if busy else quiet + 1
+            if quiet >= 2:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(IDLE_POLL_S)
 
     def close(self) -> None:
         for server in self._servers:

@@ -37,12 +37,17 @@ def exec_command(
 ) -> None:
     """Run a Python program with the hook: its LLM calls become rows.
 
-    Rows go to the running agent (`lumen-agent run --capture hook`) when one
-    answers, else the program itself writes them to --db.  The exit code is
-    the program's.
+    Rows go to the running agent of --db when one answers (`lumen-agent run
+    --capture hook`; an eBPF agent sees the program itself).  Otherwise this
+    command stays as the program's parent and writes its rows to --db: the
+    program needs nothing but its own interpreter (any virtualenv).  The
+    exit code is the program's.
     """
+    from lumen_agent import paths
     from lumen_agent.hook.launch import LaunchError, hook_env
+    from lumen_agent.hook.settings import ENV_MODE
 
+    mode = mode or os.environ.get(ENV_MODE) or None
     try:
         env = hook_env(os.environ, db=db, mode=mode)
     except LaunchError as exc:
@@ -53,13 +58,66 @@ def exec_command(
     if path is None or not os.path.exists(path):
         typer.echo(f"error: command not found: {program}", err=True)
         raise typer.Exit(EXIT_NOT_FOUND)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # The agent of this database, wherever its runtime directory is.
+    agent_socket = paths.runtime_dir(db.expanduser() if db is not None else None) / "ingest.sock"
+    if mode == "agent" or (mode in (None, "auto") and _answers(agent_socket)):
+        env = hook_env(env, socket=agent_socket)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(path, command, env)  # the program takes this process: same pid, its exit code
+        except OSError as exc:
+            typer.echo(f"error: cannot run {program}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(EXIT_NOT_RUNNABLE) from None
+    raise typer.Exit(_host(command, path, env, db))
+
+
+def _answers(socket_path) -> bool:
+    """True when an agent listens on ``socket_path`` (connect, then hang up)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(socket_path))
+        except OSError:
+            return False
+    return True
+
+
+def _host(command: list[str], path: str, env: dict[str, str], db) -> int:
+    """No agent: run the program as a child and host its pipeline here (lumen_agent.hook.host)."""
+    from lumen_agent import config as config_mod
+    from lumen_agent.hook.host import ExecHost
+    from lumen_agent.hook.launch import hook_env
+    from lumen_agent.logs import setup_logging
+
     try:
-        os.execve(path, command, env)  # the program takes this process: same pid, its exit code
+        config = config_mod.load(None, {"db": db})
+    except config_mod.ConfigError as exc:
+        # The program runs regardless, as with the hook alone: defaults, and say so.
+        typer.echo(f"lumen-agent exec: configuration unusable ({exc}); using defaults", err=True)
+        config = config_mod.Config(db=db) if db is not None else config_mod.Config()
+    # The program's output is the user's: only our warnings join it.
+    setup_logging("debug" if config.log_level == "debug" else "warning")
+    try:
+        host = ExecHost(config)
+    except Exception as exc:  # noqa: BLE001 - no rows is better than no program
+        typer.echo(f"lumen-agent exec: cannot record ({exc}); running the program without it", err=True)
+        env = {k: v for k, v in env.items() if k != "LUMEN_HOOK"}
+        try:
+            os.execve(path, command, env)
+        except OSError as err:
+            typer.echo(f"error: cannot run {command[0]}: {err.strerror or err}", err=True)
+            return EXIT_NOT_RUNNABLE
+    # "agent" mode towards our own socket: the program's hook never falls back
+    # to a pipeline of its own (it cannot import one in a foreign virtualenv).
+    env = hook_env(env, mode="agent", socket=host.socket_path)
+    try:
+        return host.run(command, env, path)
     except OSError as exc:
-        typer.echo(f"error: cannot run {program}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_NOT_RUNNABLE) from None
+        typer.echo(f"error: cannot run {command[0]}: {exc.strerror or exc}", err=True)
+        return EXIT_NOT_RUNNABLE
 
 
 @hook_app.command("path")
