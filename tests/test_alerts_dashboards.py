@@ -42,7 +42,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 def exported_metrics() -> set[str]:
     """Every family name the agent's /metrics serves, with the alerts output on."""
     metrics = Metrics()
-    metrics.extra.append(lambda: gauges.render_text({}))
+    metrics.extra.append(gauges.Collector(lambda: {}).collect)
     names = {line.split()[2] for line in metrics.render({}).splitlines() if line.startswith("# TYPE ")}
     assert set(gauges.EXPORTED) <= names
     return names

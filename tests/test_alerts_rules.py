@@ -373,10 +373,11 @@ def test_gauges_on_the_agents_metrics_page(tmp_path):
     h.call("2026-03-02T10:00:00", out_tokens=100_000, tenant="acme")  # $1.00 of $4
     h.tick("2026-03-02T10:00:01")
     metrics = Metrics()
-    metrics.extra.append(lambda: gauges.render_text(h.alerts.snapshot))
+    metrics.extra.append(gauges.Collector(lambda: h.alerts.snapshot).collect)
     lines = metrics.render({}).splitlines()
-    for line in ('lumen_budget_used_ratio{budget="m"} 0.25', 'lumen_budget_spent_usd{budget="m"} 1',
-                 'lumen_budget_limit_usd{budget="m"} 4', 'lumen_alert_firing{rule="budget"} 0',
-                 'lumen_alert_firing{rule="new_model"} 1', 'lumen_feature_cost_usd_total{feature=""} 1'):
+    # prometheus_client writes values as Go floats ("1.0"), which Prometheus reads as 1.
+    for line in ('lumen_budget_used_ratio{budget="m"} 0.25', 'lumen_budget_spent_usd{budget="m"} 1.0',
+                 'lumen_budget_limit_usd{budget="m"} 4.0', 'lumen_alert_firing{rule="budget"} 0.0',
+                 'lumen_alert_firing{rule="new_model"} 1.0', 'lumen_feature_cost_usd_total{feature=""} 1.0'):
         assert line in lines, line
     h.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import socket
 import subprocess
@@ -20,9 +22,6 @@ from lumen_agent.outputs import metrics as metrics_mod
 from lumen_agent.outputs.metrics import (
     CONTENT_TYPE,
     Metrics,
-    escape_help,
-    escape_label_value,
-    format_value,
     install,
     parse_addr,
 )
@@ -45,8 +44,38 @@ def make_call(**changes) -> Call:
     return replace(call, **changes)
 
 
+# The order the expected lines below write labels in.
+LABEL_ORDER = ("provider", "model", "process", "tenant", "type", "outcome", "label", "metric", "reason", "le",
+               "version", "python")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def plain(line: str) -> str:
+    """A sample line as the expectations write it.  prometheus_client writes values
+    in Go's float format ("3.0", "1.7e+09") and labels in name order; neither
+    changes what a scraper reads."""
+    if line.startswith("#") or " " not in line:
+        return line
+    head, value = line.rsplit(" ", 1)
+    number = float(value)  # Go's float text ("1.7e+09") read back, written as Python writes it
+    if number.is_integer() and abs(number) < 1e15:
+        value = str(int(number))
+    elif math.isfinite(number):
+        value = repr(number)
+    if "{" in head:
+        name, inner = head.split("{", 1)
+        pairs = _LABEL.findall(inner[:-1])
+        pairs.sort(key=lambda kv: LABEL_ORDER.index(kv[0]))
+        head = name + "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
+    return f"{head} {value}"
+
+
+def sample_lines(text: str) -> list[str]:
+    return [plain(line) for line in text.splitlines()]
+
+
 def lines_of(text: str, name: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+    return [line for line in sample_lines(text) if line.startswith(name + "{") or line.startswith(name + " ")]
 
 
 LABELS = 'provider="openai",model="gpt-4o-mini",process="worker",tenant="acme"'
@@ -158,17 +187,21 @@ def test_series_cap_folds_every_bounded_label(monkeypatch):
         'lumen_calls_total{provider="openai",model="gpt-4o-mini",process="worker",tenant="b",outcome="success"} 1',
         'lumen_calls_total{provider="other",model="other",process="other",tenant="other",outcome="success"} 2',
     ]
-    assert 'lumen_metrics_series_overflow_total{metric="lumen_calls_total"} 2' in text.splitlines()
+    assert 'lumen_metrics_series_overflow_total{metric="lumen_calls_total"} 2' in sample_lines(text)
 
 
 def test_label_escaping_of_quotes_backslashes_and_newlines():
-    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-    assert escape_help("one\\two\nthree \"q\"") == 'one\\\\two\\nthree "q"'
     m = Metrics()
     m.observe_call(make_call(process='we"ird\\proc\nname', tenant="t"))
-    assert lines_of(m.render(), "lumen_cost_usd_total") == [
+    text = m.render()
+    assert lines_of(text, "lumen_cost_usd_total") == [
         'lumen_cost_usd_total{provider="openai",model="gpt-4o-mini",process="we\\"ird\\\\proc\\nname",tenant="t"} '
         '0.00021']
+    # And a Prometheus parser reads the very value back.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    [cost] = [f for f in text_string_to_metric_families(text) if f.name == "lumen_cost_usd"]
+    assert [s.labels["process"] for s in cost.samples] == ['we"ird\\proc\nname']
 
 
 def test_long_and_undecodable_label_values_are_cleaned():
@@ -179,12 +212,14 @@ def test_long_and_undecodable_label_values_are_cleaned():
     m.render().encode("utf-8")  # a scrape can always be encoded
 
 
-@pytest.mark.parametrize("value,text", [
-    (3, "3"), (0, "0"), (2.5, "2.5"), (3.0, "3"), (Decimal("0.00063"), "0.00063"), (Decimal("12.50000000"), "12.5"),
-    (float("inf"), "+Inf"), (float("-inf"), "-Inf"), (float("nan"), "NaN"), (1e-7, "1e-07"), (True, "1"),
+@pytest.mark.parametrize("cost,text", [
+    (Decimal("0.00063"), "0.00063"), (Decimal("12.50000000"), "12.5"), (Decimal("3"), "3"),
+    (Decimal("0.0000001"), "1e-07"),
 ])
-def test_format_value(value, text):
-    assert format_value(value) == text
+def test_cost_values_are_exposed_exactly(cost, text):
+    m = Metrics()
+    m.observe_call(make_call(cost_usd=cost))
+    assert lines_of(m.render(), "lumen_cost_usd_total") == [f"lumen_cost_usd_total{{{LABELS}}} {text}"]
 
 
 STATUS = {
@@ -203,7 +238,7 @@ STATUS = {
 
 
 def test_health_lines_from_the_agent_status():
-    lines = set(Metrics().render(STATUS).splitlines())
+    lines = set(sample_lines(Metrics().render(STATUS)))
     for expected in [
         "lumen_events_total 44", "lumen_event_bytes_total 9100", "lumen_capture_events_total 40",
         "lumen_capture_bytes_total 9000", "lumen_capture_lost_events_total 2",
@@ -225,7 +260,7 @@ def test_health_lines_from_the_agent_status():
 
 def test_health_before_the_first_status_is_all_zero():
     text = Metrics(started=1_700_000_000.0).render(None)
-    lines = text.splitlines()
+    lines = sample_lines(text)
     assert "lumen_events_total 0" in lines and "lumen_store_rows_pending 0" in lines
     assert "process_start_time_seconds 1700000000" in lines
     assert not lines_of(text, "lumen_store_last_flush_duration_seconds")
@@ -246,12 +281,12 @@ def test_flush_histogram_observes_each_new_flush_once():
     m.observe_store({"flushes": 1, "last_flush_ms": 7.0})  # no new flush this second
     m.observe_store({"flushes": 2, "last_flush_ms": 300.0})
     name = "lumen_store_flush_duration_seconds"
-    assert [line for line in m.render().splitlines() if line.startswith(name)] == [
+    assert [line for line in sample_lines(m.render()) if line.startswith(name)] == [
         f'{name}_bucket{{le="0.005"}} 0', f'{name}_bucket{{le="0.01"}} 1', f'{name}_bucket{{le="0.025"}} 1',
         f'{name}_bucket{{le="0.05"}} 1', f'{name}_bucket{{le="0.1"}} 1', f'{name}_bucket{{le="0.25"}} 1',
         f'{name}_bucket{{le="0.5"}} 2', f'{name}_bucket{{le="1.0"}} 2', f'{name}_bucket{{le="2.5"}} 2',
         f'{name}_bucket{{le="5.0"}} 2', f'{name}_bucket{{le="10.0"}} 2', f'{name}_bucket{{le="+Inf"}} 2',
-        f"{name}_sum 0.307", f"{name}_count 2",
+        f"{name}_count 2", f"{name}_sum 0.307",
     ]
 
 
@@ -355,9 +390,9 @@ def test_served_over_http_from_listeners():
         on_tick()
         status, content_type, body = get(f"http://127.0.0.1:{server.port}/metrics")
         assert status == 200 and content_type == CONTENT_TYPE
-        assert f"lumen_cost_usd_total{{{LABELS}}} 0.00021" in body.splitlines()
-        assert "lumen_store_flush_duration_seconds_count 1" in body.splitlines()
-        assert "lumen_events_total 44" in body.splitlines()
+        assert f"lumen_cost_usd_total{{{LABELS}}} 0.00021" in sample_lines(body)
+        assert "lumen_store_flush_duration_seconds_count 1" in sample_lines(body)
+        assert "lumen_events_total 44" in sample_lines(body)
         assert get(f"http://127.0.0.1:{server.port}/")[0] == 200
         with pytest.raises(urllib.error.HTTPError) as err:
             get(f"http://127.0.0.1:{server.port}/nope")

@@ -26,18 +26,18 @@ series, past which new label sets are reported with every folded label as
 ``"other"``.  ``lumen_metrics_folded_total{label}`` counts what was folded.
 docs/metrics.md lists every metric.
 
-Why no prometheus_client: the text format is a few lines of escaping and
-number formatting (done and tested here), the library's default process and
-platform collectors would add names we do not document, and the agent runs
-as root on production hosts, where every dependency is one more thing to
-audit and update.
+The exposition is prometheus_client's: one custom collector on a private
+``CollectorRegistry`` builds the families at scrape time from the state
+above.  Custom, because the bounded labels (folding to "other", a series
+cap) are ours to enforce, and the health figures are read from the agent's
+status rather than counted twice; private, so no default process or
+platform collector adds names docs/metrics.md does not list.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import os
 import platform
 import socket
@@ -48,6 +48,11 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import psutil
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
 from lumen_agent import __version__
 from lumen_agent.config import ConfigError
 from lumen_agent.outputs.base import Output
@@ -55,7 +60,8 @@ from lumen_agent.pipeline.call import Call
 
 log = logging.getLogger("lumen_agent")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The classic text format, which generate_latest writes.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 OTHER = "other"
 # Distinct values kept per call label; later values become "other".  Sized for
 # a host: a few providers, tens of models, one or two hundred processes/tenants.
@@ -85,46 +91,32 @@ Number = int | float | Decimal
 Sample = tuple[tuple[tuple[str, str], ...], Number]  # ((label, value), ...), value
 
 
-# -- the text format -----------------------------------------------------------
+# -- families -------------------------------------------------------------------
 
 
-def escape_label_value(value: str) -> str:
-    """Backslash, double quote and line feed are the three escapes of format 0.0.4."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def counter(name: str, help_text: str, samples: Iterable[Sample]) -> CounterMetricFamily:
+    """A counter family; ``name`` ends in ``_total`` (prometheus_client adds it back to each sample)."""
+    labels = None
+    family = None
+    for label_pairs, value in samples:
+        if family is None:
+            labels = [k for k, _ in label_pairs]
+            family = CounterMetricFamily(name, help_text, labels=labels)
+        family.add_metric([v for _, v in label_pairs], float(value))
+    return family if family is not None else CounterMetricFamily(name, help_text, labels=labels)
 
 
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+def gauge(name: str, help_text: str, samples: Iterable[Sample]) -> GaugeMetricFamily:
+    family = None
+    for label_pairs, value in samples:
+        if family is None:
+            family = GaugeMetricFamily(name, help_text, labels=[k for k, _ in label_pairs])
+        family.add_metric([v for _, v in label_pairs], float(value))
+    return family if family is not None else GaugeMetricFamily(name, help_text)
 
 
-def format_value(value: Number) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    f = float(value)
-    if math.isnan(f):
-        return "NaN"
-    if math.isinf(f):
-        return "+Inf" if f > 0 else "-Inf"
-    if f.is_integer() and abs(f) < 1e15:
-        return str(int(f))
-    return repr(f)
-
-
-def render_family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
-    """HELP, TYPE and one line per sample (a family with no sample is still declared)."""
-    lines = [f"# HELP {name} {escape_help(help_text)}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        lines.append(_sample_line(name, labels, value))
-    return lines
-
-
-def _sample_line(name: str, labels: tuple[tuple[str, str], ...], value: Number) -> str:
-    if labels:
-        inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
-        return f"{name}{{{inner}}} {format_value(value)}"
-    return f"{name} {format_value(value)}"
+def family(name: str, kind: str, help_text: str, samples: Iterable[Sample]):
+    return counter(name, help_text, samples) if kind == "counter" else gauge(name, help_text, samples)
 
 
 class Histogram:
@@ -148,15 +140,10 @@ class Histogram:
         h.counts, h.total, h.count = list(self.counts), self.total, self.count
         return h
 
-
-def render_histogram(name: str, help_text: str, h: Histogram) -> list[str]:
-    lines = [f"# HELP {name} {escape_help(help_text)}", f"# TYPE {name} histogram"]
-    for bound, n in zip(h.buckets, h.counts, strict=False):
-        lines.append(_sample_line(f"{name}_bucket", (("le", repr(float(bound))),), n))
-    lines.append(_sample_line(f"{name}_bucket", (("le", "+Inf"),), h.count))
-    lines.append(_sample_line(f"{name}_sum", (), h.total))
-    lines.append(_sample_line(f"{name}_count", (), h.count))
-    return lines
+    def family(self, name: str, help_text: str) -> HistogramMetricFamily:
+        buckets = [(repr(float(bound)), n) for bound, n in zip(self.buckets, self.counts, strict=False)]
+        buckets.append(("+Inf", self.count))
+        return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=self.total)
 
 
 # -- bounded labels --------------------------------------------------------------
@@ -243,8 +230,9 @@ class Metrics:
         self.counters = (self.cost, self.tokens, self.calls, self.unpriced, self.usage_missing)
         self.flush_seconds = Histogram(FLUSH_BUCKETS)
         self._flushes_seen = 0
-        # More families from other outputs (alerts): each returns exposition lines at scrape time.
-        self.extra: list[Callable[[], list[str]]] = []
+        # More families from other outputs (alerts): each returns prometheus_client
+        # metric families at scrape time (a custom collector's ``collect``).
+        self.extra: list[Callable[[], Iterable[Any]]] = []
 
     # -- fed on the run loop's thread --------------------------------------------
 
@@ -278,6 +266,13 @@ class Metrics:
     # -- on a scrape ---------------------------------------------------------------
 
     def render(self, status: Mapping[str, Any] | None = None) -> str:
+        """The exposition of one scrape, given the agent's status (tests, one-off use)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(MetricsCollector(self, lambda: status))
+        return generate_latest(registry).decode("utf-8")
+
+    def families(self, status: Mapping[str, Any] | None) -> list[Any]:
+        """Every metric family of one scrape, built from copies taken under the lock."""
         status = status or {}
         pipeline = status.get("pipeline") or {}
         with self._lock:
@@ -287,21 +282,21 @@ class Metrics:
             overflowed = {c.name: c.overflowed for c in self.counters}
             skipped = self._by_reason(pipeline, "skipped.", "skipped")
             untracked = self._by_reason(pipeline, "connections.", "connections")
-        lines: list[str] = []
-        for counter, vals in zip(self.counters, values, strict=False):
-            lines += render_family(counter.name, "counter", counter.help, counter.samples(vals))
-        lines += self._health(status, skipped, untracked, flush)
-        lines += render_family(
-            "lumen_metrics_folded_total", "counter",
+        out: list[Any] = []
+        for c, vals in zip(self.counters, values, strict=False):
+            out.append(counter(c.name, c.help, c.samples(vals)))
+        out += self._health(status, skipped, untracked, flush)
+        out.append(counter(
+            "lumen_metrics_folded_total",
             f"Label values reported as \"{OTHER}\" because the label already had its limit of distinct values.",
-            [((("label", label),), n) for label, n in sorted(folded.items())])
-        lines += render_family(
-            "lumen_metrics_series_overflow_total", "counter",
+            [((("label", label),), n) for label, n in sorted(folded.items())]))
+        out.append(counter(
+            "lumen_metrics_series_overflow_total",
             f"Samples reported with every bounded label as \"{OTHER}\" because the family had {MAX_SERIES} series.",
-            [((("metric", name),), n) for name, n in sorted(overflowed.items())])
+            [((("metric", name),), n) for name, n in sorted(overflowed.items())]))
         for extra in self.extra:
-            lines += extra()
-        return "\n".join(lines) + "\n"
+            out += extra()
+        return out
 
     def _by_reason(self, pipeline: Mapping[str, Any], prefix: str, folder: str) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -313,15 +308,15 @@ class Metrics:
         return out
 
     def _health(self, status: Mapping[str, Any], skipped: dict[str, int], untracked: dict[str, int],
-                flush: Histogram) -> list[str]:
+                flush: Histogram) -> list[Any]:
         capture = status.get("capture") or {}
         pipeline = status.get("pipeline") or {}
         store = status.get("store") or {}
         ingest = status.get("ingest") or {}
-        lines: list[str] = []
+        lines: list[Any] = []
 
         def one(name: str, kind: str, help_text: str, value: Any) -> None:
-            lines.extend(render_family(name, kind, help_text, [((), _number(value))]))
+            lines.append(family(name, kind, help_text, [((), _number(value))]))
 
         one("lumen_events_total", "counter",
             "Data events (one SSL read or write each) that reached the pipeline, from any capture source.",
@@ -351,15 +346,15 @@ class Metrics:
             ingest.get("events"))
         one("lumen_ingest_bad_lines_total", "counter", "Ingest socket lines that were not valid events.",
             ingest.get("bad_lines"))
-        lines += render_family(
-            "lumen_skipped_total", "counter",
+        lines.append(counter(
+            "lumen_skipped_total",
             "Input the pipeline skipped, by reason, in the reason's unit (reasons ending in _bytes count bytes).",
-            [((("reason", r),), n) for r, n in sorted(skipped.items())])
-        lines += render_family(
-            "lumen_connections_untracked_total", "counter",
+            [((("reason", r),), n) for r, n in sorted(skipped.items())]))
+        lines.append(counter(
+            "lumen_connections_untracked_total",
             "Connections the pipeline stopped tracking before they closed, by reason (idle, inbound, non-HTTP, "
             "non-LLM, evicted).",
-            [((("reason", r),), n) for r, n in sorted(untracked.items())])
+            [((("reason", r),), n) for r, n in sorted(untracked.items())]))
         one("lumen_processes_excluded_total", "counter", "Processes excluded by the process filters.",
             pipeline.get("processes.excluded"))
         one("lumen_open_connections", "gauge", "Connections the pipeline is tracking.", status.get("open_connections"))
@@ -374,15 +369,15 @@ class Metrics:
             "Flush attempts that found the database held by another process (rows stay pending).",
             store.get("lock_conflicts"))
         last_ms = store.get("last_flush_ms")
-        lines += render_family("lumen_store_last_flush_duration_seconds", "gauge", "Duration of the last flush.",
-                               [] if last_ms is None else [((), float(last_ms) / 1000)])
-        lines += render_histogram("lumen_store_flush_duration_seconds", "Duration of flushes.", flush)
+        lines.append(gauge("lumen_store_last_flush_duration_seconds", "Duration of the last flush.",
+                           [] if last_ms is None else [((), float(last_ms) / 1000)]))
+        lines.append(flush.family("lumen_store_flush_duration_seconds", "Duration of flushes."))
         updated = status.get("updated")
-        lines += render_family("lumen_last_tick_timestamp_seconds", "gauge",
-                               "When the run loop last published its status (stale: the loop is stuck).",
-                               [] if updated is None else [((), float(updated))])
-        lines += render_family("lumen_build_info", "gauge", "Version of the running agent; always 1.",
-                               [((("version", self.version), ("python", platform.python_version())), 1)])
+        lines.append(gauge("lumen_last_tick_timestamp_seconds",
+                           "When the run loop last published its status (stale: the loop is stuck).",
+                           [] if updated is None else [((), float(updated))]))
+        lines.append(gauge("lumen_build_info", "Version of the running agent; always 1.",
+                           [((("version", self.version), ("python", platform.python_version())), 1)]))
         one("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch, seconds.",
             self.started)
         times = os.times()
@@ -410,17 +405,27 @@ def _number(value: Any) -> Number:
 
 def _resident_bytes() -> int | None:
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
+        return psutil.Process().memory_info().rss
+    except psutil.Error:
         return None
 
 
 def _open_fds() -> int | None:
     try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
+        return psutil.Process().num_fds()
+    except (psutil.Error, AttributeError):  # num_fds: POSIX only
         return None
+
+
+class MetricsCollector:
+    """The custom collector: the families of ``metrics`` with the status ``status()`` returns."""
+
+    def __init__(self, metrics: Metrics, status: Callable[[], Mapping[str, Any] | None]) -> None:
+        self._metrics = metrics
+        self._status = status
+
+    def collect(self) -> Iterable[Any]:
+        return self._metrics.families(self._status())
 
 
 # -- the server ----------------------------------------------------------------------
@@ -542,7 +547,9 @@ def install(agent, config) -> MetricsServer | None:
     if not addr:
         return None
     metrics = Metrics(started=getattr(agent, "_started", None))
-    server = MetricsServer(addr, lambda: metrics.render(getattr(agent, "_status", None)))
+    registry = CollectorRegistry(auto_describe=False)  # ours alone: no default collectors
+    registry.register(MetricsCollector(metrics, lambda: getattr(agent, "_status", None)))
+    server = MetricsServer(addr, lambda: generate_latest(registry).decode("utf-8"))
     agent.add_output(MetricsOutput(metrics, getattr(agent, "store", None)))
     server.metrics = metrics
     server.start()

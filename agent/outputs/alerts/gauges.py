@@ -1,9 +1,8 @@
 """The alert and budget gauges for Prometheus, from the alerts output's published snapshot.
 
-:func:`families` is the one list of what is exported; :func:`render_text`
-formats it for the agent's own ``/metrics`` renderer, and :class:`Collector`
-hands it to a ``prometheus_client`` registry (``registry.register(Collector(get))``),
-so whichever way ``/metrics`` is served, hooking these in is one line.
+:func:`families` is the one list of what is exported; :class:`Collector`
+hands it to ``prometheus_client``: to a registry (``registry.register(Collector(get))``)
+or to the agent's own ``/metrics`` (``metrics.extra.append(Collector(get).collect)``).
 The snapshot is a fresh dict each second, never mutated: a scrape reads it
 without a lock.
 """
@@ -46,16 +45,6 @@ def families(snapshot: Mapping[str, Any] | None) -> list[Family]:
         ("lumen_feature_cost_usd_total", "counter", "Spend of priced calls by feature (x-lumen-feature), US dollars.",
          [((("feature", name),), float(v)) for name, v in sorted((snap.get("feature_cost") or {}).items())]),
     ]
-
-
-def render_text(snapshot: Mapping[str, Any] | None) -> list[str]:
-    """Text exposition lines (format 0.0.4), for metrics.Metrics' extra renderers."""
-    from lumen_agent.outputs.metrics import render_family
-
-    lines: list[str] = []
-    for name, kind, help_text, samples in families(snapshot):
-        lines += render_family(name, kind, help_text, samples)
-    return lines
 
 
 class Collector:

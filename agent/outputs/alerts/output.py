@@ -215,5 +215,5 @@ def install(agent, config, metrics_server=None) -> AlertsOutput | None:
     if metrics_server is not None:
         from lumen_agent.outputs.alerts import gauges
 
-        metrics_server.metrics.extra.append(lambda: gauges.render_text(output.snapshot))
+        metrics_server.metrics.extra.append(gauges.Collector(lambda: output.snapshot).collect)
     return output
