@@ -31,8 +31,9 @@ from lumen_agent.config import Config
 from lumen_agent.control import ControlServer
 from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.attribution import Attribution
-from lumen_agent.pipeline.core import Pipeline
+from lumen_agent.pipeline.build import build
 from lumen_agent.pipeline.events import DataEvent
+from lumen_agent.pipeline.gate import ProcessGate
 
 log = logging.getLogger("lumen_agent")
 
@@ -48,31 +49,6 @@ DRAIN_TIMEOUT_S = 20.0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def build_pipeline(config: Config, store: CallStore, attribution: Attribution) -> Pipeline:
-    """The pipeline as the agent builds it, capture 'hook'.
-
-    The one place to switch to the shared builder (``lumen_agent.pipeline.build``)
-    once it exists, so exec, run, proxy and replay cannot drift.
-    """
-    from lumen_agent import paths
-    from lumen_agent.pipeline.core import PipelineOptions
-    from lumen_agent.pipeline.keyhash import load_or_create_salt
-    from lumen_agent.pricing.table import PriceTable
-
-    return Pipeline(
-        PriceTable.load(config.price_overrides),
-        store.add,
-        salt=load_or_create_salt(paths.state_dir()),
-        options=PipelineOptions(
-            capture="hook",
-            capture_content=config.capture_content,
-            default_tenant=config.default_tenant,
-            default_feature=config.default_feature,
-        ),
-        attribution=attribution,
-    )
-
-
 class ExecHost:
     """Pipeline, store and a private ingest socket for one ``exec``'d program."""
 
@@ -80,10 +56,11 @@ class ExecHost:
         self.config = config
         self.store = CallStore(config.db, flush_interval=config.flush_interval_s)
         self.attribution = Attribution()
-        self.pipeline = build_pipeline(config, self.store, self.attribution)
+        # Built as the agent builds it: same prices, salt, options, filters.
+        self.pipeline = build(config, capture="hook", on_call=self.store.add, attribution=self.attribution)
+        self.gate = ProcessGate(config.filters, self.attribution, on_exclude=self._excluded)
         self._dir = Path(tempfile.mkdtemp(prefix="lumen-exec-"))  # 0700: this user's processes only
         self.control = ControlServer(self._dir)
-        self._verdicts: dict[int, bool] = {}
         self._next_housekeeping = 0.0
 
     @property
@@ -145,15 +122,10 @@ class ExecHost:
             self.pipeline.feed(event)
 
     def _allowed(self, pid: int) -> bool:
-        """The configuration's process filters, once per process, as the agent applies them."""
-        verdict = self._verdicts.get(pid)
-        if verdict is None:
-            info = self.attribution.observe(pid)
-            filters = self.config.filters
-            verdict = self._verdicts[pid] = filters.is_trivial or filters.allows(info)
-            if not verdict:
-                self.pipeline.counters.add("processes.excluded")
-        return verdict
+        return self.gate.allows(pid)
+
+    def _excluded(self, pid: int) -> None:
+        self.pipeline.counters.add("processes.excluded")
 
     def close(self) -> None:
         try:
