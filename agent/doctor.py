@@ -11,7 +11,11 @@ from lumen_agent.capture.kernel_setup import Check
 
 
 def _libssl_by_process(limit: int = 200) -> dict[str, list[int]]:
-    """TLS libraries mapped now, with the pids mapping them (a sample)."""
+    """TLS libraries mapped now, with the pids mapping them (a sample).
+
+    /proc/PID/maps by hand, as capture/targets.py reads it: psutil's
+    memory_maps() parses the much larger smaps file of every process.
+    """
     found: dict[str, list[int]] = {}
     pattern = re.compile(r"\s(/\S*libssl\.so[^\s]*)$")
     for entry in os.scandir("/proc"):

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import psutil
+
 from lumen_agent.capture import kernel_setup
 from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.runtimes import RuntimeAnalyser, RuntimeResult
@@ -173,7 +175,8 @@ class EbpfCapture:
             self.exclude.add(os.getpid())
         self.tracker = TargetTracker()
         self._bpf = None
-        # (target key, pid or -1) -> number of probes attached
+        # (target key, pid or -1) -> the probes attached there, as (path, address,
+        # is a return probe), which is what detaching one needs
         self._attached: dict[tuple[tuple[int, int], int], list[tuple[str, int, bool]]] = {}
         self._records: list[tuple[tuple, bytes]] = []
         self._partials: dict[tuple[int, int], _Partial] = {}
@@ -325,7 +328,7 @@ class EbpfCapture:
         key = (t.key, pid)
         if key in self._attached or self._bpf is None:
             return
-        if pid != -1 and not os.path.exists(f"/proc/{pid}"):
+        if pid != -1 and not psutil.pid_exists(pid):
             return  # gone already (libbcc would print an error per probe)
         done: list[tuple[str, int, bool]] = []
         path = t.path.encode()

@@ -45,7 +45,7 @@ class CaptureError(LumenError):
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One prerequisite, as a future ``doctor`` command prints it."""
+    """One prerequisite, as ``lumen-agent doctor`` prints it (and ``run --capture auto`` reports it)."""
 
     name: str
     ok: bool
@@ -155,6 +155,7 @@ def ensure_tracefs() -> None:
 
 
 def _effective_caps() -> int:
+    # /proc/self/status by hand: psutil does not expose capabilities.
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 # Functions we probe.  SSL_write/SSL_read are required; the rest are used
 # when present (OpenSSL 1.0 has no _ex functions).
 REQUIRED_SYMBOLS = ("SSL_write", "SSL_read")
@@ -138,7 +140,12 @@ class SymbolCache:
 
 
 def _maps_entries(pid: int) -> Iterator[tuple[int, int, str]]:
-    """(dev, inode, path) of file mappings of ``pid``; dev as st_dev."""
+    """(dev, inode, path) of file mappings of ``pid``; dev as st_dev.
+
+    Read by hand: psutil's memory_maps() reads /proc/PID/smaps (far slower,
+    per-mapping memory figures we do not need) and gives neither device nor
+    inode, which tell a container's libssl from the host's.
+    """
     try:
         text = (PROC / str(pid) / "maps").read_text()
     except (OSError, UnicodeDecodeError):
@@ -171,6 +178,8 @@ def _host_path(pid: int, path: str, dev: int, inode: int) -> str | None:
 
 
 def _exe_path(pid: int) -> str | None:
+    # The link itself, not psutil's exe(): a replaced binary keeps its
+    # " (deleted)" mark here, and _host_path / _same_file decide what to open.
     try:
         exe = os.readlink(PROC / str(pid) / "exe")
     except OSError:
@@ -179,7 +188,7 @@ def _exe_path(pid: int) -> str | None:
 
 
 def list_pids() -> list[int]:
-    return [int(p) for p in os.listdir(PROC) if p.isdigit()]
+    return psutil.pids()
 
 
 def ldconfig_libssl() -> list[str]:

@@ -15,6 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 # Processes remembered at once; the least recently used is forgotten.
 MAX_PROCESSES = 16384
 
@@ -38,8 +40,7 @@ UNKNOWN = ProcessInfo()
 class Attribution:
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self._proc = proc
-        self._proc_prefix = f"{proc}/"
-        self._by_pid: OrderedDict[int, tuple[int | None, ProcessInfo]] = OrderedDict()
+        self._by_pid: OrderedDict[int, tuple[float | None, ProcessInfo]] = OrderedDict()
         self._users: dict[int, str] = {}
 
     def observe(self, pid: int) -> ProcessInfo:
@@ -67,41 +68,40 @@ class Attribution:
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
 
-    def _start_time(self, pid: int) -> int | None:
+    def _start_time(self, pid: int) -> float | None:
+        """When ``pid`` started: with the pid, names one process (pids are reused)."""
         try:
-            with open(f"{self._proc_prefix}{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            return None
-        # comm may contain spaces and parentheses: fields follow the last ')'.
-        try:
-            return int(stat[stat.rindex(")") + 2 :].split()[19])
-        except (ValueError, IndexError):
+            return psutil.Process(pid).create_time()
+        except psutil.Error:
             return None
 
     def _read(self, pid: int) -> ProcessInfo:
+        # Start time and user come from psutil.  comm, the exe link and the
+        # cgroup are read here: psutil's name() swaps a 15-character comm for
+        # the command line's first word (filters match the comm), its exe()
+        # drops the " (deleted)" mark of a replaced binary, and it has no
+        # cgroup at all.
         base = self._proc / str(pid)
         process = _read_text(base / "comm")
         try:
             exe = str((base / "exe").readlink())
         except OSError:
             exe = None
-        user = self._user(base)
+        user = self._user(pid)
         unit, container = _cgroup_facts(_read_text(base / "cgroup") or "")
         return ProcessInfo(process, exe, user, unit, container)
 
-    def _user(self, base: Path) -> str | None:
-        status = _read_text(base / "status") or ""
-        for line in status.splitlines():
-            if line.startswith("Uid:"):
-                uid = int(line.split()[1])
-                if uid not in self._users:
-                    try:
-                        self._users[uid] = pwd.getpwuid(uid).pw_name
-                    except KeyError:
-                        self._users[uid] = str(uid)
-                return self._users[uid]
-        return None
+    def _user(self, pid: int) -> str | None:
+        try:
+            uid = psutil.Process(pid).uids().real
+        except psutil.Error:
+            return None
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = str(uid)
+        return self._users[uid]
 
 
 def _read_text(path: Path) -> str | None:

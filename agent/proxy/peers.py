@@ -1,56 +1,36 @@
 """Which local process is at the other end of a TCP connection to the proxy.
 
 A client on this host connected from ``peer`` (its address) to ``local``
-(ours).  Its socket is the row of /proc/net/tcp (or tcp6) whose local
-address is ``peer`` and remote address ``local``; the row names the socket's
-inode, and the process holding ``socket:[inode]`` among its /proc/PID/fd
-links is the client.  Scanning every process's descriptors costs a few
-milliseconds on a busy host, so the processes found recently are tried
-first (a client usually makes many calls), and the lookup runs off the
-forwarding path.  Returns None for remote clients, for clients in another
-network namespace, or when the process is gone.
+(ours): its socket is the TCP connection whose local address is ``peer`` and
+remote address ``local``.  psutil finds it among the sockets of each process
+(the /proc/net/tcp table joined with every process's descriptors).  Scanning
+every process costs a few milliseconds on a busy host, so the processes
+found recently are tried first (a client usually makes many calls), and the
+lookup runs off the forwarding path.  Returns None for remote clients, for
+clients in another network namespace, or when the process is gone.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
-import struct
 from collections import OrderedDict
+
+import psutil
 
 # Processes tried first on the next lookup.
 RECENT_PIDS = 64
 
 
-def _hex_address(host: str, port: int) -> tuple[str, str]:
-    """(/proc/net file, "ADDR:PORT" as that file writes it) for a socket address."""
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if ip.version == 4:
-        (word,) = struct.unpack("=I", ip.packed)
-        return "tcp", f"{word:08X}:{port:04X}"
-    words = struct.unpack("=4I", ip.packed)
-    return "tcp6", "".join(f"{w:08X}" for w in words) + f":{port:04X}"
-
-
-def socket_inode(peer: tuple, local: tuple, proc: str = "/proc") -> int | None:
-    """Inode of the client's end of the connection ``peer`` -> ``local``."""
+def _endpoint(address: tuple) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    """(ip, port) of a socket address, IPv4-mapped IPv6 as IPv4; None when not an IP address."""
     try:
-        table, peer_hex = _hex_address(peer[0], peer[1])
-        _, local_hex = _hex_address(local[0], local[1])
-    except ValueError:
+        ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
+    except (ValueError, IndexError):
         return None
-    try:
-        with open(f"{proc}/net/{table}") as f:
-            next(f, None)
-            for line in f:
-                fields = line.split()
-                if len(fields) > 9 and fields[1] == peer_hex and fields[2] == local_hex:
-                    inode = int(fields[9])
-                    return inode or None
-    except OSError:
-        return None
-    return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, int(address[1])
 
 
 def is_local_address(host: str) -> bool:
@@ -81,34 +61,32 @@ def _own_addresses() -> set:
 class PeerResolver:
     """``pid_of(peer, local)``: the pid of a local client, or None."""
 
-    def __init__(self, proc: str = "/proc") -> None:
-        self._proc = proc
+    def __init__(self) -> None:
         self._recent: OrderedDict[int, None] = OrderedDict()
 
     def pid_of(self, peer: tuple, local: tuple) -> int | None:
         if not is_local_address(peer[0]):
             return None
-        inode = socket_inode(peer, local, self._proc)
-        if inode is None:
+        want = (_endpoint(peer), _endpoint(local))
+        if None in want:
             return None
-        link = f"socket:[{inode}]"
         for pid in list(reversed(self._recent)):
-            if self._holds(pid, link):
+            try:
+                conns = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:
+                self._recent.pop(pid, None)
+                continue
+            if any(_matches(c, want) for c in conns):
                 self._remember(pid)
                 return pid
         try:
-            names = os.listdir(self._proc)
-        except OSError:
+            conns = psutil.net_connections(kind="tcp")
+        except psutil.Error:
             return None
-        for name in names:
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            if pid in self._recent:
-                continue
-            if self._holds(pid, link):
-                self._remember(pid)
-                return pid
+        for c in conns:
+            if c.pid is not None and _matches(c, want):
+                self._remember(c.pid)
+                return c.pid
         return None
 
     def _remember(self, pid: int) -> None:
@@ -117,16 +95,6 @@ class PeerResolver:
         while len(self._recent) > RECENT_PIDS:
             self._recent.popitem(last=False)
 
-    def _holds(self, pid: int, link: str) -> bool:
-        fd_dir = f"{self._proc}/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            return False
-        for fd in fds:
-            try:
-                if os.readlink(f"{fd_dir}/{fd}") == link:
-                    return True
-            except OSError:
-                continue
-        return False
+
+def _matches(conn, want: tuple) -> bool:
+    return bool(conn.laddr and conn.raddr) and (_endpoint(conn.laddr), _endpoint(conn.raddr)) == want
