@@ -182,8 +182,8 @@ class ServiceNotifications(Output):
     def _capturing(self) -> bool:
         """Probes attached, and ``lumen-agent status`` answers.
 
-        The run loop calls tick listeners just before it writes the status
-        file, so the first tick after ``ready_at`` usually finds no file yet:
+        The run loop calls each output's ``on_tick`` just before it writes the
+        status file, so the first tick after ``ready_at`` usually finds no file yet:
         READY then goes one tick (about a second) later, when ``systemctl
         start`` returning also means ``lumen-agent status`` exits 0.  If the
         file cannot be written at all, READY goes anyway after

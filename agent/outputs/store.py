@@ -13,10 +13,11 @@ next flush retries them.  The buffer is bounded by ``max_pending``; rows that
 arrive while it is full are dropped, counted (``stats()["dropped"]``, and the
 ``rows_dropped`` counter in the file) and logged.
 
-Bulk path: DuckDB's ``Appender`` (``connection.appender(table)``), measured
-fastest of executemany, multi-row ``VALUES`` with parameters, ``unnest`` of
-column lists and ``read_csv`` of a temporary file (see the store tests'
-benchmark); it needs neither pandas nor pyarrow.
+Bulk path: DuckDB's ``Appender`` (``connection.appender(table)``).  When
+this was written it came out fastest against executemany, multi-row
+``VALUES`` with parameters, ``unnest`` of column lists and ``read_csv`` of a
+temporary file; that comparison was a one-off, and bench/ does not repeat
+it.  The Appender needs neither pandas nor pyarrow.
 
 Threads: :meth:`add` / :meth:`add_many` may run on another thread than
 :meth:`flush`; the pending list is swapped under a lock and only one flush
