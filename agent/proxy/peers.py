@@ -70,9 +70,10 @@ class PeerResolver:
         want = (_endpoint(peer), _endpoint(local))
         if None in want:
             return None
+        kind = _table(peer)
         for pid in list(reversed(self._recent)):
             try:
-                conns = psutil.Process(pid).net_connections(kind="tcp")
+                conns = psutil.Process(pid).net_connections(kind=kind)
             except psutil.Error:
                 self._recent.pop(pid, None)
                 continue
@@ -80,7 +81,7 @@ class PeerResolver:
                 self._remember(pid)
                 return pid
         try:
-            conns = psutil.net_connections(kind="tcp")
+            conns = psutil.net_connections(kind=kind)
         except psutil.Error:
             return None
         for c in conns:
@@ -94,6 +95,15 @@ class PeerResolver:
         self._recent.move_to_end(pid)
         while len(self._recent) > RECENT_PIDS:
             self._recent.popitem(last=False)
+
+
+def _table(peer: tuple) -> str:
+    """The one TCP table the client's socket is in (reading only it halves the work);
+    both for an IPv4-mapped address, whose client may hold either kind of socket."""
+    ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    if ip.version == 4:
+        return "tcp4"
+    return "tcp" if ip.ipv4_mapped is not None else "tcp6"
 
 
 def _matches(conn, want: tuple) -> bool:
