@@ -194,7 +194,9 @@ def test_choose_sink(tmp_path, monkeypatch) -> None:
 
     agent("hook", ["ingest socket"])
     assert isinstance(choose_sink(config, ProxyOptions()), AgentSink)
+    # --db: the agent of that database, not any agent (y has none; x is the one running).
     assert isinstance(choose_sink(config, ProxyOptions(db=tmp_path / "y.duckdb")), LocalSink)
+    assert isinstance(choose_sink(config, ProxyOptions(db=tmp_path / "x.duckdb")), AgentSink)
     agent("ebpf", ["/usr/lib/x86_64-linux-gnu/libssl.so.3 (libssl, global, 12 processes)"])
     assert isinstance(choose_sink(config, ProxyOptions()), NullSink)
     assert isinstance(choose_sink(config, ProxyOptions(sink="local")), LocalSink)

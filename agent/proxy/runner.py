@@ -65,20 +65,25 @@ def build_routes(config: Any, options: ProxyOptions) -> Routes:
 
 
 def choose_sink(config: Any, options: ProxyOptions) -> EventSink:
-    """Where events go: ``--db`` or no agent -> a pipeline here; an ingest-only agent -> its socket.
+    """Where events go: no agent of the database -> a pipeline here; its ingest-only agent -> its socket.
 
     An agent that captures with eBPF already sees the proxy's TLS traffic to
     the providers, so shipping the events too would count every call twice:
-    then the proxy only forwards (``none``).
+    then the proxy only forwards (``none``).  The agent looked for is the one
+    of ``--db`` (the configuration's database without it): a second writer
+    of the same file would record every call twice as well.
     """
     choice = options.sink
-    if options.db is not None and choice == "auto":
-        choice = "local"
-    ingest = config.runtime_dir / "ingest.sock"
+    runtime_dir = config.runtime_dir
+    if options.db is not None and options.db != config.db:
+        from lumen_agent import paths
+
+        runtime_dir = paths.runtime_dir(options.db)
+    ingest = runtime_dir / "ingest.sock"
     if choice == "auto":
         from lumen_agent.runner import read_status
 
-        status = read_status(config.runtime_dir)
+        status = read_status(runtime_dir)
         if status is None or not ingest.exists():
             choice = "local"
         elif status.get("capture_mode") in ("hook", "proxy"):
