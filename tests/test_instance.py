@@ -166,6 +166,12 @@ def test_second_agent_on_the_same_database_refuses_and_leaves_the_first_alone(tm
         st = _status(env, db)
         assert st is not None and st["pid"] == first.pid
         assert json.loads((run_dir / "status.json").read_text())["pid"] == first.pid
+        # `exec --db` finds this agent through the same runtime directory and hands
+        # the program over to it (exec replaces itself: the program's parent is us).
+        probe = "import os; print(os.getppid(), os.environ['LUMEN_HOOK_SOCKET'])"
+        r = subprocess.run([LUMEN, "exec", "--db", str(db), "--", sys.executable, "-c", probe], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout.split() == [str(os.getpid()), str(run_dir / "ingest.sock")], r.stderr
     finally:
         first.send_signal(signal.SIGTERM)
         _, err = first.communicate(timeout=30)
