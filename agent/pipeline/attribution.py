@@ -15,7 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+# psutil is imported where it is used: the hook, in a program's own
+# virtualenv, imports this module (through recording) for ProcessInfo alone.
 
 # Processes remembered at once; the least recently used is forgotten.
 MAX_PROCESSES = 16384
@@ -70,6 +71,8 @@ class Attribution:
 
     def _start_time(self, pid: int) -> float | None:
         """When ``pid`` started: with the pid, names one process (pids are reused)."""
+        import psutil
+
         try:
             return psutil.Process(pid).create_time()
         except psutil.Error:
@@ -92,6 +95,8 @@ class Attribution:
         return ProcessInfo(process, exe, user, unit, container)
 
     def _user(self, pid: int) -> str | None:
+        import psutil
+
         try:
             uid = psutil.Process(pid).uids().real
         except psutil.Error:
