@@ -2,12 +2,11 @@
 
 A client on this host connected from ``peer`` (its address) to ``local``
 (ours): its socket is the TCP connection whose local address is ``peer`` and
-remote address ``local``.  psutil finds it among the sockets of each process
-(the /proc/net/tcp table joined with every process's descriptors).  Scanning
-every process costs a few milliseconds on a busy host, so the processes
-found recently are tried first (a client usually makes many calls), and the
-lookup runs off the forwarding path.  Returns None for remote clients, for
-clients in another network namespace, or when the process is gone.
+remote address ``local``; psutil lists each process's TCP sockets.  Scanning
+every process costs milliseconds on a busy host, so recent clients are tried
+first, then the newest processes, and the lookup runs off the forwarding
+path.  Returns None for remote clients, for clients in another network
+namespace, or when the process is gone.
 """
 
 from __future__ import annotations
@@ -71,24 +70,28 @@ class PeerResolver:
         if None in want:
             return None
         kind = _table(peer)
-        for pid in list(reversed(self._recent)):
-            try:
-                conns = psutil.Process(pid).net_connections(kind=kind)
-            except psutil.Error:
-                self._recent.pop(pid, None)
-                continue
-            if any(_matches(c, want) for c in conns):
-                self._remember(pid)
+        # Recent clients first, then every process, newest first: a client
+        # usually makes many calls, and a new one is usually the newest pid.
+        recent = list(reversed(self._recent))
+        for pid in recent:
+            if self._holds(pid, kind, want):
                 return pid
-        try:
-            conns = psutil.net_connections(kind=kind)
-        except psutil.Error:
-            return None
-        for c in conns:
-            if c.pid is not None and _matches(c, want):
-                self._remember(c.pid)
-                return c.pid
+        tried = set(recent)
+        for pid in sorted(psutil.pids(), reverse=True):
+            if pid not in tried and self._holds(pid, kind, want):
+                return pid
         return None
+
+    def _holds(self, pid: int, kind: str, want: tuple) -> bool:
+        try:
+            conns = psutil.Process(pid).net_connections(kind=kind)
+        except psutil.Error:  # gone, or not ours to look at
+            self._recent.pop(pid, None)
+            return False
+        if any(_matches(c, want) for c in conns):
+            self._remember(pid)
+            return True
+        return False
 
     def _remember(self, pid: int) -> None:
         self._recent[pid] = None
