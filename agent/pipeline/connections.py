@@ -74,9 +74,10 @@ class Http1Tap:
         # share its connection with calls, so it is never ignored.
         self.provider_host = False
 
-    def sent(self, data: bytes, ts_ns: int, flags: EventFlag) -> None:
-        """Bytes the client wrote.  A request never finishes a call, so nothing
-        is returned: finished exchanges come from :meth:`received` and :meth:`close`."""
+    def sent(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
+        """Bytes the client wrote.  Always ``[]`` here: an HTTP/1.1 request never
+        finishes a call (:meth:`received` and :meth:`close` do); the list is the
+        taps' common signature, and the HTTP/2 tap's ``sent`` can finish one."""
         if flags and flags & EventFlag.GAP:
             self._requests.lost_data()
         self._requests.receive_data(data)
@@ -113,6 +114,7 @@ class Http1Tap:
                     self._counters.skip("request_cut")
                 case Skipped():
                     self._counters.skip("http1_request_bytes", event.reason, event.nbytes)
+        return []
 
     def received(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
         done: list[Exchange] = []
