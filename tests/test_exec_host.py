@@ -131,7 +131,8 @@ def test_program_in_its_own_venv_gets_exact_rows_without_an_agent(tmp_path, cert
         want = EXPECTED[line["scenario"]]
         assert {k: row[k] for k in want} == want
         assert (row["pid"], row["capture"], row["model"], row["provider"], row["outcome"], row["unpriced"]) == (
-            line["pid"], "hook", fp.EXPECTED[line["scenario"]]["model"], "openai-compatible", "success", False)
+            line["pid"], "hook", fp.EXPECTED[line["scenario"]]["model"], fp.EXPECTED[line["scenario"]]["provider"],
+            "success", False)
         assert row["process"] == "python"  # attributed to the program, not to exec
         assert row["exe"] == os.path.realpath(app_python)
     # 0.00012540 * 2 + 0.00001710
