@@ -172,7 +172,7 @@ def test_prometheus_scrapes_the_exact_spend(tmp_path):
         assert float(calls[0]["value"][1]) == N_CALLS, calls
         tokens = prom_query(prom_port, "sum by (type) (lumen_tokens_total)")
         assert {r["metric"]["type"]: float(r["value"][1]) for r in tokens if r["metric"]["type"] != "cache_read"} \
-            == {"input": 3000.0, "output": 300.0}
+            == {"input": 3000.0, "output": 300.0, "cache_write": 0.0, "reasoning": 0.0}  # 0 is not NULL
         by_model = prom_query(prom_port, "sum by (model, provider) (lumen_cost_usd_total)")
         assert [r["metric"] for r in by_model] == [{"model": "gpt-4o-mini", "provider": "openai"}]
         build = prom_query(prom_port, "lumen_build_info")
