@@ -1,15 +1,24 @@
-"""Run a recorded capture through the pipeline again, into a DuckDB file."""
+"""Run a recorded capture through the pipeline again, into a DuckDB file.
+
+Two kinds of file: the agent's own recordings (JSON lines, see
+``recording``), and packet captures (pcap or pcapng, told by their magic
+bytes), whose plain-HTTP conversations -- and, given an NSS key log, TLS
+ones -- become rows (``capture`` = ``pcap``).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lumen_agent.capture.pcap_file import capture_events, is_packet_capture
 from lumen_agent.config import Config
 from lumen_agent.outputs.exporters import build_exporters
 from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.build import build
+from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.recording import RecordedAttribution, read_events
 
 log = logging.getLogger("lumen_agent")
@@ -23,13 +32,17 @@ class ReplaySummary:
     unpriced: int
     skipped: int
     rows_written: int
+    # Packet captures only:
+    packets: int | None = None
+    connections: int | None = None
 
 
-def replay(recording: Path, config: Config) -> ReplaySummary:
+def replay(recording: Path, config: Config, *, keylog: Path | None = None) -> ReplaySummary:
     """Feed ``recording`` through the pipeline ``config`` describes, into ``config.db``.
 
     Calls are attributed from the recording's process lines; a pid it does
-    not describe stays unattributed.
+    not describe stays unattributed (so does every call of a packet capture).
+    ``keylog``: an NSS key log that decrypts a packet capture's TLS.
     """
     store = CallStore(config.db)
     outputs = [store, *build_exporters(config)]
@@ -39,7 +52,8 @@ def replay(recording: Path, config: Config) -> ReplaySummary:
             output.on_call(call)
 
     attribution = RecordedAttribution()
-    pipeline = build(config, capture="replay", on_call=on_call, attribution=attribution)
+    pcap = is_packet_capture(recording)
+    pipeline = build(config, capture="pcap" if pcap else "replay", on_call=on_call, attribution=attribution)
     bad = 0
 
     def on_bad_line(lineno: int, error: Exception) -> None:
@@ -47,10 +61,14 @@ def replay(recording: Path, config: Config) -> ReplaySummary:
         bad += 1
         log.warning("skipped recording line=%d error=%s", lineno, error)
 
-    with open(recording, encoding="utf-8") as stream:
-        for event in read_events(stream, on_bad_line, on_process=attribution.remember):
-            pipeline.feed(event)
-            store.maybe_flush()
+    def recorded_events() -> Iterator[DataEvent]:
+        with open(recording, encoding="utf-8", errors="replace") as stream:
+            yield from read_events(stream, on_bad_line, on_process=attribution.remember)
+
+    events = capture_events(recording, pipeline.counters, keylog=keylog) if pcap else recorded_events()
+    for event in events:
+        pipeline.feed(event)
+        store.maybe_flush()
     pipeline.close()
     for output in outputs:  # the store first: exporters read what it wrote
         output.close()
@@ -62,4 +80,6 @@ def replay(recording: Path, config: Config) -> ReplaySummary:
         unpriced=counters.get("calls.unpriced", 0),
         skipped=sum(v for k, v in counters.items() if k.startswith("skipped.")),
         rows_written=store.stats().get("rows_written", 0),
+        packets=counters.get("pcap.packets", 0) if pcap else None,
+        connections=counters.get("pcap.connections", 0) if pcap else None,
     )

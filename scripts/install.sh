@@ -11,7 +11,8 @@ with_test=0
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
-apt_pkgs=(python3-bpfcc python3-venv curl openssl)
+# libpcap0.8: scapy compiles the plain-HTTP sniffer's kernel socket filter with it
+apt_pkgs=(python3-bpfcc python3-venv curl openssl libpcap0.8)
 if [[ -e /etc/debian_version ]] && grep -qi ubuntu /etc/os-release; then
   apt_pkgs+=("linux-headers-$(uname -r)")
 else
@@ -21,6 +22,10 @@ fi
 (( with_test )) && apt_pkgs+=(redis-server)  # the Redis Streams export test starts its own server
 # Go toolchain: the tests build a stdlib-only Go client (crypto/tls capture)
 (( with_test )) && apt_pkgs+=(golang-go)
+# tcpdump: plain-HTTP and keylog replay tests record real sessions with it
+(( with_test )) && apt_pkgs+=(tcpdump)
+# tshark: the --record pcapng test opens the file with it too
+(( with_test )) && apt_pkgs+=(tshark)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -151,24 +151,38 @@ def pricing_missing(
 @app.command()
 @user_errors
 def replay(
-    recording: Annotated[Path, typer.Argument(help="Recorded capture (JSON lines, see docs/recording.md).")],
+    recording: Annotated[Path, typer.Argument(help="Recorded capture (JSON lines, see docs/recording.md) "
+                                              "or a packet capture (pcap/pcapng, see docs/plain-http.md).")],
     db: DbOption = None,
     prices: PricesOption = None,
     config_path: ConfigOption = None,
     export_otlp: ExportOtlpOption = None,
     export_parquet: ExportParquetOption = None,
     export_redis: ExportRedisOption = None,
+    keylog: Annotated[
+        Optional[Path], typer.Option("--keylog", help="NSS key log (SSLKEYLOGFILE) to decrypt TLS in a packet "
+                                     "capture.", show_default=False)
+    ] = None,
 ) -> None:
-    """Run a recorded capture through the pipeline into the database (prices, tenant and feature
-    defaults from the configuration, as the agent would)."""
+    """Run a recorded capture or a packet capture through the pipeline into the database (prices,
+    tenant and feature defaults from the configuration, as the agent would)."""
     from lumen_agent.logs import setup_logging
     from lumen_agent.replay import replay as do_replay
 
     setup_logging(False)
     if not recording.is_file():
         raise QueryError(f"no such recording: {recording}")
+    if keylog is not None and not keylog.is_file():
+        raise QueryError(f"no such key log: {keylog}")
     s = do_replay(recording, _config(config_path, db=db, price_overrides=prices, export_otlp=export_otlp,
-                                     export_parquet=export_parquet, export_redis=export_redis))
+                                     export_parquet=export_parquet, export_redis=export_redis), keylog=keylog)
+    if s.packets is not None:
+        typer.echo(
+            f"replayed {s.packets} packets, {s.connections} TCP connections, {s.events} events: "
+            f"{s.calls} calls ({s.unpriced} unpriced), {s.rows_written} rows written, "
+            f"{s.skipped} bytes/items skipped"
+        )
+        return
     typer.echo(
         f"replayed {s.events} events: {s.calls} calls ({s.unpriced} unpriced), "
         f"{s.rows_written} rows written, {s.skipped} bytes/items skipped, {s.bad_lines} bad lines"

@@ -177,6 +177,8 @@ def request_for(scenario: str, *, model: str | None = None) -> tuple[str, dict[s
         if s.endpoint.startswith("converse"):
             return s.path, {"messages": [{"role": "user", "content": [{"text": PROMPT}]}]}, headers
         return s.path, {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 256, "messages": messages}, headers
+    if s.provider == "ollama":  # a local server: no credentials; streams unless told not to
+        return s.path, {"model": model, "messages": messages, "stream": s.streaming}, json_type
     # google
     method = "streamGenerateContent?alt=sse" if s.streaming else "generateContent"
     headers = {**json_type, "x-goog-api-key": GOOGLE_KEY}

@@ -23,6 +23,8 @@ Routes (any query string is ignored for routing; ``?beta=true`` etc. are fine):
     POST /model/ID/invoke                     Bedrock InvokeModel (Anthropic body + x-amzn-bedrock-*-token-count)
     POST /model/ID/invoke-with-response-stream  Bedrock InvokeModelWithResponseStream (event stream of
                                               base64 Anthropic events, invocation metrics on the last)
+    POST /api/chat                            Ollama native chat (NDJSON stream unless "stream": false;
+                                              needs no credentials, like a local Ollama)
     anything else (GET /healthz, ...)         200 text/plain "ok" -- non-LLM traffic
 
 Knobs, as request headers (or query parameters ``fake_<name>`` with ``-`` -> ``_``):
@@ -51,6 +53,7 @@ Run it as a subprocess:
 
     python tests/support/fake_provider.py --port 0 --cert server.pem --key server.key \
         --ready-file port.txt [--host 127.0.0.1] [--log served.jsonl]
+    python tests/support/fake_provider.py --plain ...   # plain HTTP (a local model server, a gateway)
 
 (``python -m tests.support.fake_provider`` works too from the repository root),
 or in process: ``with FakeProvider(cert, key) as fp: fp.port``; or ``spawn(certs)``
@@ -220,6 +223,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("bedrock.invoke-with-response-stream", "bedrock", "invoke-with-response-stream", "POST",
                  "/model/" + BEDROCK_MODEL_PATH + "/invoke-with-response-stream", True,
                  BEDROCK_MODEL, Tokens(input=60, output=10)),
+        Scenario("ollama.chat", "ollama", "chat", "POST", "/api/chat", False, "llama3.2", Tokens(input=26, output=7)),
+        Scenario("ollama.chat.stream", "ollama", "chat", "POST", "/api/chat", True, "llama3.2",
+                 Tokens(input=31, output=12)),
     )
 }
 
@@ -285,6 +291,8 @@ def wire_usage(scenario: str, tokens: Tokens) -> dict[str, Any]:
         if t.reasoning:
             meta["thoughtsTokenCount"] = t.reasoning
         return meta
+    if provider == "ollama":
+        return {"prompt_eval_count": t.input, "eval_count": t.output}
     raise KeyError(scenario)
 
 
@@ -776,6 +784,24 @@ _GOOGLE_STATUS = {
 }
 
 
+def ollama_chat(scenario: str, model: str, tokens: Tokens | None, n: int) -> list[bytes]:
+    """Ollama's /api/chat: one JSON object, or NDJSON deltas and a final object with the counts."""
+    created = "2025-01-01T00:00:00.000000Z"
+    final = {"model": model, "created_at": created, "message": {"role": "assistant", "content": ""},
+             "done_reason": "stop", "done": True, "total_duration": 123456789, "load_duration": 1234567,
+             **(wire_usage(scenario, tokens) if tokens else {}),
+             "prompt_eval_duration": 2345678, "eval_duration": 3456789}
+    if not SCENARIOS[scenario].streaming:
+        final["message"]["content"] = "".join(_text(n))
+        return [_json(final)]
+    def line(obj: dict[str, Any]) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+    pieces = [line({"model": model, "created_at": created, "message": {"role": "assistant", "content": text},
+                    "done": False}) for text in _text(n)]
+    return pieces + [line(final)]
+
+
 def error_reply(provider: str, status: int, request_id: str) -> Reply:
     if provider == "anthropic":
         kind = _ANTHROPIC_ERRORS.get(status, "api_error")
@@ -829,6 +855,8 @@ def route(method: str, path: str) -> tuple[str, str] | None:
             return "google", "generateContent"
         if path.endswith(":streamGenerateContent"):
             return "google", "streamGenerateContent"
+    if path == "/api/chat":
+        return "ollama", "chat"
     return None
 
 
@@ -837,6 +865,8 @@ def _has_credentials(provider: str, headers: Any, query: dict[str, list[str]]) -
         return bool(headers.get("authorization"))
     if provider == "vertex-anthropic":
         return (headers.get("authorization") or "").lower().startswith("bearer ")
+    if provider == "ollama":
+        return True  # a local Ollama asks for no key
     if provider == "anthropic":
         return bool(headers.get("x-api-key") or headers.get("authorization"))
     if provider == "google":
@@ -861,7 +891,7 @@ def _build_llm_reply(provider: str, endpoint: str, path: str, query: dict[str, l
                      body: bytes) -> Reply:
     request_id = {"openai": lambda: _rid("req_"), "anthropic": lambda: "req_011C" + uuid.uuid4().hex[:20],
                   "google": lambda: uuid.uuid4().hex, "vertex-anthropic": lambda: uuid.uuid4().hex,
-                  "bedrock": lambda: str(uuid.uuid4())}[provider]()
+                  "bedrock": lambda: str(uuid.uuid4()), "ollama": lambda: ""}[provider]()
     try:
         knobs = _knobs(headers, query)
         request = json.loads(body) if body.strip() else {}
@@ -898,6 +928,9 @@ def _build_llm_reply(provider: str, endpoint: str, path: str, query: dict[str, l
             scenario = "openai.responses" + (".stream" if stream else "")
         elif endpoint == "embeddings":
             scenario = "openai.embeddings"
+        elif provider == "ollama":
+            stream = request.get("stream") is not False  # Ollama streams by default
+            scenario = "ollama.chat" + (".stream" if stream else "")
         else:
             scenario = "anthropic.messages" + (".stream" if stream else "")
     model = response_model(request_model, endpoint)
@@ -929,6 +962,11 @@ def _build_llm_reply(provider: str, endpoint: str, path: str, query: dict[str, l
         content_type = "application/vnd.amazon.eventstream" if streaming else JSON_TYPE
         return Reply(200, _bedrock_headers(request_id, content_type, tokens, invoke=endpoint == "invoke"), pieces,
                      scenario, request_id, model, tokens,
+                     {"knobs": asdict(knobs), "request_model": request_model, "chunks": n})
+    elif scenario.startswith("ollama"):
+        pieces = ollama_chat(scenario, model, tokens, n)
+        content_type = "application/x-ndjson" if streaming else "application/json; charset=utf-8"
+        return Reply(200, [("Content-Type", content_type)], pieces, scenario, None, model, tokens,
                      {"knobs": asdict(knobs), "request_model": request_model, "chunks": n})
     else:
         sse = streaming and query.get("alt", [""])[-1] == "sse"
@@ -1150,7 +1188,7 @@ class _TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, verbose: bool = False,
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext | None, verbose: bool = False,
                  log_path: str | os.PathLike[str] | None = None) -> None:
         self.context = context
         self.verbose = verbose
@@ -1174,6 +1212,12 @@ class _TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
                 self._log.write(json.dumps(entry) + "\n")
 
     def finish_request(self, request: socket.socket, client_address: Any) -> None:
+        if self.context is None:  # plain HTTP
+            try:
+                self.RequestHandlerClass(request, client_address, self)
+            except (ConnectionError, TimeoutError):
+                pass
+            return
         # The TLS handshake runs here, in the connection's own thread, so a slow or
         # broken client never holds up accept().
         try:
@@ -1475,14 +1519,17 @@ class FakeProvider:
 class FakeProviderProcess:
     """The server as a child process (what end-to-end tests use): ``pid``, ``port``, ``served()``."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path, plain: bool = False) -> None:
         self.proc = proc
         self.pid = proc.pid
         self.port = port
         self.log_path = log_path
+        self.plain = plain
 
     @property
     def url(self) -> str:
+        if self.plain:
+            return f"http://127.0.0.1:{self.port}"
         return f"https://localhost:{self.port}"
 
     def served(self) -> list[dict[str, Any]]:
@@ -1510,10 +1557,11 @@ class FakeProviderProcess:
 
 def spawn(certs: Any, *, port: int = 0, host: str = "127.0.0.1", workdir: str | os.PathLike[str] | None = None,
           python: str = sys.executable, timeout: float = 20, verbose: bool = False,
-          http2: bool = False) -> FakeProviderProcess:
+          http2: bool = False, plain: bool = False) -> FakeProviderProcess:
     """Start the server as a subprocess and wait until it listens.
 
-    ``certs`` is a ``tests.support.certs.Certs`` (anything with ``.cert`` and ``.key``).
+    ``certs`` is a ``tests.support.certs.Certs`` (anything with ``.cert`` and ``.key``);
+    with ``plain`` it is ignored (may be None) and the server speaks plain HTTP.
     The request log (JSON lines) goes to ``workdir`` (a fresh temp folder by default).
     """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fake-provider-"))
@@ -1521,7 +1569,8 @@ def spawn(certs: Any, *, port: int = 0, host: str = "127.0.0.1", workdir: str | 
     ready = workdir / f"ready-{uuid.uuid4().hex[:8]}.txt"
     log_path = workdir / f"served-{uuid.uuid4().hex[:8]}.jsonl"
     argv = [python, str(Path(__file__).resolve()), "--host", host, "--port", str(port),
-            "--cert", str(certs.cert), "--key", str(certs.key), "--ready-file", str(ready), "--log", str(log_path)]
+            "--ready-file", str(ready), "--log", str(log_path)]
+    argv += ["--plain"] if plain else ["--cert", str(certs.cert), "--key", str(certs.key)]
     if verbose:
         argv.append("--verbose")
     if http2:
@@ -1532,7 +1581,7 @@ def spawn(certs: Any, *, port: int = 0, host: str = "127.0.0.1", workdir: str | 
         if ready.exists():
             text = ready.read_text().strip()
             if text:
-                return FakeProviderProcess(proc, int(text), log_path)
+                return FakeProviderProcess(proc, int(text), log_path, plain)
         if proc.poll() is not None:
             raise RuntimeError(f"fake provider exited with {proc.returncode} before listening")
         time.sleep(0.02)
@@ -1545,15 +1594,18 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--plain", action="store_true", help="plain HTTP, no TLS (no --cert/--key)")
     parser.add_argument("--ready-file", help="the port is written here once listening")
     parser.add_argument("--log", help="append one JSON line per answered request")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--http2", action="store_true", help="offer h2 in ALPN too (needs the h2 package)")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if not args.plain and not (args.cert and args.key):
+        parser.error("--cert and --key are needed (or --plain)")
 
-    context = server_context(args.cert, args.key, http2=args.http2)
+    context = None if args.plain else server_context(args.cert, args.key, http2=args.http2)
     server = _TLSServer((args.host, args.port), context, args.verbose, args.log)
 
     def stop(signum: int, frame: Any) -> None:
@@ -1565,7 +1617,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         tmp = f"{args.ready_file}.tmp"
         Path(tmp).write_text(f"{port}\n")
         os.replace(tmp, args.ready_file)
-    print(f"fake provider listening on https://{args.host}:{port}", flush=True)
+    print(f"fake provider listening on {'http' if args.plain else 'https'}://{args.host}:{port}", flush=True)
     try:
         server.serve_forever()
     except (SystemExit, KeyboardInterrupt):

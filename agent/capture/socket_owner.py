@@ -1,0 +1,102 @@
+"""Which local process owns one end of a TCP connection.
+
+psutil's ``net_connections`` reads /proc/net/tcp{,6} (endpoints -> socket
+inode) and every /proc/PID/fd (inode -> pid): a few milliseconds on a quiet
+host, more on a busy one.  So one scan answers for every connection open at
+that moment (all are cached), and scans are rate-limited: a SYN flood on a
+sniffed port cannot turn into a flood of /proc walks.  A connection that
+misses the budget is counted and stays unattributed (pid 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+from lumen_agent.capture.packets import normalise_ip
+from lumen_agent.capture.tcp_reassembly import Endpoint
+
+log = logging.getLogger("lumen_agent")
+
+# Scans of all sockets allowed per second (each ~5 ms on the reference host).
+MAX_SCANS_PER_S = 20
+# Owners remembered at once (local endpoint, remote endpoint) -> pid.
+MAX_CACHED_SOCKETS = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    pid: int
+    is_client: bool  # the owner is the client end of the connection
+
+
+def scan_sockets() -> dict[tuple[Endpoint, Endpoint], int]:
+    """(local, remote) -> pid for every connected TCP socket of this network namespace."""
+    owners: dict[tuple[Endpoint, Endpoint], int] = {}
+    for c in psutil.net_connections(kind="tcp"):
+        if not c.raddr or not c.pid:
+            continue
+        local = Endpoint(normalise_ip(c.laddr.ip), c.laddr.port)
+        remote = Endpoint(normalise_ip(c.raddr.ip), c.raddr.port)
+        owners[(local, remote)] = c.pid
+    return owners
+
+
+class SocketOwners:
+    def __init__(self, scan: Callable[[], dict[tuple[Endpoint, Endpoint], int]] = scan_sockets,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._scan = scan
+        self._clock = clock
+        self._cache: OrderedDict[tuple[Endpoint, Endpoint], int] = OrderedDict()
+        self._budget = float(MAX_SCANS_PER_S)
+        self._refilled = clock()
+        self.counters = {"owner_scans": 0, "owner_scans_refused": 0}
+
+    def lookup(self, client: Endpoint, server: Endpoint, *, scan: bool = True) -> Owner | None:
+        """The client's process if it is local, else the server's, else None."""
+        owner = self._cached(client, server)
+        if owner is None and scan and self._take_budget():
+            self._rescan()
+            owner = self._cached(client, server)
+        return owner
+
+    def _cached(self, client: Endpoint, server: Endpoint) -> Owner | None:
+        pid = self._cache.get((client, server))
+        if pid is not None:
+            return Owner(pid, True)
+        pid = self._cache.get((server, client))
+        if pid is not None:
+            return Owner(pid, False)
+        return None
+
+    def _take_budget(self) -> bool:
+        now = self._clock()
+        self._budget = min(float(MAX_SCANS_PER_S), self._budget + (now - self._refilled) * MAX_SCANS_PER_S)
+        self._refilled = now
+        if self._budget < 1:
+            self.counters["owner_scans_refused"] += 1
+            return False
+        self._budget -= 1
+        return True
+
+    def _rescan(self) -> None:
+        self.counters["owner_scans"] += 1
+        try:
+            found = self._scan()
+        except (psutil.Error, OSError) as exc:
+            log.warning("cannot list sockets error=%s", exc)
+            return
+        for key, pid in found.items():
+            self._cache[key] = pid
+            self._cache.move_to_end(key)
+        while len(self._cache) > MAX_CACHED_SOCKETS:
+            self._cache.popitem(last=False)
+
+    def forget(self, client: Endpoint, server: Endpoint) -> None:
+        """The connection closed: its endpoints may be reused by another process."""
+        self._cache.pop((client, server), None)
+        self._cache.pop((server, client), None)
