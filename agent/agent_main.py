@@ -49,6 +49,15 @@ def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
 
 def _run_locked(config: Config, exclude_pids: set[int]) -> None:
     capture = choose_capture(config)
+    # The sniffer learns of a process (its socket's owner) before its first
+    # bytes: it reads /proc then, through the agent's attribution, while the
+    # process surely runs.  The agent exists only after the capture is made.
+    built: list[Agent] = []
+
+    def observe(pid: int) -> None:
+        if built:
+            built[0].attribution.observe(pid)
+
     if capture == "ebpf":
         from lumen_agent.capture.ebpf import CaptureOptions, EbpfCapture
 
@@ -57,14 +66,40 @@ def _run_locked(config: Config, exclude_pids: set[int]) -> None:
 
         def make_capture(on_event, on_exec):
             return EbpfCapture(on_event, options, on_exec=on_exec)
+        if config.plain_http_ports:
+            make_capture = _with_plain_http(make_capture, config, observe)
+    elif capture == "plain":
+        from lumen_agent.capture.sniff import PlainHttpCapture
+
+        if not config.plain_http_ports:
+            raise CaptureUnavailable("--capture plain has no ports to sniff",
+                                     "set [capture] plain_http_ports in the configuration")
+
+        def make_capture(on_event, on_exec):
+            return PlainHttpCapture(on_event, config.plain_http_ports, on_process=observe)
     elif capture in ("hook", "proxy"):
         def make_capture(on_event, on_exec):
             return IngestOnly()
     else:
         raise CaptureUnavailable(f"unknown capture {capture!r}")
     agent = Agent(config, make_capture, capture_name=capture)
+    built.append(agent)
     install_extensions(agent, config)
     agent.run()
+
+
+def _with_plain_http(make_primary, config: Config, observe):
+    """The primary capture and, beside it, the plain-HTTP sniffer on the configured ports."""
+    from lumen_agent.capture.combined import CombinedCapture
+    from lumen_agent.capture.conversations import is_sniffed_conn
+    from lumen_agent.capture.sniff import PlainHttpCapture
+
+    def make_capture(on_event, on_exec):
+        sniffer = PlainHttpCapture(on_event, config.plain_http_ports, on_process=observe)
+        return CombinedCapture(make_primary(on_event, on_exec), sniffer,
+                               secondary_name="plain-HTTP", secondary_conn=is_sniffed_conn)
+
+    return make_capture
 
 
 def install_extensions(agent: Agent, config: Config) -> None:

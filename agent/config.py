@@ -36,7 +36,7 @@ class ConfigError(LumenError, ValueError):
 class Config:
     # [agent]
     db: Path = field(default_factory=paths.default_db_path)
-    capture: str = "auto"  # auto | ebpf | hook | proxy
+    capture: str = "auto"  # auto | ebpf | hook | proxy | plain
     attach: str = "global"  # global | per-process
     capture_content: bool = False
     record: Path | None = None
@@ -53,6 +53,10 @@ class Config:
     default_feature: str | None = None
     # [filters]
     filters: ProcessFilter = field(default_factory=ProcessFilter)
+    # [capture]
+    # TCP ports sniffed for plain-HTTP LLM traffic (local model servers,
+    # gateways): Ollama, vLLM, llama.cpp, LM Studio, LiteLLM.  Empty: off.
+    plain_http_ports: tuple[int, ...] = (11434, 8000, 8080, 1234, 4000)
     # [proxy]
     proxy_listen: str = "127.0.0.1:8787"
     # Where your application's requests go, by path prefix: "/openai" ->
@@ -89,7 +93,7 @@ class Config:
 # option name -> (section, key, description); the order is the documented order.
 OPTIONS: dict[str, tuple[str, str, str]] = {
     "db": ("agent", "db", "DuckDB file the agent appends calls to"),
-    "capture": ("agent", "capture", "how calls are seen: auto, ebpf, hook or proxy"),
+    "capture": ("agent", "capture", "how calls are seen: auto, ebpf, hook, proxy or plain (plain HTTP only)"),
     "attach": ("agent", "attach", "eBPF attach mode: global or per-process (see README)"),
     "capture_content": ("agent", "capture_content", "also store prompt and completion text"),
     "record": ("agent", "record", "also append captured events to this file (replay format)"),
@@ -102,6 +106,8 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "default_tenant": ("attribution", "tenant", "tenant of calls that send no x-lumen-tenant header"),
     "default_feature": ("attribution", "feature", "feature of calls that send no x-lumen-feature header"),
     "filters": ("filters", "*", "include_/exclude_ process, exe, user, unit, container: lists of patterns"),
+    "plain_http_ports": ("capture", "plain_http_ports", "TCP ports sniffed for plain-HTTP LLM calls ([] = off; "
+                         "see docs/plain-http.md)"),
     "proxy_listen": ("proxy", "listen", "address of `lumen-agent proxy`"),
     "proxy_upstreams": ("proxy", "upstreams", "path prefix -> upstream base URL"),
     "hostname": ("agent", "hostname", "the host name on every row (default: this machine's)"),
@@ -117,7 +123,7 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
 }
 
 _CHOICES = {
-    "capture": ("auto", "ebpf", "hook", "proxy"),
+    "capture": ("auto", "ebpf", "hook", "proxy", "plain"),
     "attach": ("global", "per-process"),
     "log_level": ("debug", "info", "warning", "error"),
     "export_otlp_protocol": ("http/protobuf", "grpc"),
@@ -257,6 +263,12 @@ def _coerce(kind: str, value: Any) -> Any:
         if isinstance(value, bool):
             raise TypeError
         return float(value)
+    if kind.startswith("tuple[int"):
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise TypeError
+        if any(not 0 < v < 65536 for v in value):
+            raise ValueError
+        return tuple(value)
     if kind.startswith("dict"):
         if not isinstance(value, dict):
             raise TypeError
@@ -302,7 +314,7 @@ def _toml_value(value: Any) -> str:
         value = str(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from lumen_agent import paths
+from lumen_agent.capture.conversations import capture_of_conn
 from lumen_agent.config import Config
 from lumen_agent.control import ControlServer
 from lumen_agent.outputs.base import Output
@@ -105,7 +106,7 @@ class Agent:
         self.attribution = Attribution()
         self.gate = ProcessGate(config.filters, self.attribution, on_exclude=self._exclude)
         self.pipeline = build(config, capture=capture_name, on_call=self._on_call, attribution=self.attribution,
-                              on_ignore=self._ignore)
+                              on_ignore=self._ignore, capture_of_conn=capture_of_conn)
         self.control = ControlServer(config.runtime_dir)
         self.control.register("status", lambda _request: self._status)
         self.capture = make_capture(self._on_event, self._on_exec)
@@ -333,4 +334,12 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
         ("rows_dropped", store.get("dropped", 0)),
         *((f"{name}.{key}", value) for name, stats in sorted(status.get("outputs", {}).items())
           for key, value in stats.items()),
-    ]
+    ] + _plain_http_rows(capture)
+
+
+def _plain_http_rows(capture: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The plain-HTTP sniffer's counters, when it runs."""
+    if "plain.packets" not in capture:
+        return []
+    return [(f"plain_{name}", capture.get(f"plain.{name}", 0))
+            for name in ("packets", "bytes", "connections", "reorder_drops")]

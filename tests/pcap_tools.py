@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,9 @@ import time
 from pathlib import Path
 
 TCPDUMP = shutil.which("tcpdump") or "/usr/bin/tcpdump"
+# Kernel capture buffer (-B): in immediate mode each packet may take a ring
+# block of its own, and the default 2 MiB drops bursts on a busy machine.
+BUFFER_KIB = 64 * 1024
 
 
 class Tcpdump:
@@ -28,8 +32,8 @@ class Tcpdump:
         # --immediate-mode: packets reach tcpdump as they arrive, not in
         # blocks a SIGTERM would lose; -U: each is written at once; -Z root:
         # keep writing to a root-owned tmp dir.
-        argv = [TCPDUMP, "-i", self.iface, "--immediate-mode", "-U", "-Z", "root", "-w", str(self.path),
-                f"tcp port {self.port}"]
+        argv = [TCPDUMP, "-i", self.iface, "--immediate-mode", "-B", str(BUFFER_KIB), "-U", "-Z", "root",
+                "-w", str(self.path), f"tcp port {self.port}"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         # tcpdump says "listening on ..." once the socket is open and filtered.
@@ -50,4 +54,6 @@ class Tcpdump:
         self.proc.send_signal(signal.SIGTERM)
         _, err = self.proc.communicate(timeout=15)
         self.stderr = err
+        if not re.search(r"(?m)^0 packets dropped by kernel", err):
+            raise RuntimeError(f"tcpdump lost packets: {err.strip()}")
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from lumen_agent.cli import app
 from pcap_tools import Tcpdump
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -20,6 +19,8 @@ from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 from typer.testing import CliRunner
+
+from lumen_agent.cli import app
 
 # Explicit addresses: a bare Ether() would make scapy ARP for the destination.
 MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -58,7 +59,7 @@ def replay(path: Path, tmp_path: Path, monkeypatch, *extra: str):
         return result, []
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(f"SELECT {', '.join(COLUMNS)} FROM llm_calls ORDER BY ts_start").fetchall()
-    return result, [dict(zip(COLUMNS, row)) for row in rows]
+    return result, [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
 
 def expected_rows(port: int) -> list[dict]:

@@ -1,7 +1,10 @@
 """TCP reassembly (agent/capture/tcp_reassembly.py): order, duplicates, overlaps, holes, limits."""
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lumen_agent.capture import tcp_reassembly as tr
 from lumen_agent.capture.tcp_reassembly import (
     ACK,
@@ -38,7 +41,7 @@ def shuffled_segments(draw):
     data = draw(st.binary(min_size=1, max_size=2000))
     cuts = sorted(set(draw(st.lists(st.integers(1, len(data) - 1), max_size=20)))) if len(data) > 1 else []
     bounds = [0, *cuts, len(data)]
-    pieces = [(a, b) for a, b in zip(bounds, bounds[1:])]
+    pieces = list(itertools.pairwise(bounds))
     # Overlapping retransmissions: any span of the stream, sent again.
     extra = draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(1, 400)), max_size=5))
     pieces += [(a, min(len(data), a + n)) for a, n in extra]

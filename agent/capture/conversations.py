@@ -44,8 +44,18 @@ class StreamDecryptor(Protocol):
     def closed(self, flow_id: int) -> None: ...
 
 
+# The ``capture`` of rows from sniffed connections, when they share an agent
+# with another capture.
+SNIFFED_CAPTURE = "plain"
+
+
 def is_sniffed_conn(conn: int) -> bool:
     return conn >= CONN_ID_BASE
+
+
+def capture_of_conn(conn: int) -> str | None:
+    """How a connection was seen, for a pipeline fed by more than one capture."""
+    return SNIFFED_CAPTURE if conn >= CONN_ID_BASE else None
 
 
 class Conversations:

@@ -8,19 +8,13 @@ segment over IPv4/IPv6 is reported as a reason to skip, never raised.
 
 from __future__ import annotations
 
-from lumen_agent.capture.tcp_reassembly import Endpoint, Segment
 from scapy.config import conf
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether, Loopback
 from scapy.packet import Packet
 
-_MAPPED_V4 = "::ffff:"
-
-
-def normalise_ip(ip: str) -> str:
-    """IPv4-mapped IPv6 addresses (a dual-stack socket's view) as plain IPv4."""
-    return ip[len(_MAPPED_V4):] if ip.startswith(_MAPPED_V4) and "." in ip else ip
+from lumen_agent.capture.tcp_reassembly import Endpoint, Segment, normalise_ip
 
 
 def dissect_to_tcp_only() -> None:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
-from lumen_agent.capture.packets import normalise_ip
-from lumen_agent.capture.tcp_reassembly import Endpoint
+
+from lumen_agent.capture.tcp_reassembly import Endpoint, normalise_ip
 
 log = logging.getLogger("lumen_agent")
 

@@ -97,6 +97,14 @@ class StreamClosed:
 StreamEvent = StreamData | StreamClosed
 
 
+_MAPPED_V4 = "::ffff:"
+
+
+def normalise_ip(ip: str) -> str:
+    """IPv4-mapped IPv6 addresses (a dual-stack socket's view) as plain IPv4."""
+    return ip[len(_MAPPED_V4):] if ip.startswith(_MAPPED_V4) and "." in ip else ip
+
+
 def seq_diff(a: int, b: int) -> int:
     """``a - b`` in 32-bit sequence space, as a signed number."""
     d = (a - b) % SEQ_MOD

@@ -35,8 +35,9 @@ def run(
         Optional[Path], typer.Option("--record", help="Also append captured events to FILE (replay format).")
     ] = None,
     capture: Annotated[
-        Optional[str], typer.Option("--capture", help="auto (eBPF when it can), ebpf, or hook (events only from "
-                                    "hooked processes over the ingest socket).", show_default=False)
+        Optional[str], typer.Option("--capture", help="auto (eBPF when it can), ebpf, hook (events only from "
+                                    "hooked processes over the ingest socket), or plain (only plain-HTTP ports, "
+                                    "by packet capture).", show_default=False)
     ] = None,
     attach: Annotated[
         Optional[str], typer.Option("--attach", help="global: probe TLS library files (every process, from its "

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 
 def build(config: Config, *, capture: str, on_call: Callable[[Call], None],
           attribution: Attribution | None = None,
-          on_ignore: Callable[[int, int], None] | None = None) -> Pipeline:
+          on_ignore: Callable[[int, int], None] | None = None,
+          capture_of_conn: Callable[[int], str | None] | None = None) -> Pipeline:
     """A pipeline that prices with ``config``'s table and hands each Call to ``on_call``.
 
     ``capture`` names the source on every row (``ebpf``, ``hook``, ``proxy``,
     ``replay``, ...); ``attribution`` says who made a call (a live /proc reader
-    by default, or what a recording remembered).
+    by default, or what a recording remembered); ``capture_of_conn`` names the
+    source per connection when one agent has two (eBPF and the plain-HTTP sniffer).
     """
     return Pipeline(
         PriceTable.load(config.price_overrides),
@@ -43,4 +45,5 @@ def build(config: Config, *, capture: str, on_call: Callable[[Call], None],
         ),
         attribution=attribution,
         on_ignore=on_ignore,
+        capture_of_conn=capture_of_conn,
     )

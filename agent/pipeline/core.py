@@ -46,8 +46,12 @@ class Pipeline:
         options: PipelineOptions = PipelineOptions(),
         attribution: Attribution | None = None,
         on_ignore: Callable[[int, int], None] | None = None,
+        capture_of_conn: Callable[[int], str | None] | None = None,
     ) -> None:
+        """``capture_of_conn(conn)``: how a connection was seen when the pipeline
+        has more than one source (None: ``options.capture``)."""
         self.counters = Counters()
+        self._capture_of_conn = capture_of_conn
         self._prices = prices
         self._on_call = on_call
         self._on_ignore = on_ignore
@@ -154,7 +158,7 @@ class Pipeline:
             api_key_hash=hash_credential(secret, self._salt) if secret else None,
             tenant=headers.get("x-lumen-tenant") or self._options.default_tenant,
             feature=headers.get("x-lumen-feature") or self._options.default_feature,
-            capture=self._options.capture,
+            capture=(self._capture_of_conn and self._capture_of_conn(ex.conn)) or self._options.capture,
             http_version=ex.http_version,
             request_body=ex.request_text(),
             response_body=ex.response_text(),

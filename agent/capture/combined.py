@@ -1,0 +1,83 @@
+"""Two capture sources in one agent: eBPF for TLS, the sniffer for plain HTTP.
+
+The run loop polls one source; this one polls the primary with a short
+timeout, then drains the secondary without waiting, so neither starves.
+A secondary that cannot start (no libpcap, no CAP_NET_RAW) is logged and
+left out: the primary still runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("lumen_agent")
+
+# Longest wait in the primary before the secondary is read: its packets wait
+# this long at most in the kernel socket buffer.
+PRIMARY_POLL_MS = 20
+
+
+class CombinedCapture:
+    def __init__(self, primary: Any, secondary: Any, *, secondary_name: str,
+                 secondary_conn: Callable[[int], bool]) -> None:
+        """``secondary_conn(conn)``: whether a connection id is the secondary's."""
+        self.primary = primary
+        self.secondary: Any | None = secondary
+        self._secondary_conn = secondary_conn
+        self._secondary_name = secondary_name
+        self.secondary_error: str | None = None
+
+    def start(self) -> None:
+        self.primary.start()
+        try:
+            self.secondary.start()
+        except Exception as exc:  # noqa: BLE001 - the primary capture must run regardless
+            self.secondary_error = str(exc)
+            log.warning("%s capture not started: %s", self._secondary_name, exc)
+            self.secondary = None
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        self.primary.poll(min(timeout_ms, PRIMARY_POLL_MS))
+        if self.secondary is not None:
+            self.secondary.poll(0)
+
+    def ignore_connection(self, pid: int, conn: int) -> None:
+        if not self._secondary_conn(conn):
+            self.primary.ignore_connection(pid, conn)
+        elif self.secondary is not None:
+            self.secondary.ignore_connection(pid, conn)
+
+    def exclude_pid(self, pid: int) -> None:
+        self.primary.exclude_pid(pid)
+        if self.secondary is not None:
+            self.secondary.exclude_pid(pid)
+
+    def include_pid(self, pid: int) -> None:
+        self.primary.include_pid(pid)
+        if self.secondary is not None:
+            self.secondary.include_pid(pid)
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.primary.stats())
+        if self.secondary is not None:
+            for key, value in self.secondary.stats().items():
+                if key in out:  # events, bytes: the agent's totals
+                    out[key] += value
+                else:
+                    out[key] = value
+        return out
+
+    def targets(self) -> list[Any]:
+        targets = list(self.primary.targets())
+        if self.secondary is not None:
+            targets += self.secondary.targets()
+        return targets
+
+    def close(self) -> None:
+        try:
+            self.primary.close()
+        finally:
+            if self.secondary is not None:
+                self.secondary.close()

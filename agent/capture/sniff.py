@@ -1,0 +1,246 @@
+"""Live plain-HTTP capture: scapy packet sockets on lo and the host's interfaces.
+
+Local model servers (Ollama 11434, vLLM 8000, llama.cpp 8080, LM Studio 1234)
+and in-cluster gateways (LiteLLM 4000) are called over ``http://``: no TLS
+library, so no uprobe sees them.  This source reads their TCP packets.
+
+One ``AF_PACKET`` socket per interface (scapy's ``L2ListenSocket``), each
+with a classic BPF program attached in the kernel (``SO_ATTACH_FILTER``):
+only TCP segments to or from the configured ports ever reach user space, so
+other traffic costs the agent nothing.  scapy compiles the filter expression
+with libpcap (Debian's libpcap0.8), the same compiler tcpdump uses.  On
+``lo`` every packet passes a packet socket twice (leaving, then arriving);
+the filter's ``inbound`` keeps one copy, as tcpdump does.
+
+Packets are read in the run loop's turns (``poll``), non-blocking, at most
+``MAX_PACKETS_PER_POLL`` a turn, and go through ``Conversations`` (TCP
+reassembly, socket owner) to the pipeline as DataEvents.
+
+    cap = PlainHttpCapture(on_event, ports={11434, 8000})
+    cap.start()
+    while running:
+        cap.poll(100)
+    cap.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from lumen_agent.capture.conversations import Conversations
+from lumen_agent.capture.socket_owner import SocketOwners
+from lumen_agent.capture.tcp_reassembly import Endpoint
+from lumen_agent.errors import LumenError
+from lumen_agent.pipeline.events import DataEvent
+
+log = logging.getLogger("lumen_agent")
+
+DEFAULT_PORTS = (11434, 8000, 8080, 1234, 4000)
+# Packets read per poll turn, so the run loop gets back to its other work.
+MAX_PACKETS_PER_POLL = 4096
+# Kernel receive buffer per socket: packets wait here while the loop is busy
+# (a pipeline turn, a /proc scan).  Loopback segments are up to 64 KiB.
+SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
+# Largest frame: an IP packet (64 KiB, loopback's MTU allows it) and its link header.
+MAX_FRAME_BYTES = 65535 + 64
+HOUSEKEEPING_S = 1.0
+# Processes already handed to ``on_process`` (most recent kept).
+MAX_KNOWN_PIDS = 4096
+
+
+class SniffError(LumenError):
+    """The sniffer cannot start (no CAP_NET_RAW, no libpcap to compile the filter)."""
+
+
+def port_filter(ports: Iterable[int], *, loopback: bool) -> str:
+    """The BPF filter expression: TCP to or from one of ``ports``."""
+    ports = sorted(set(ports))
+    expr = " or ".join(f"tcp port {p}" for p in ports)
+    return f"inbound and ({expr})" if loopback else expr
+
+
+def host_interfaces() -> list[str]:
+    """lo and every interface that is up, by name."""
+    import psutil
+
+    names = ["lo"]
+    for name, stats in psutil.net_if_stats().items():
+        if stats.isup and name != "lo":
+            names.append(name)
+    return names
+
+
+class PlainHttpCapture:
+    def __init__(
+        self,
+        on_event: Callable[[DataEvent], None],
+        ports: Iterable[int] = DEFAULT_PORTS,
+        *,
+        interfaces: Iterable[str] | None = None,
+        owners: SocketOwners | None = None,
+        on_process: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_process(pid)``: a process just found owning a connection; learn
+        about it now, while it runs (a curl may be gone by its first bytes)."""
+        self._on_event = on_event
+        self._on_process = on_process
+        self._known_pids: OrderedDict[int, None] = OrderedDict()
+        self.ports = tuple(sorted(set(ports)))
+        self._interfaces = list(interfaces) if interfaces is not None else None
+        self._owners = owners or SocketOwners()
+        self._conversations = Conversations(frozenset(self.ports), owner_of=self._owner_of)
+        self._sockets: list[Any] = []
+        self._by_fd: dict[int, Any] = {}
+        self._excluded: set[int] = set()
+        self._next_housekeeping = 0.0
+        self._events = 0
+        self._bytes = 0
+        self._skipped: dict[str, int] = {}
+        self.attached: list[str] = []
+
+    # -- CaptureSource --------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            from scapy.arch.linux import L2ListenSocket
+            from scapy.error import Scapy_Exception
+
+            from lumen_agent.capture.packets import dissect_to_tcp_only
+        except ImportError as exc:  # pragma: no cover - scapy is a dependency
+            raise SniffError(f"scapy is not importable: {exc}", "pip install scapy") from None
+        dissect_to_tcp_only()
+        names = self._interfaces if self._interfaces is not None else host_interfaces()
+        errors = []
+        for name in names:
+            loopback = name == "lo"
+            try:
+                sock = L2ListenSocket(iface=name, filter=port_filter(self.ports, loopback=loopback))
+                sock.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+                sock.ins.setblocking(False)
+            except (OSError, Scapy_Exception, ImportError, ValueError) as exc:
+                errors.append(f"{name}: {exc}")
+                continue
+            self._sockets.append(sock)
+            self._by_fd[sock.ins.fileno()] = sock
+            self.attached.append(name)
+        if not self._sockets:
+            raise SniffError("plain-HTTP capture cannot open a packet socket (" + "; ".join(errors) + ")",
+                             "run as root (CAP_NET_RAW) with libpcap installed (apt install libpcap0.8)")
+        for error in errors:
+            log.warning("plain-HTTP capture skips an interface: %s", error)
+        log.info("plain-HTTP capture interfaces=%s ports=%s", ",".join(self.attached),
+                 ",".join(map(str, self.ports)))
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        if self._sockets:
+            try:
+                ready, _, _ = select.select(list(self._by_fd), [], [], max(timeout_ms, 0) / 1000)
+            except (OSError, ValueError):
+                ready = []
+            budget = MAX_PACKETS_PER_POLL
+            for fd in ready:
+                budget -= self._read(self._by_fd[fd], budget)
+        elif timeout_ms > 0:
+            time.sleep(timeout_ms / 1000)
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_S
+            self._conversations.tick(time.time_ns(), self._emit)
+
+    def ignore_connection(self, pid: int, conn: int) -> None:
+        self._conversations.ignore(conn)
+
+    def exclude_pid(self, pid: int) -> None:
+        self._excluded.add(pid)
+
+    def include_pid(self, pid: int) -> None:
+        self._excluded.discard(pid)
+
+    def stats(self) -> dict[str, int]:
+        table = self._conversations.table.counters
+        out = {
+            "events": self._events,
+            "bytes": self._bytes,
+            "plain.packets": table["segments"] + sum(self._skipped.values()),
+            "plain.bytes": table["bytes"],
+            "plain.connections": table["connections"],
+            "plain.open_connections": len(self._conversations.table),
+            "plain.reorder_drops": table["reorder_drops"],
+            "plain.retransmitted_bytes": table["retransmitted_bytes"],
+            "plain.gaps": table["gaps"],
+            "plain.evicted_connections": table["evicted_connections"],
+            "plain.unattributed_connections": self._conversations.counters["unattributed_connections"],
+        }
+        out.update({f"plain.{k}": v for k, v in self._owners.counters.items()})
+        out.update({f"plain.skipped.{k}": v for k, v in self._skipped.items()})
+        return out
+
+    def targets(self) -> list[str]:
+        if not self._sockets:
+            return []
+        return [f"plain HTTP on {','.join(self.attached)} ports {','.join(map(str, self.ports))}"]
+
+    def close(self) -> None:
+        self._conversations.close(time.time_ns(), self._emit)
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._sockets.clear()
+        self._by_fd.clear()
+
+    # -- internals ------------------------------------------------------------
+
+    def _read(self, sock: Any, budget: int) -> int:
+        from lumen_agent.capture.packets import to_segment
+
+        n = 0
+        while n < budget:
+            try:
+                cls, data, ts = sock.recv_raw(MAX_FRAME_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("plain-HTTP capture read failed error=%s", exc)
+                break
+            n += 1
+            if cls is None or data is None:
+                continue
+            try:
+                packet = cls(data)
+            except Exception:  # noqa: BLE001 - scapy on a malformed frame: count it, go on
+                self._skip("undissectable")
+                continue
+            ts_ns = int(ts * 1_000_000_000) if ts else time.time_ns()
+            segment = to_segment(packet, ts_ns)
+            if isinstance(segment, str):
+                self._skip(segment)
+                continue
+            self._conversations.feed(segment, self._emit)
+        return n
+
+    def _skip(self, reason: str) -> None:
+        self._skipped[reason] = self._skipped.get(reason, 0) + 1
+
+    def _owner_of(self, client: Endpoint, server: Endpoint, scan: bool):
+        owner = self._owners.lookup(client, server, scan=scan)
+        if owner is not None and self._on_process is not None and owner.pid not in self._known_pids:
+            self._known_pids[owner.pid] = None
+            if len(self._known_pids) > MAX_KNOWN_PIDS:
+                self._known_pids.popitem(last=False)
+            self._on_process(owner.pid)
+        return owner
+
+    def _emit(self, event: DataEvent) -> None:
+        if event.pid in self._excluded:
+            return
+        self._events += 1
+        self._bytes += len(event.data)
+        self._on_event(event)
