@@ -95,8 +95,8 @@ class Agent:
         self.capture_name = capture_name
         self._stop = False
         self._started = time.time()
-        self._record_file: IO[str] | None = None
-        self._recorder: Recorder | None = None
+        self._record_file: IO[str] | Any | None = None
+        self._recorder: Recorder | Any | None = None
         self._status: dict[str, Any] = {}
         self._ready_listeners: list[Callable[[], None]] = []
         self._stop_listeners: list[Callable[[], None]] = []
@@ -169,7 +169,12 @@ class Agent:
         self._stop = True
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
-        if self.config.record is not None:
+        if self.config.record is not None and self.config.record.suffix.lower() == ".pcapng":
+            from lumen_agent.capture.pcapng_record import PcapngRecorder
+
+            # A packet capture of the decrypted traffic (docs/plain-http.md); closed like the file below.
+            self._recorder = self._record_file = PcapngRecorder(self.config.record, describe=self.attribution.lookup)
+        elif self.config.record is not None:
             self._record_file = open(self.config.record, "a", encoding="utf-8")
             self._recorder = Recorder(self._record_file, describe=self.attribution.lookup)
         signal.signal(signal.SIGTERM, self.request_stop)

@@ -8,6 +8,8 @@ and ``replay`` of that file gives the same rows.
 """
 
 import os
+import shutil
+import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -47,7 +49,7 @@ def session(tmp_path_factory, certs):
     with fp.spawn(None, plain=True, workdir=work / "provider") as server:
         (work / "config").mkdir()
         (work / "config" / "config.toml").write_text(f"[capture]\nplain_http_ports = [{server.port}]\n")
-        agent = AgentProcess.start(work, args=["--capture", "plain"])
+        agent = AgentProcess.start(work, args=["--capture", "plain", "--record", str(work / "agent.pcapng")])
         try:
             agent.wait_ready(need_node=False)
             status = agent.status()
@@ -64,7 +66,8 @@ def session(tmp_path_factory, certs):
         finally:
             assert agent.stop() == 0, agent.log_tail()
     return {"agent": agent, "port": server.port, "calls": calls, "rows": rows, "status": status,
-            "final_status": final_status, "pcap": work / "session.pcap", "work": work}
+            "final_status": final_status, "pcap": work / "session.pcap", "work": work,
+            "recorded": work / "agent.pcapng"}
 
 
 def by_pid(session, name):
@@ -133,3 +136,39 @@ def test_replay_of_tcpdump_gives_the_same_rows(session, tmp_path, monkeypatch):
     assert [row[:-1] for row in replayed] == [tuple(r[c] for c in ROW_COLUMNS) for r in live]
     assert {row[-1] for row in replayed} == {"pcap"}
     assert "3 calls (1 unpriced), 3 rows written" in result.stdout
+
+
+def test_record_pcapng_has_one_flow_per_connection_with_pid_comments(session):
+    from scapy.layers.inet import TCP
+    from scapy.utils import PcapNgReader
+
+    packets = list(PcapNgReader(str(session["recorded"])))
+    flows: dict[int, list] = {}
+    for p in packets:
+        port = p[TCP].sport if p[TCP].dport == 80 else p[TCP].dport
+        flows.setdefault(port, []).append(p)
+    assert len(flows) == 3
+    by_pid = {}
+    for flow in flows.values():
+        comments = {c.decode() for p in flow for c in (p.comments or [])}
+        assert len(comments) == 1, comments
+        fields = dict(part.split("=", 1) for part in comments.pop().split())
+        by_pid[int(fields["pid"])] = (fields["process"], flow)
+        assert str(flow[0][TCP].flags) == "S" and "F" in str(flow[-2][TCP].flags)
+    calls = session["calls"]
+    assert set(by_pid) == {calls[name].pid for name in calls}
+    assert by_pid[calls["curl"].pid][0] == "curl"
+    assert by_pid[calls["sdk"].pid][0] == Path(sys.executable).name[:15]
+    request = b"".join(bytes(p[TCP].payload) for p in by_pid[calls["ollama"].pid][1] if p[TCP].dport == 80)
+    assert request.startswith(b"POST /api/chat HTTP/1.1\r\n")
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_record_pcapng_opens_in_tshark(session):
+    out = subprocess.run(["tshark", "-r", str(session["recorded"]), "-Y", "http.request",
+                          "-T", "fields", "-e", "frame.comment", "-e", "http.request.uri"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = sorted(line.split("\t")[1] for line in out.stdout.splitlines())
+    assert lines == ["/api/chat", "/v1/chat/completions", "/v1/chat/completions"]
+    assert all("pid=" in line and "process=" in line for line in out.stdout.splitlines())

@@ -32,7 +32,8 @@ def run(
     config_path: ConfigOption = None,
     prices: PricesOption = None,
     record: Annotated[
-        Optional[Path], typer.Option("--record", help="Also append captured events to FILE (replay format).")
+        Optional[Path], typer.Option("--record", help="Also append captured events to FILE (replay format; "
+                                     "FILE.pcapng: a packet capture of the decrypted traffic).")
     ] = None,
     capture: Annotated[
         Optional[str], typer.Option("--capture", help="auto (eBPF when it can), ebpf, hook (events only from "
