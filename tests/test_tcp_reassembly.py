@@ -192,3 +192,29 @@ def test_idle_flows_expire():
     assert len(table) == 1
     table.expire(1 + tr.FLOW_IDLE_TIMEOUT_NS, out)
     assert len(table) == 0 and out[-1].reason == "idle"
+
+
+def test_fast_header_reader_agrees_with_scapy():
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    from lumen_agent.capture.packets import ethernet_segment, to_segment
+
+    macs = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+    frames = [
+        Ether(**macs) / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=5, dport=11434, seq=7, flags="PA")
+        / Raw(b"POST /"),
+        Ether(**macs) / IP(src="127.0.0.1", dst="127.0.0.1", options=b"\x01\x01\x01\x00")
+        / TCP(sport=5, dport=8000, seq=2**32 - 1, flags="S", options=[("MSS", 1460)]),
+        Ether(**macs) / IPv6(src="::1", dst="::ffff:127.0.0.1") / TCP(sport=6, dport=1234, flags="FA") / Raw(b"x"),
+        Ether(**macs) / IP(src="192.0.2.1", dst="192.0.2.2") / TCP(sport=1, dport=4000) / Raw(b"y" * 10),
+    ]
+    for frame in frames:
+        raw = bytes(frame)
+        assert ethernet_segment(raw, 1) == to_segment(Ether(raw), 1)
+    # Ethernet pads short frames: the IP length says where the segment ends.
+    assert ethernet_segment(bytes(frames[3]) + b"\x00" * 6, 1).payload == b"y" * 10
+    assert ethernet_segment(bytes(frames[0])[:50], 1) is None  # too short for the headers: scapy decides
+    assert ethernet_segment(bytes(frames[0])[:-2], 1) == "truncated_packet"

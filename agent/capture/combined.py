@@ -63,10 +63,7 @@ class CombinedCapture:
         out = dict(self.primary.stats())
         if self.secondary is not None:
             for key, value in self.secondary.stats().items():
-                if key in out:  # events, bytes: the agent's totals
-                    out[key] += value
-                else:
-                    out[key] = value
+                out.setdefault(key, value)  # events, bytes stay the primary's (metrics name them so)
         return out
 
     def targets(self) -> list[Any]:

@@ -34,7 +34,7 @@ from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 # pointer (the eBPF capture's SSL*), so the two never collide in one agent.
 CONN_ID_BASE = 1 << 56
 
-OwnerOf = Callable[[Endpoint, Endpoint, bool], "Owner | None"]
+OwnerOf = Callable[[Endpoint, Endpoint, int], "Owner | None"]
 
 
 class StreamDecryptor(Protocol):
@@ -61,7 +61,7 @@ def capture_of_conn(conn: int) -> str | None:
 class Conversations:
     def __init__(self, server_ports: frozenset[int] | set[int] = frozenset(),
                  owner_of: OwnerOf | None = None, decrypt: StreamDecryptor | None = None) -> None:
-        """``owner_of(client, server, scan)``: the local owner, scanning /proc only when ``scan``."""
+        """``owner_of(client, server, seen_ns)``: the local owner of a connection seen at ``seen_ns``."""
         self.table = FlowTable(server_ports)
         self._decrypt = decrypt
         self._owner_of = owner_of
@@ -77,7 +77,7 @@ class Conversations:
             # A new connection: find its process now, while it surely runs.
             flow = self.table.newest()
             if flow is not None:
-                self._owners[flow.flow_id] = self._owner_of(flow.client, flow.server, True)
+                self._owners[flow.flow_id] = self._owner_of(flow.client, flow.server, segment.ts_ns)
         self._emit_all(out, emit)
 
     def tick(self, now_ns: int, emit: Callable[[DataEvent], None]) -> None:
@@ -101,7 +101,7 @@ class Conversations:
             # Not found at the first packet (a server's accepted socket does
             # not exist yet at SYN time): one more look at the first bytes.
             self._retried.add(fid)
-            owner = self._owners[fid] = self._owner_of(event.client, event.server, True)
+            owner = self._owners[fid] = self._owner_of(event.client, event.server, event.ts_ns)
             if owner is None:
                 self.counters["unattributed_connections"] += 1
         return owner

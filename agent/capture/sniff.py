@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -47,9 +48,16 @@ MAX_PACKETS_PER_POLL = 4096
 # Kernel receive buffer per socket: packets wait here while the loop is busy
 # (a pipeline turn, a /proc scan).  Loopback segments are up to 64 KiB.
 SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
-# Largest frame: an IP packet (64 KiB, loopback's MTU allows it) and its link header.
-MAX_FRAME_BYTES = 65535 + 64
+# Bytes of a packet the kernel filter keeps and a read takes: more than an
+# IP packet (64 KiB; loopback's MTU allows that much) and its link header.
+# libpcap compiles scapy's filters to keep 65535, which cuts those packets.
+SNAPLEN = 256 * 1024
+# Longest one poll may spend reading (a backlog after a stall must not keep
+# the run loop from its housekeeping or from a stop request).
+MAX_POLL_S = 0.25
 HOUSEKEEPING_S = 1.0
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
+SOL_PACKET, PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>
 # Processes already handed to ``on_process`` (most recent kept).
 MAX_KNOWN_PIDS = 4096
 
@@ -63,6 +71,52 @@ def port_filter(ports: Iterable[int], *, loopback: bool) -> str:
     ports = sorted(set(ports))
     expr = " or ".join(f"tcp port {p}" for p in ports)
     return f"inbound and ({expr})" if loopback else expr
+
+
+def attach_filter(sock: socket.socket, expression: str, iface: str) -> None:
+    """Compile ``expression`` with libpcap (through scapy) and attach it, keeping SNAPLEN bytes.
+
+    Replaces the filter scapy attached (which keeps 65535 bytes a packet).
+    """
+    from scapy.arch.common import compile_filter, free_filter
+    from scapy.data import SO_ATTACH_FILTER
+    from scapy.libs.structures import sock_fprog
+
+    program = compile_filter(expression, iface)
+    try:
+        for i in range(program.bf_len):
+            insn = program.bf_insns[i]
+            if insn.code == 0x06 and insn.k:  # BPF_RET|BPF_K with a length: keep SNAPLEN
+                insn.k = SNAPLEN
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, sock_fprog(program.bf_len, program.bf_insns))
+    finally:
+        free_filter(program)
+
+
+def _set_receive_buffer(sock: socket.socket) -> None:
+    # SO_RCVBUFFORCE (root) passes net.core.rmem_max, which is a few hundred KiB by default.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+
+
+def kernel_drops(sock: socket.socket) -> int:
+    """Packets the kernel dropped for this socket since the last call (full buffer)."""
+    try:
+        _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    except OSError:
+        return 0
+    return drops
+
+
+def _drain(sock: socket.socket) -> None:
+    """Drop what queued before the final filter was in place."""
+    while True:
+        try:
+            sock.recv(SNAPLEN)
+        except (BlockingIOError, InterruptedError):
+            return
 
 
 def host_interfaces() -> list[str]:
@@ -85,11 +139,13 @@ class PlainHttpCapture:
         interfaces: Iterable[str] | None = None,
         owners: SocketOwners | None = None,
         on_process: Callable[[int], None] | None = None,
+        fast: bool = True,
     ) -> None:
         """``on_process(pid)``: a process just found owning a connection; learn
         about it now, while it runs (a curl may be gone by its first bytes)."""
         self._on_event = on_event
         self._on_process = on_process
+        self.fast = fast  # read Ethernet/IP/TCP headers directly (False: scapy dissects every packet)
         self._known_pids: OrderedDict[int, None] = OrderedDict()
         self.ports = tuple(sorted(set(ports)))
         self._interfaces = list(interfaces) if interfaces is not None else None
@@ -102,6 +158,7 @@ class PlainHttpCapture:
         self._events = 0
         self._bytes = 0
         self._skipped: dict[str, int] = {}
+        self._kernel_drops = 0
         self.attached: list[str] = []
 
     # -- CaptureSource --------------------------------------------------------
@@ -120,9 +177,12 @@ class PlainHttpCapture:
         for name in names:
             loopback = name == "lo"
             try:
-                sock = L2ListenSocket(iface=name, filter=port_filter(self.ports, loopback=loopback))
-                sock.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+                expression = port_filter(self.ports, loopback=loopback)
+                sock = L2ListenSocket(iface=name, filter=expression)
+                attach_filter(sock.ins, expression, name)
+                _set_receive_buffer(sock.ins)
                 sock.ins.setblocking(False)
+                _drain(sock.ins)
             except (OSError, Scapy_Exception, ImportError, ValueError) as exc:
                 errors.append(f"{name}: {exc}")
                 continue
@@ -144,13 +204,16 @@ class PlainHttpCapture:
             except (OSError, ValueError):
                 ready = []
             budget = MAX_PACKETS_PER_POLL
+            deadline = time.monotonic() + MAX_POLL_S
             for fd in ready:
-                budget -= self._read(self._by_fd[fd], budget)
+                budget -= self._read(self._by_fd[fd], budget, deadline)
         elif timeout_ms > 0:
             time.sleep(timeout_ms / 1000)
         now = time.monotonic()
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
+            for sock in self._sockets:
+                self._kernel_drops += kernel_drops(sock.ins)
             self._conversations.tick(time.time_ns(), self._emit)
 
     def ignore_connection(self, pid: int, conn: int) -> None:
@@ -172,6 +235,7 @@ class PlainHttpCapture:
             "plain.connections": table["connections"],
             "plain.open_connections": len(self._conversations.table),
             "plain.reorder_drops": table["reorder_drops"],
+            "plain.kernel_drops": self._kernel_drops,
             "plain.retransmitted_bytes": table["retransmitted_bytes"],
             "plain.gaps": table["gaps"],
             "plain.evicted_connections": table["evicted_connections"],
@@ -198,13 +262,17 @@ class PlainHttpCapture:
 
     # -- internals ------------------------------------------------------------
 
-    def _read(self, sock: Any, budget: int) -> int:
-        from lumen_agent.capture.packets import to_segment
+    def _read(self, sock: Any, budget: int, deadline: float) -> int:
+        from scapy.layers.l2 import Ether
+
+        from lumen_agent.capture.packets import ethernet_segment, to_segment
 
         n = 0
         while n < budget:
+            if n % 64 == 63 and time.monotonic() > deadline:
+                break
             try:
-                cls, data, ts = sock.recv_raw(MAX_FRAME_BYTES)
+                cls, data, ts = sock.recv_raw(SNAPLEN)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -213,13 +281,15 @@ class PlainHttpCapture:
             n += 1
             if cls is None or data is None:
                 continue
-            try:
-                packet = cls(data)
-            except Exception:  # noqa: BLE001 - scapy on a malformed frame: count it, go on
-                self._skip("undissectable")
-                continue
             ts_ns = int(ts * 1_000_000_000) if ts else time.time_ns()
-            segment = to_segment(packet, ts_ns)
+            segment = ethernet_segment(data, ts_ns) if cls is Ether and self.fast else None
+            if segment is None:
+                try:
+                    packet = cls(data)
+                except Exception:  # noqa: BLE001 - scapy on a malformed frame: count it, go on
+                    self._skip("undissectable")
+                    continue
+                segment = to_segment(packet, ts_ns)
             if isinstance(segment, str):
                 self._skip(segment)
                 continue
@@ -229,8 +299,8 @@ class PlainHttpCapture:
     def _skip(self, reason: str) -> None:
         self._skipped[reason] = self._skipped.get(reason, 0) + 1
 
-    def _owner_of(self, client: Endpoint, server: Endpoint, scan: bool):
-        owner = self._owners.lookup(client, server, scan=scan)
+    def _owner_of(self, client: Endpoint, server: Endpoint, seen_ns: int):
+        owner = self._owners.lookup(client, server, seen_ns=seen_ns)
         if owner is not None and self._on_process is not None and owner.pid not in self._known_pids:
             self._known_pids[owner.pid] = None
             if len(self._known_pids) > MAX_KNOWN_PIDS:

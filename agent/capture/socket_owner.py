@@ -54,12 +54,20 @@ class SocketOwners:
         self._cache: OrderedDict[tuple[Endpoint, Endpoint], int] = OrderedDict()
         self._budget = float(MAX_SCANS_PER_S)
         self._refilled = clock()
+        self._wall_ns = time.time_ns
+        self._last_scan_ns = 0
         self.counters = {"owner_scans": 0, "owner_scans_refused": 0}
 
-    def lookup(self, client: Endpoint, server: Endpoint, *, scan: bool = True) -> Owner | None:
-        """The client's process if it is local, else the server's, else None."""
+    def lookup(self, client: Endpoint, server: Endpoint, *, seen_ns: int) -> Owner | None:
+        """The client's process if it is local, else the server's, else None.
+
+        ``seen_ns``: when a packet of the connection was captured (wall clock).
+        A scan that started after it and found nothing is the answer: the
+        socket existed then, so it is gone (or in another network namespace)
+        and another scan would not find it either.
+        """
         owner = self._cached(client, server)
-        if owner is None and scan and self._take_budget():
+        if owner is None and self._last_scan_ns < seen_ns and self._take_budget():
             self._rescan()
             owner = self._cached(client, server)
         return owner
@@ -85,6 +93,7 @@ class SocketOwners:
 
     def _rescan(self) -> None:
         self.counters["owner_scans"] += 1
+        self._last_scan_ns = self._wall_ns()
         try:
             found = self._scan()
         except (psutil.Error, OSError) as exc:
