@@ -428,9 +428,15 @@ class PriceTable:
     def _lookup(self, model: str, provider: str | None, day: date) -> PriceRow | None:
         prov = (provider or "").strip().lower() or None
         prov = _PROVIDER_SYNONYMS.get(prov, prov)
-        if prov in _UNPRICED_PROVIDERS:
-            return None
         names = self._names(model)
+        if prov in _UNPRICED_PROVIDERS:
+            # No public price (a local model): only a row for this very provider
+            # prices it, an internal rate from the override file (chargeback).
+            for n in names:
+                rows = self._index.get(n, {}).get(prov)
+                if rows:
+                    return self._pick(rows, day)
+            return None
         if prov is not None:
             for n in names:
                 rows = self._index.get(n, {}).get(prov)

@@ -160,3 +160,17 @@ def test_flood_of_non_http_bytes_on_a_connection(tmp_path, monkeypatch):
     # is given up on (counted as connections.non_http_connection, not a skip).
     assert result.stdout == ("replayed 201 packets, 1 TCP connections, 201 events: 0 calls (0 unpriced), "
                              "0 rows written, 0 bytes/items skipped\n")
+
+
+def test_local_model_priced_by_an_internal_rate(recorded, tmp_path, monkeypatch):
+    """The chargeback example of docs/plain-http.md: an override row for provider ollama."""
+    path, port = recorded
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[[price]]\nprovider = "ollama"\nmodel = "llama3.2"\ninput = "0.05"\noutput = "0.20"\n'
+                      'source = "internal chargeback"\n')
+    result, rows = replay(path, tmp_path, monkeypatch, "--prices", str(prices))
+    want = expected_rows(port)
+    # 31 in x $0.05/M + 12 out x $0.20/M = 0.00000155 + 0.0000024 = $0.00000395
+    want[1].update(cost_usd=Decimal("0.00000395"), unpriced=False)
+    assert rows == want
+    assert "2 calls (0 unpriced)" in result.stdout
