@@ -100,18 +100,32 @@ def test_without_the_right_key_log_nothing_is_invented(certs, tmp_path, monkeypa
 @pytest.mark.ebpf
 @pytest.mark.slow
 def test_keylog_replay_gives_the_rows_the_ebpf_agent_made(certs, tmp_path, monkeypatch):
+    """One agent: eBPF probes for TLS and, beside them, the plain-HTTP sniffer on a configured port."""
     reason = ebpf_skip_reason("openssl", "curl")
     if reason:
         pytest.skip(reason)
-    agent = AgentProcess.start(tmp_path / "agent")
-    try:
-        agent.wait_ready(need_node=False, timeout=60)
-        pcap, keylog, server, results = record_tls(tmp_path, certs, tls12=False)
-        pids = [r.pid for r in results]
-        live = agent.wait_rows(f"pid IN ({pids[0]}, {pids[1]})", count=2, settle=1.0)
-    finally:
-        assert agent.stop() == 0, agent.log_tail()
+    with fp.spawn(None, plain=True, workdir=tmp_path / "plain-provider") as plain:
+        (tmp_path / "agent" / "config").mkdir(parents=True)
+        (tmp_path / "agent" / "config" / "config.toml").write_text(
+            f"[capture]\nplain_http_ports = [{plain.port}]\n")
+        agent = AgentProcess.start(tmp_path / "agent")
+        try:
+            agent.wait_ready(need_node=False, timeout=60)
+            status = agent.status()
+            pcap, keylog, server, results = record_tls(tmp_path, certs, tls12=False)
+            local = clients.curl(plain.url, certs, "ollama.chat.stream", headers={"x-fake-ttft-ms": "300"})
+            assert local.ok, local.describe()
+            pids = [r.pid for r in results]
+            live = agent.wait_rows(f"pid IN ({pids[0]}, {pids[1]})", count=2, settle=1.0)
+            sniffed = agent.wait_rows("pid = ?", [local.pid], count=1)
+        finally:
+            assert agent.stop() == 0, agent.log_tail()
+    assert status["capture"] == "ebpf"
+    assert "plain HTTP on lo" in status["targets"] and f"ports {plain.port}" in status["targets"]
     assert len(live) == 2, agent.log_tail()
     assert {r["capture"] for r in live} == {"ebpf"}
+    # The plain-HTTP call, seen by the sniffer in the same agent.
+    assert [(r["capture"], r["process"], r["provider"], r["input_tokens"], r["output_tokens"]) for r in sniffed] == [
+        ("plain", "curl", "ollama", 31, 12)]
     _, replayed = replay(pcap, tmp_path, monkeypatch, "--keylog", str(keylog))
     assert replayed == [{c: r[c] for c in COLUMNS} for r in live]

@@ -1,0 +1,109 @@
+"""The plain-HTTP sniffer's pure parts: whose side a connection is seen from, socket-owner scans, config."""
+
+import pytest
+from typer.testing import CliRunner
+
+from lumen_agent import config as config_mod
+from lumen_agent.capture.conversations import CONN_ID_BASE, Conversations, capture_of_conn
+from lumen_agent.capture.socket_owner import MAX_SCANS_PER_S, Owner, SocketOwners
+from lumen_agent.capture.tcp_reassembly import ACK, FIN, SYN, Endpoint, Segment
+from lumen_agent.cli import app
+from lumen_agent.pipeline.events import Direction, EventFlag
+
+CLIENT = Endpoint("127.0.0.1", 50000)
+SERVER = Endpoint("127.0.0.1", 11434)
+
+
+def call(conversations, events):
+    """A request, a response and both FINs."""
+    for seg in (
+        Segment(1, CLIENT, SERVER, 100, SYN),
+        Segment(2, SERVER, CLIENT, 500, SYN | ACK),
+        Segment(3, CLIENT, SERVER, 101, ACK, b"POST /api/chat HTTP/1.1\r\n"),
+        Segment(4, SERVER, CLIENT, 501, ACK, b"HTTP/1.1 200 OK\r\n"),
+        Segment(5, CLIENT, SERVER, 126, FIN | ACK),
+        Segment(6, SERVER, CLIENT, 518, FIN | ACK),
+    ):
+        conversations.feed(seg, events.append)
+
+
+@pytest.mark.parametrize(("owner", "pid", "request_direction"), [
+    (Owner(4242, True), 4242, Direction.SEND),  # the client is local (both ends local: the client's call)
+    (Owner(77, False), 77, Direction.RECV),  # only the server is local: its inbound side, dropped later
+    (None, 0, Direction.SEND),  # no local owner: the client's view, unattributed
+])
+def test_connection_is_seen_from_its_local_owner(owner, pid, request_direction):
+    asked = []
+
+    def owner_of(client, server, seen_ns):
+        asked.append((client, server, seen_ns))
+        return owner
+
+    events = []
+    call(Conversations({11434}, owner_of=owner_of), events)
+    assert asked[0] == (CLIENT, SERVER, 1)
+    request, response, close = events
+    assert (request.pid, request.direction, request.data) == (pid, request_direction, b"POST /api/chat HTTP/1.1\r\n")
+    assert response.direction is not request_direction
+    assert close.flags == EventFlag.CLOSE and close.data == b""
+    assert request.conn == response.conn == close.conn >= CONN_ID_BASE
+    assert capture_of_conn(request.conn) == "plain" and capture_of_conn(0x7F00_1234_5678) is None
+
+
+def test_owner_scans_are_rate_limited_and_not_repeated_for_old_packets():
+    now = [100.0]
+    wall = [1_000]
+    scans = []
+    table = {(CLIENT, SERVER): 4242}
+
+    def scan():
+        scans.append(wall[0])
+        return dict(table)
+
+    owners = SocketOwners(scan=scan, clock=lambda: now[0])
+    owners._wall_ns = lambda: wall[0]
+    assert owners.lookup(CLIENT, SERVER, seen_ns=999) == Owner(4242, True)
+    assert owners.lookup(SERVER, CLIENT, seen_ns=999) == Owner(4242, False)  # cached, either way round
+    other = Endpoint("127.0.0.1", 50001)
+    # A packet older than the last scan: that scan would have seen its socket.
+    assert owners.lookup(other, SERVER, seen_ns=900) is None
+    assert len(scans) == 1
+    # Newer packets: scans, until the budget is spent.
+    for _ in range(MAX_SCANS_PER_S * 2):
+        wall[0] += 10
+        owners.lookup(other, SERVER, seen_ns=wall[0] - 1)
+    assert len(scans) == MAX_SCANS_PER_S
+    # 40 asked, 19 scans left in the first second's budget (one went to the first lookup)
+    assert owners.counters["owner_scans_refused"] == 2 * MAX_SCANS_PER_S - (MAX_SCANS_PER_S - 1)
+    now[0] += 1.0  # a second later the budget is back
+    wall[0] += 10
+    table[(other, SERVER)] = 99
+    assert owners.lookup(other, SERVER, seen_ns=wall[0] - 1) == Owner(99, True)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_plain_http_ports_config(tmp_path):
+    assert config_mod.load(write(tmp_path, "")).plain_http_ports == (11434, 8000, 8080, 1234, 4000)
+    config = config_mod.load(write(tmp_path, "[capture]\nplain_http_ports = [11434, 9000]\n"))
+    assert config.plain_http_ports == (11434, 9000)
+    again = config_mod.load(write(tmp_path, config_mod.as_toml(config)))
+    assert again.plain_http_ports == (11434, 9000)
+    assert config_mod.load(write(tmp_path, "[capture]\nplain_http_ports = []\n")).plain_http_ports == ()
+    for bad in ('["11434"]', "[0]", "[70000]", "[true]", "11434"):
+        with pytest.raises(config_mod.ConfigError, match="plain_http_ports"):
+            config_mod.load(write(tmp_path, f"[capture]\nplain_http_ports = {bad}\n"))
+
+
+def test_capture_plain_without_ports_is_a_clean_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUMEN_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUMEN_RUNTIME_DIR", str(tmp_path / "run"))
+    path = write(tmp_path, "[capture]\nplain_http_ports = []\n")
+    result = CliRunner().invoke(app, ["run", "--capture", "plain", "--config", str(path),
+                                      "--db", str(tmp_path / "x.duckdb")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --capture plain has no ports to sniff")
