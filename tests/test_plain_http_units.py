@@ -107,3 +107,61 @@ def test_capture_plain_without_ports_is_a_clean_error(tmp_path, monkeypatch):
                                       "--db", str(tmp_path / "x.duckdb")])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --capture plain has no ports to sniff")
+
+
+class FakeSource:
+    def __init__(self, fail_start=False, fail_poll=False):
+        self.fail_start, self.fail_poll = fail_start, fail_poll
+        self.polls, self.ignored, self.excluded = [], [], []
+
+    def start(self):
+        if self.fail_start:
+            raise OSError("no CAP_NET_RAW")
+
+    def poll(self, timeout_ms=100):
+        self.polls.append(timeout_ms)
+        if self.fail_poll:
+            raise RuntimeError("bug")
+
+    def ignore_connection(self, pid, conn):
+        self.ignored.append((pid, conn))
+
+    def exclude_pid(self, pid):
+        self.excluded.append(pid)
+
+    def include_pid(self, pid):
+        pass
+
+    def stats(self):
+        return {"events": 5, "plain.packets": 9}
+
+    def targets(self):
+        return ["t"]
+
+    def close(self):
+        pass
+
+
+def test_combined_capture_routes_and_survives_its_secondary():
+    from lumen_agent.capture.combined import PRIMARY_POLL_MS, CombinedCapture
+    from lumen_agent.capture.conversations import is_sniffed_conn
+
+    primary, secondary = FakeSource(), FakeSource(fail_poll=True)
+    both = CombinedCapture(primary, secondary, secondary_name="plain-HTTP", secondary_conn=is_sniffed_conn)
+    both.start()
+    both.poll(100)
+    both.poll(100)
+    assert primary.polls == [PRIMARY_POLL_MS] * 2 and secondary.polls == [0, 0]
+    both.ignore_connection(1, 0x7F00_0000_1000)
+    both.ignore_connection(1, CONN_ID_BASE + 3)
+    assert primary.ignored == [(1, 0x7F00_0000_1000)] and secondary.ignored == [(1, CONN_ID_BASE + 3)]
+    both.exclude_pid(7)
+    assert primary.excluded == secondary.excluded == [7]
+    assert both.stats() == {"events": 5, "plain.packets": 9, "secondary_faults": 2}
+    assert both.targets() == ["t", "t"]
+
+    lonely = CombinedCapture(FakeSource(), FakeSource(fail_start=True), secondary_name="plain-HTTP",
+                             secondary_conn=is_sniffed_conn)
+    lonely.start()
+    lonely.poll(100)
+    assert lonely.targets() == ["t"] and lonely.secondary_error == "no CAP_NET_RAW"

@@ -28,6 +28,7 @@ class CombinedCapture:
         self._secondary_conn = secondary_conn
         self._secondary_name = secondary_name
         self.secondary_error: str | None = None
+        self.secondary_faults = 0
 
     def start(self) -> None:
         self.primary.start()
@@ -41,7 +42,12 @@ class CombinedCapture:
     def poll(self, timeout_ms: int = 100) -> None:
         self.primary.poll(min(timeout_ms, PRIMARY_POLL_MS))
         if self.secondary is not None:
-            self.secondary.poll(0)
+            try:
+                self.secondary.poll(0)
+            except Exception:  # noqa: BLE001 - a fault in the secondary must not stop the primary capture
+                self.secondary_faults += 1
+                if self.secondary_faults == 1 or self.secondary_faults % 1000 == 0:
+                    log.exception("%s capture failed faults=%d", self._secondary_name, self.secondary_faults)
 
     def ignore_connection(self, pid: int, conn: int) -> None:
         if not self._secondary_conn(conn):
@@ -61,6 +67,8 @@ class CombinedCapture:
 
     def stats(self) -> dict[str, int]:
         out = dict(self.primary.stats())
+        if self.secondary_faults:
+            out["secondary_faults"] = self.secondary_faults
         if self.secondary is not None:
             for key, value in self.secondary.stats().items():
                 out.setdefault(key, value)  # events, bytes stay the primary's (metrics name them so)
