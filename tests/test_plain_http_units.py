@@ -165,3 +165,18 @@ def test_combined_capture_routes_and_survives_its_secondary():
     lonely.start()
     lonely.poll(100)
     assert lonely.targets() == ["t"] and lonely.secondary_error == "no CAP_NET_RAW"
+
+
+def test_sniffer_counters_are_metrics_only_while_it_runs():
+    from lumen_agent.outputs.metrics import Metrics
+
+    base = {"pid": 1, "updated": 0, "capture": {"events": 1}, "pipeline": {}, "store": {}, "targets": []}
+    assert "lumen_plain_packets_total" not in Metrics().render(base)
+    sniffing = {**base, "capture": {"events": 1, "plain.packets": 31, "plain.bytes": 4096, "plain.connections": 2,
+                                    "plain.reorder_drops": 1, "plain.kernel_drops": 0}}
+    lines = Metrics().render(sniffing).splitlines()
+    assert "lumen_plain_packets_total 31" in lines
+    assert "lumen_plain_bytes_total 4096" in lines
+    assert "lumen_plain_connections_total 2" in lines
+    assert "lumen_plain_reorder_drops_total 1" in lines
+    assert "lumen_plain_kernel_drops_total 0" in lines

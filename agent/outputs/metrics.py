@@ -342,6 +342,15 @@ class Metrics:
         one("lumen_targets_attached", "gauge", "TLS libraries or executables with probes attached.",
             len(status.get("targets") or ()))
         one("lumen_probes_attached", "gauge", "Uprobes attached.", capture.get("probes_attached"))
+        if "plain.packets" in capture:  # the plain-HTTP sniffer runs (docs/plain-http.md)
+            for key, kind, help_text in (
+                ("packets", "counter", "TCP segments the plain-HTTP sniffer read (past the kernel filter)."),
+                ("bytes", "counter", "TCP payload bytes the plain-HTTP sniffer read."),
+                ("connections", "counter", "TCP connections the plain-HTTP sniffer saw."),
+                ("reorder_drops", "counter", "Holes in a TCP stream given up on (reorder buffer full)."),
+                ("kernel_drops", "counter", "Packets the kernel dropped for the sniffer (socket buffer full)."),
+            ):
+                one(f"lumen_plain_{key}_total", kind, help_text, capture.get(f"plain.{key}"))
         one("lumen_ingest_events_total", "counter", "Events handed in by hooked processes over the ingest socket.",
             ingest.get("events"))
         one("lumen_ingest_bad_lines_total", "counter", "Ingest socket lines that were not valid events.",
