@@ -180,3 +180,23 @@ def test_sniffer_counters_are_metrics_only_while_it_runs():
     assert "lumen_plain_connections_total 2" in lines
     assert "lumen_plain_reorder_drops_total 1" in lines
     assert "lumen_plain_kernel_drops_total 0" in lines
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="packet sockets need root")
+def test_sniffer_follows_interfaces_that_come_and_go(monkeypatch):
+    from lumen_agent.capture import sniff
+
+    up = ["lo"]
+    monkeypatch.setattr(sniff, "host_interfaces", lambda: list(up))
+    capture = sniff.PlainHttpCapture(lambda event: None, [11434])
+    capture.start()
+    try:
+        assert capture.attached == ["lo"]
+        up.clear()
+        capture._follow_interfaces()
+        assert capture.attached == [] and capture.targets() == []
+        up.append("lo")
+        capture._follow_interfaces()
+        assert capture.attached == ["lo"] and capture.targets() == ["plain HTTP on lo ports 11434"]
+    finally:
+        capture.close()

@@ -56,6 +56,8 @@ SNAPLEN = 256 * 1024
 # the run loop from its housekeeping or from a stop request).
 MAX_POLL_S = 0.25
 HOUSEKEEPING_S = 1.0
+# How often the interface list is read again (interfaces that come and go).
+INTERFACE_RESCAN_S = 10.0
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
 SOL_PACKET, PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>
 # Processes already handed to ``on_process`` (most recent kept).
@@ -153,6 +155,8 @@ class PlainHttpCapture:
         self._conversations = Conversations(frozenset(self.ports), owner_of=self._owner_of)
         self._sockets: list[Any] = []
         self._by_fd: dict[int, Any] = {}
+        self._iface_of: dict[int, str] = {}
+        self._next_interface_scan = 0.0
         self._excluded: set[int] = set()
         self._next_housekeeping = 0.0
         self._events = 0
@@ -172,23 +176,10 @@ class PlainHttpCapture:
         except ImportError as exc:  # pragma: no cover - scapy is a dependency
             raise SniffError(f"scapy is not importable: {exc}", "pip install scapy") from None
         dissect_to_tcp_only()
+        self._listen_socket, self._socket_errors = L2ListenSocket, (OSError, Scapy_Exception, ImportError, ValueError)
         names = self._interfaces if self._interfaces is not None else host_interfaces()
-        errors = []
-        for name in names:
-            loopback = name == "lo"
-            try:
-                expression = port_filter(self.ports, loopback=loopback)
-                sock = L2ListenSocket(iface=name, filter=expression)
-                attach_filter(sock.ins, expression, name)
-                _set_receive_buffer(sock.ins)
-                sock.ins.setblocking(False)
-                _drain(sock.ins)
-            except (OSError, Scapy_Exception, ImportError, ValueError) as exc:
-                errors.append(f"{name}: {exc}")
-                continue
-            self._sockets.append(sock)
-            self._by_fd[sock.ins.fileno()] = sock
-            self.attached.append(name)
+        errors = self._open(names)
+        self._next_interface_scan = time.monotonic() + INTERFACE_RESCAN_S
         if not self._sockets:
             raise SniffError("plain-HTTP capture cannot open a packet socket (" + "; ".join(errors) + ")",
                              "run as root (CAP_NET_RAW) with libpcap installed (apt install libpcap0.8)")
@@ -196,6 +187,48 @@ class PlainHttpCapture:
             log.warning("plain-HTTP capture skips an interface: %s", error)
         log.info("plain-HTTP capture interfaces=%s ports=%s", ",".join(self.attached),
                  ",".join(map(str, self.ports)))
+
+    def _open(self, names: Iterable[str]) -> list[str]:
+        """Open a filtered packet socket on each interface; the errors, one line each."""
+        errors = []
+        for name in names:
+            expression = port_filter(self.ports, loopback=name == "lo")
+            try:
+                sock = self._listen_socket(iface=name, filter=expression)
+                attach_filter(sock.ins, expression, name)
+                _set_receive_buffer(sock.ins)
+                sock.ins.setblocking(False)
+                _drain(sock.ins)
+            except self._socket_errors as exc:
+                errors.append(f"{name}: {exc}")
+                continue
+            self._sockets.append(sock)
+            self._by_fd[sock.ins.fileno()] = sock
+            self._iface_of[sock.ins.fileno()] = name
+            self.attached.append(name)
+        return errors
+
+    def _follow_interfaces(self) -> None:
+        """Sniff interfaces that came up since the start (containers, VPNs); drop those gone."""
+        try:
+            wanted = set(host_interfaces())
+        except OSError:
+            return
+        for fd, name in list(self._iface_of.items()):
+            if name not in wanted:
+                sock = self._by_fd.pop(fd)
+                del self._iface_of[fd]
+                self._sockets.remove(sock)
+                self.attached.remove(name)
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        new = sorted(wanted - set(self.attached))
+        if new:
+            for error in self._open(new):
+                log.warning("plain-HTTP capture skips an interface: %s", error)
+            log.info("plain-HTTP capture interfaces=%s", ",".join(self.attached))
 
     def poll(self, timeout_ms: int = 100) -> None:
         if self._sockets:
@@ -214,6 +247,9 @@ class PlainHttpCapture:
             self._next_housekeeping = now + HOUSEKEEPING_S
             for sock in self._sockets:
                 self._kernel_drops += kernel_drops(sock.ins)
+            if self._interfaces is None and now >= self._next_interface_scan:
+                self._next_interface_scan = now + INTERFACE_RESCAN_S
+                self._follow_interfaces()
             self._conversations.tick(time.time_ns(), self._emit)
 
     def ignore_connection(self, pid: int, conn: int) -> None:
@@ -259,6 +295,7 @@ class PlainHttpCapture:
                 pass
         self._sockets.clear()
         self._by_fd.clear()
+        self._iface_of.clear()
 
     # -- internals ------------------------------------------------------------
 
