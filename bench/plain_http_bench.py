@@ -115,9 +115,11 @@ def dissect_cost(n: int = 2000) -> tuple[float, float]:
     return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
 
 
-def calls(url_port: int, seconds: float, clients: int, keep_alive: bool = False) -> int:
+def calls(url_port: int, seconds: float, clients: int, keep_alive: bool = False, ttft_ms: int = 0) -> int:
     body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-test-fake-bench"}
+    if ttft_ms:
+        headers["x-fake-ttft-ms"] = str(ttft_ms)
     done = [0] * clients
     deadline = time.monotonic() + seconds
 
@@ -166,13 +168,18 @@ def main() -> None:
         sniffed, _, mb2 = phase(agent, args.seconds, lambda: download(bulk_sniffed, args.seconds, args.rate))
         results = {}
         seen: set[str] = set()
-        for keep_alive in (True, False):
-            cpu_calls, wall, made = phase(agent, args.seconds,
-                                          lambda k=keep_alive: calls(provider.port, args.seconds, args.clients, k))
+        modes = {
+            "keep-alive connections (SDK-like)": (args.clients, True, 0),
+            "a new connection per call (curl-like)": (args.clients, False, 0),
+            "a new connection per call, 100 ms to first byte": (4 * args.clients, False, 100),
+        }
+        for how, (clients_n, keep_alive, ttft) in modes.items():
+            cpu_calls, wall, made = phase(agent, args.seconds, lambda c=clients_n, k=keep_alive, t=ttft: calls(
+                provider.port, args.seconds, c, k, t))
             rows = agent.wait_rows("true", count=len(seen) + made, timeout=60)
             new_rows = [r for r in rows if r["id"] not in seen]
             seen |= {r["id"] for r in rows}
-            results[keep_alive] = (cpu_calls, wall, made, new_rows)
+            results[how] = (clients_n, cpu_calls, wall, made, new_rows)
         status = agent.status_file() or {}
     finally:
         agent.stop()
@@ -188,17 +195,18 @@ def main() -> None:
     print(f"idle agent CPU:                 {idle:6.2f}% of a core (baseline)")
     print(f"bulk {mb1:6.1f} MB/s unsniffed port: {unsniffed:6.2f}% of a core  (+{unsniffed - idle:.2f} vs idle)")
     print(f"bulk {mb2:6.1f} MB/s sniffed port:   {sniffed:6.2f}% of a core  (+{sniffed - idle:.2f} vs idle)")
-    for keep_alive, (cpu_calls, wall, made, new_rows) in results.items():
+    for how, (clients_n, cpu_calls, wall, made, new_rows) in results.items():
         attributed = sum(1 for r in new_rows if r["pid"])
-        how = "keep-alive connections (SDK-like)" if keep_alive else "a new connection per call (curl-like)"
-        print(f"plain-HTTP calls, {how}: {made} in {wall:.1f}s = {made / wall:.1f} calls/s from {args.clients} "
+        print(f"plain-HTTP calls, {how}: {made} in {wall:.1f}s = {made / wall:.1f} calls/s from {clients_n} "
               f"clients; rows {len(new_rows)} ({attributed} with the client's pid); "
               f"agent CPU {cpu_calls:.1f}% of a core")
     print(f"sniffer: packets={cap.get('plain.packets')} bytes={cap.get('plain.bytes')} "
           f"connections={cap.get('plain.connections')} ignored_bytes_dropped="
           f"{pipe.get('connections.non_http_connection', 0) + pipe.get('connections.non_llm_connection', 0)} conns "
           f"owner_scans={cap.get('plain.owner_scans')} refused={cap.get('plain.owner_scans_refused')} "
-          f"reorder_drops={cap.get('plain.reorder_drops')} kernel_drops={cap.get('plain.kernel_drops')}")
+          f"reorder_drops={cap.get('plain.reorder_drops')} kernel_drops={cap.get('plain.kernel_drops')} "
+          f"owner_fast={cap.get('plain.owner_fast')}")
+    print("pipeline:", {k: v for k, v in pipe.items() if k.startswith(("calls", "skipped", "connections", "events"))})
 
 
 if __name__ == "__main__":

@@ -54,16 +54,21 @@ def test_owner_scans_are_rate_limited_and_not_repeated_for_old_packets():
     now = [100.0]
     wall = [1_000]
     scans = []
-    table = {(CLIENT, SERVER): 4242}
+    remote = Endpoint("192.0.2.7", 40000)
+    table = {(CLIENT, SERVER): 4242, (SERVER, remote): 77}
 
     def scan():
         scans.append(wall[0])
         return dict(table)
 
-    owners = SocketOwners(scan=scan, clock=lambda: now[0])
+    owners = SocketOwners(scan=scan, clock=lambda: now[0], diag=lambda local, remote, candidates: None)
     owners._wall_ns = lambda: wall[0]
     assert owners.lookup(CLIENT, SERVER, seen_ns=999) == Owner(4242, True)
-    assert owners.lookup(SERVER, CLIENT, seen_ns=999) == Owner(4242, False)  # cached, either way round
+    # A remote client: the local server's side (inbound; the pipeline drops it).
+    assert owners.lookup(remote, SERVER, seen_ns=999) == Owner(77, False)
+    # A client on this host is never taken for the server's side, even when
+    # only the other socket is known (its process has exited): unattributed.
+    assert owners.lookup(SERVER, CLIENT, seen_ns=999) is None
     other = Endpoint("127.0.0.1", 50001)
     # A packet older than the last scan: that scan would have seen its socket.
     assert owners.lookup(other, SERVER, seen_ns=900) is None
@@ -200,3 +205,29 @@ def test_sniffer_follows_interfaces_that_come_and_go(monkeypatch):
         assert capture.attached == ["lo"] and capture.targets() == ["plain HTTP on lo ports 11434"]
     finally:
         capture.close()
+
+
+def test_fast_path_finds_a_live_socket_and_its_process():
+    import os
+    import socket
+
+    from lumen_agent.capture.sock_diag import pid_of_inode, socket_inode
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as srv:
+            srv.bind((host, 0))
+            srv.listen()
+            with socket.socket(family) as client:
+                client.connect(srv.getsockname()[:2])
+                accepted, _ = srv.accept()
+                with accepted:
+                    local, remote = client.getsockname()[:2], srv.getsockname()[:2]
+                    inode = socket_inode(local, remote)
+                    assert inode == os.fstat(client.fileno()).st_ino
+                    assert socket_inode(remote, local) == os.fstat(accepted.fileno()).st_ino
+                    assert pid_of_inode(inode, [os.getpid()]) == os.getpid()
+                    owners = SocketOwners(scan=lambda: {})
+                    found = owners.lookup(Endpoint(host, local[1]), Endpoint(host, remote[1]), seen_ns=0)
+                    assert found == Owner(os.getpid(), True)
+                    assert owners.counters["owner_fast"] == 1 and owners.counters["owner_scans"] == 0
+    assert socket_inode(("127.0.0.1", 1), ("127.0.0.1", 2)) is None
