@@ -172,3 +172,17 @@ def test_record_pcapng_opens_in_tshark(session):
     lines = sorted(line.split("\t")[1] for line in out.stdout.splitlines())
     assert lines == ["/api/chat", "/v1/chat/completions", "/v1/chat/completions"]
     assert all("pid=" in line and "process=" in line for line in out.stdout.splitlines())
+
+
+def test_record_pcapng_replays_into_the_same_rows(session, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUMEN_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUMEN_CONFIG_DIR", str(tmp_path / "config"))
+    db = tmp_path / "from-record.duckdb"
+    result = CliRunner().invoke(app, ["replay", str(session["recorded"]), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        replayed = con.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM llm_calls ORDER BY ts_start").fetchall()
+    live = sorted(session["rows"], key=lambda r: r["ts_start"])
+    assert replayed == [tuple(r[c] for c in ROW_COLUMNS) for r in live]
