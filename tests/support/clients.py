@@ -484,6 +484,8 @@ def _objects(body: str) -> list[Any]:
     if not text:
         return []
     if text[0] in "{[" and not text.startswith("data:"):
+        if text[0] == "{" and "\n{" in text:  # NDJSON (Ollama streams)
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
         parsed = json.loads(text)
         return parsed if isinstance(parsed, list) else [parsed]
     out = []
@@ -529,6 +531,9 @@ def usage_from_body(body: str) -> dict[str, int] | None:
             read, write = u.get("cacheReadInputTokens", 0), u.get("cacheWriteInputTokens", 0)
             usage = {"input_tokens": u["inputTokens"] + read + write, "cache_read_tokens": read,
                      "cache_write_tokens": write, "output_tokens": u.get("outputTokens", 0), "reasoning_tokens": 0}
+        elif obj.get("done") is True and "eval_count" in obj:  # Ollama's last object
+            usage = {"input_tokens": obj.get("prompt_eval_count", 0), "cache_read_tokens": 0,
+                     "cache_write_tokens": 0, "output_tokens": obj["eval_count"], "reasoning_tokens": 0}
         elif isinstance(obj.get("usage"), dict) and "prompt_tokens" in obj["usage"]:
             u = obj["usage"]
             usage = {"input_tokens": u["prompt_tokens"],
