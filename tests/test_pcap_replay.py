@@ -65,14 +65,15 @@ def replay(path: Path, tmp_path: Path, monkeypatch, *extra: str):
 def expected_rows(port: int) -> list[dict]:
     # gpt-4o-mini: 276 uncached x $0.15/M + 1024 cached x $0.075/M + 12 out x $0.60/M
     #   = 0.0000414 + 0.0000768 + 0.0000072 = $0.0001254
+    # The provider is named by the response headers (openai-organization): openai.
     # llama3.2 on a local server: no public price -> tokens kept, cost NULL, unpriced.
     return [
-        dict(provider="openai-compatible", endpoint="chat.completions", request_model="gpt-4o-mini",
+        dict(provider="openai", endpoint="chat.completions", request_model="gpt-4o-mini",
              model="gpt-4o-mini-2024-07-18", streaming=False, status_code=200, input_tokens=1300,
              cache_read_tokens=1024, output_tokens=12, cost_usd=Decimal("0.00012540"), unpriced=False,
              capture="pcap", pid=0, server_port=port),
         dict(provider="ollama", endpoint="chat", request_model="llama3.2", model="llama3.2", streaming=True,
-             status_code=200, input_tokens=31, cache_read_tokens=None, output_tokens=12, cost_usd=None,
+             status_code=200, input_tokens=31, cache_read_tokens=0, output_tokens=12, cost_usd=None,
              unpriced=True, capture="pcap", pid=0, server_port=port),
     ]
 

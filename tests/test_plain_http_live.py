@@ -97,7 +97,7 @@ def test_curl_row(session):
     row = by_pid(session, "curl")
     # gpt-4o-mini: 276 x $0.15/M + 1024 cached x $0.075/M + 12 x $0.60/M = $0.0001254
     assert (row["process"], row["provider"], row["endpoint"], row["model"], row["streaming"]) == (
-        "curl", "openai-compatible", "chat.completions", "gpt-4o-mini-2024-07-18", False)
+        "curl", "openai", "chat.completions", "gpt-4o-mini-2024-07-18", False)
     assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (1300, 1024, 12)
     assert row["cost_usd"] == Decimal("0.00012540")
     assert row["server_port"] == session["port"]
