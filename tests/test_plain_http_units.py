@@ -180,11 +180,11 @@ def test_sniffer_counters_are_metrics_only_while_it_runs():
     sniffing = {**base, "capture": {"events": 1, "plain.packets": 31, "plain.bytes": 4096, "plain.connections": 2,
                                     "plain.reorder_drops": 1, "plain.kernel_drops": 0}}
     lines = Metrics().render(sniffing).splitlines()
-    assert "lumen_plain_packets_total 31" in lines
-    assert "lumen_plain_bytes_total 4096" in lines
-    assert "lumen_plain_connections_total 2" in lines
-    assert "lumen_plain_reorder_drops_total 1" in lines
-    assert "lumen_plain_kernel_drops_total 0" in lines
+    assert "lumen_plain_packets_total 31.0" in lines
+    assert "lumen_plain_bytes_total 4096.0" in lines
+    assert "lumen_plain_connections_total 2.0" in lines
+    assert "lumen_plain_reorder_drops_total 1.0" in lines
+    assert "lumen_plain_kernel_drops_total 0.0" in lines
 
 
 @pytest.mark.skipif(__import__("os").geteuid() != 0, reason="packet sockets need root")
