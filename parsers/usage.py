@@ -32,6 +32,10 @@ class Usage:
     # The response carried no usage (e.g. an OpenAI stream requested without
     # stream_options.include_usage): tokens stay NULL, never invented.
     usage_missing: bool = False
+    # A count was reported but is not a plausible one (negative, absurd, not
+    # a number): it reads as not reported, and the call must not be priced
+    # from the other counts alone.
+    usage_implausible: bool = False
 
     @property
     def has_tokens(self) -> bool:

@@ -93,6 +93,8 @@ CALL_COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("http_version", "VARCHAR"),
     ("request_body", "VARCHAR"),
     ("response_body", "VARCHAR"),
+    ("usage_implausible", "BOOLEAN"),
+    ("sender_uid", "INTEGER"),
 )
 
 if tuple(name for name, _ in CALL_COLUMN_TYPES) != CALL_COLUMNS:  # pragma: no cover
@@ -215,6 +217,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     updated_at TIMESTAMPTZ NOT NULL
 )""",
             *_VIEWS_V2,
+        ),
+    ),
+    # 2 -> 3
+    Migration(
+        "usage_implausible and sender_uid columns",
+        (
+            "ALTER TABLE llm_calls ADD COLUMN IF NOT EXISTS usage_implausible BOOLEAN DEFAULT false",
+            "ALTER TABLE llm_calls ADD COLUMN IF NOT EXISTS sender_uid INTEGER",
         ),
     ),
 )

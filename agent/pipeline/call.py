@@ -72,6 +72,11 @@ class Call:
     # Prompt and completion text: only when the user turned content capture on.
     request_body: str | None = None
     response_body: str | None = None
+    # A token count was negative, absurd or not a number: it is NULL and the
+    # call is not priced (pipeline/bounds.py).
+    usage_implausible: bool = False
+    # Rows handed in over the ingest socket: the uid of the sending process.
+    sender_uid: int | None = None
 
 
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Call))

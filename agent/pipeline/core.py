@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from lumen_agent.pipeline.attribution import Attribution
+from lumen_agent.pipeline.bounds import bounded_call, bounded_usage
 from lumen_agent.pipeline.call import Call, Outcome
 from lumen_agent.pipeline.connections import ConnectionTracker, TrackerResult
 from lumen_agent.pipeline.counters import Counters
@@ -103,7 +104,7 @@ class Pipeline:
 
     def _to_call(self, ex: Exchange) -> Call:
         info = ex.info
-        usage = ex.usage()
+        usage = bounded_usage(ex.usage())
         request = ex.request
         response = ex.response
         status = response.status if response is not None else None
@@ -112,13 +113,16 @@ class Pipeline:
         end = datetime.fromtimestamp(ts_end_ns / 1e9, UTC)
 
         model = usage.model or info.request_model
-        cost, price_id, unpriced = price_usage(self._prices, usage, info.provider, info.request_model, start)
+        if usage.usage_implausible:  # partial usage is not priced as if it were complete
+            cost, price_id, unpriced = None, None, False
+        else:
+            cost, price_id, unpriced = price_usage(self._prices, usage, info.provider, info.request_model, start)
 
         headers = dict(request.headers)
         secret = credential(headers, request.target or "")
         address, port = _split_authority(ex.authority)
         who = self._attribution.lookup(ex.pid)
-        return Call(
+        return bounded_call(Call(
             id=uuid.uuid4().hex,
             ts_start=start,
             ts_end=end,
@@ -158,7 +162,8 @@ class Pipeline:
             http_version=ex.http_version,
             request_body=ex.request_text(),
             response_body=ex.response_text(),
-        )
+            usage_implausible=usage.usage_implausible,
+        ))
 
 
 def _first_header(head, names: tuple[str, ...]) -> str | None:
