@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 
 from lumen_agent.config import Config
@@ -37,7 +38,13 @@ def choose_capture(config: Config) -> str:
     return "ebpf"
 
 
+# Files the agent makes (database, recording, dead letters) are its own:
+# the same as the unit's UMask=0077, for runs outside systemd.
+AGENT_UMASK = 0o077
+
+
 def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
+    os.umask(AGENT_UMASK)
     setup_logging(config.log_level)
     capture = choose_capture(config)
     if capture == "ebpf":

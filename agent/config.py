@@ -9,6 +9,7 @@ all defaults.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -71,6 +72,9 @@ class Config:
     # [[budgets]] and [alerts]: spend control (outputs/alerts/settings.py).
     budgets: tuple[Budget, ...] = ()
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    # `run --init`: add our tables to a DuckDB file that holds other tables.
+    # A command-line choice only, never in the file.
+    adopt_db: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -111,6 +115,18 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "export_redis_per_tenant": ("export.redis", "per_tenant", "also XADD to STREAM:{tenant}"),
 }
 
+# Numbers outside these ranges are mistakes, not settings: (low, high, why).
+_RANGES: dict[str, tuple[float, float, str]] = {
+    # Below 50 ms the file is reopened constantly and readers never get in;
+    # above an hour a crash loses an hour of rows.
+    "flush_interval_s": (0.05, 3600.0, "seconds"),
+    # The probes copy whole 16 KiB chunks, at most 4 MiB (capture/ebpf.py).
+    "max_call_bytes": (16 * 1024, 4 * 1024 * 1024, "bytes"),
+}
+# Who, besides root and the agent's own user, may hand events to the
+# ingest socket (SO_PEERCRED): members of this group.
+DEFAULT_INGEST_GROUP = "lumen-agent"
+
 _CHOICES = {
     "capture": ("auto", "ebpf", "hook", "proxy"),
     "attach": ("global", "per-process"),
@@ -133,13 +149,15 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
     values: dict[str, Any] = {}
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            data = tomllib.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: no such configuration file") from None
         data = {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
@@ -210,13 +228,20 @@ def _build(values: dict[str, Any], path: Path) -> Config:
             clean[name] = value
             continue
         kind = types[name]
+        where = _where(name)
         try:
             clean[name] = _coerce(kind, value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{path}: option {name} has a bad value {value!r}") from None
+            raise ConfigError(f"{path}: {where} must be {_KIND_NAMES.get(kind, kind)}, "
+                              f"not {_shown(value)}") from None
         if name in _CHOICES and clean[name] not in _CHOICES[name]:
-            raise ConfigError(f"{path}: option {name} must be one of {', '.join(_CHOICES[name])}, "
-                              f"not {clean[name]!r}")
+            raise ConfigError(f"{path}: {where} must be one of {', '.join(_CHOICES[name])}, "
+                              f"not {_shown(clean[name])}")
+        if name in _RANGES:
+            low, high, unit = _RANGES[name]
+            if not (math.isfinite(clean[name]) and low <= clean[name] <= high):
+                raise ConfigError(f"{path}: {where} must be between {low:g} and {high:g} {unit}, "
+                                  f"not {_shown(value)}")
     for name in ("metrics_addr", "hostname", "export_otlp", "export_redis"):
         if clean.get(name) == "":
             clean[name] = None
@@ -232,30 +257,53 @@ def _build(values: dict[str, Any], path: Path) -> Config:
     return config
 
 
+_KIND_NAMES = {"Path": "a path (a string)", "Path | None": "a path (a string)", "bool": "true or false",
+               "int": "a whole number", "float": "a number", "str": "a string", "str | None": "a string",
+               "dict[str, str]": "a table of strings"}
+
+
+def _where(name: str) -> str:
+    section, key, _ = OPTIONS.get(name, ("", name, ""))
+    return f"[{section}] {key}" if section else f"option {name}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _coerce(kind: str, value: Any) -> Any:
+    """``value`` as the option's type; TypeError when it is another type
+    (``db = 42`` is a mistake, not the path "42")."""
+    if value is None and "None" in kind:
+        return None
     if kind == "Path" or kind.startswith("Path"):
-        if value in ("", None):
-            return None if "None" in kind else Path(str(value))
-        return Path(str(value))
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or "\0" in value:
+            raise TypeError
+        if value == "":
+            return None if "None" in kind else Path(value)
+        return Path(value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise TypeError
         return value
     if kind == "int":
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError
-        return int(value)
+        return value
     if kind == "float":
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError
         return float(value)
     if kind.startswith("dict"):
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise TypeError
-        return {str(k): str(v) for k, v in value.items()}
-    if value is None:
-        return None
-    return str(value)
+        return {str(k): v for k, v in value.items()}
+    if not isinstance(value, str):
+        raise TypeError
+    return value
 
 
 def as_toml(config: Config) -> str:

@@ -31,7 +31,7 @@ from lumen_agent.pipeline.build import build
 from lumen_agent.pipeline.call import Call
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.pipeline.gate import ProcessGate
-from lumen_agent.recording import Recorder
+from lumen_agent.recording import Recorder, open_private
 
 log = logging.getLogger("lumen_agent")
 
@@ -100,7 +100,7 @@ class Agent:
         self._ready_listeners: list[Callable[[], None]] = []
         self._stop_listeners: list[Callable[[], None]] = []
         self.ready_at: float | None = None
-        self.store = CallStore(config.db, flush_interval=config.flush_interval_s)
+        self.store = CallStore(config.db, flush_interval=config.flush_interval_s, adopt=config.adopt_db)
         self.outputs: list[Output] = [self.store]
         self.attribution = Attribution()
         self.gate = ProcessGate(config.filters, self.attribution, on_exclude=self._exclude)
@@ -168,13 +168,15 @@ class Agent:
         self._stop = True
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
+        # Before anything is captured: a database that cannot take rows ends
+        # the run now with one line, not at stop with every row lost.
+        self.store.check()
         if self.config.record is not None:
-            self._record_file = open(self.config.record, "a", encoding="utf-8")
+            self._record_file = open_private(self.config.record)
             self._recorder = Recorder(self._record_file, describe=self.attribution.lookup)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         try:
-            self.store.flush()  # create the file and schema now, not at the first call
             self.capture.start()
             self.control.start()
             self.ready_at = time.time()

@@ -99,8 +99,8 @@ def _write(path, text):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[agent]\nattach = 'sometimes'\n", "option attach must be one of global, per-process, not 'sometimes'"),
-    ("[agent]\nflush_interval_s = 'soon'\n", "option flush_interval_s has a bad value 'soon'"),
+    ("[agent]\nattach = 'sometimes'\n", "[agent] attach must be one of global, per-process, not 'sometimes'"),
+    ("[agent]\nflush_interval_s = 'soon'\n", "[agent] flush_interval_s must be a number, not 'soon'"),
     ("[agent]\nfrobnicate = 1\n", "unknown option [agent] frobnicate"),
     ("[filters]\ninclude_colour = ['red']\n", "unknown filter 'include_colour'"),
     ("not toml ==", "not valid TOML"),

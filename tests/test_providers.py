@@ -517,7 +517,7 @@ def test_odd_values_are_not_counts():
     reader.feed_json({"model": 5, "id": ["x"], "usage": {
         "prompt_tokens": -4, "completion_tokens": True, "total_tokens": "12",
         "prompt_tokens_details": [1], "completion_tokens_details": {"reasoning_tokens": 1.5}}})
-    assert reader.result() == Usage(usage_implausible=True)
+    assert reader.result() == Usage(usage_missing=True, usage_implausible=True)
     reader.feed_json({"usage": {"prompt_tokens": 7.0, "completion_tokens": 10**15}})
     assert (reader.result().input_tokens, reader.result().output_tokens) == (7, None)
     assert reader.result().usage_implausible

@@ -65,10 +65,11 @@ def test_v1_file_is_migrated_on_open_and_keeps_its_rows(db):
     con = duckdb.connect(str(db))
     assert schema.migrate(con, target=1) == 0
     assert schema.schema_version(con) == 1
-    appender = con.appender("llm_calls", columns=list(CALL_COLUMNS))
+    v1_columns = list(CALL_COLUMNS[: CALL_COLUMNS.index("response_body") + 1])  # what version 1 had
+    appender = con.appender("llm_calls", columns=v1_columns)
     from lumen_agent.outputs.store import _to_row
 
-    appender.append_rows([_to_row(make_call(0))])
+    appender.append_rows([_to_row(make_call(0))[: len(v1_columns)]])
     appender.flush()
     con.close()
     assert "lumen_counters" not in {r[0] for r in run_sql(db, "SHOW TABLES").rows}

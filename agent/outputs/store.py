@@ -37,7 +37,8 @@ from pathlib import Path
 import duckdb
 
 from lumen_agent.outputs.base import Output
-from lumen_agent.outputs.schema import CALLS_TABLE, SchemaError, migrate
+from lumen_agent.outputs.dbcheck import DatabaseUnusable, check_folder, describe_open_error, prepare
+from lumen_agent.outputs.schema import CALLS_TABLE, SchemaError
 from lumen_agent.pipeline.call import CALL_COLUMNS, Call
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,14 @@ def _one_line(exc: BaseException) -> str:
     return (text or type(exc).__name__)[:500]
 
 
+def _keep_private(path: Path) -> None:
+    try:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:
+        pass
+
+
 def dead_letter_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".deadletter.jsonl")
 
@@ -139,6 +148,7 @@ class CallStore(Output):
         max_pending: int = DEFAULT_MAX_PENDING,
         lock_retry: float = DEFAULT_LOCK_RETRY,
         flush_rows: int = DEFAULT_FLUSH_ROWS,
+        adopt: bool = False,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -147,6 +157,8 @@ class CallStore(Output):
         self.max_pending = max_pending
         self.lock_retry = lock_retry
         self.flush_rows = min(flush_rows, max_pending)
+        # Add our tables to a DuckDB file that holds other tables (run --init).
+        self.adopt = adopt
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
 
         self._lock = threading.Lock()  # guards _pending, _inflight, _dropped, _counts
@@ -253,7 +265,7 @@ class CallStore(Output):
                         break
                     except Exception as exc:  # noqa: BLE001 - sorted below
                         if not is_lock_error(exc):
-                            if isinstance(exc, SchemaError | duckdb.IOException) or not batch:
+                            if isinstance(exc, SchemaError | DatabaseUnusable | duckdb.IOException) or not batch:
                                 raise  # the file, not a row: keep the rows pending
                             # Some row DuckDB will not take: find it, keep the rest.
                             ms, written = self._write_isolated(batch, counts, exc)
@@ -303,10 +315,8 @@ class CallStore(Output):
     def _write(self, batch: list[Call], counts: dict[str, int]) -> float:
         """One open-append-close cycle; returns its duration in ms."""
         started = time.perf_counter()
-        con = duckdb.connect(str(self.path))
+        con = self._connect()
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            migrate(con)
             con.execute("BEGIN TRANSACTION")
             try:
                 if batch:
@@ -336,10 +346,8 @@ class CallStore(Output):
         started = time.perf_counter()
         log.warning("a batch of %d rows failed (%s); writing them one by one", len(batch), _one_line(first_error))
         dead: list[tuple[Call, str]] = []
-        con = duckdb.connect(str(self.path))
+        con = self._connect()
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            migrate(con)
             written = 0
             for call in batch:
                 con.execute("BEGIN TRANSACTION")
@@ -368,6 +376,45 @@ class CallStore(Output):
             log.error("%d rows DuckDB refused were set aside in %s (rows_dead_lettered=%d)",
                       len(dead), self.dead_letter_path, self._dead_lettered)
         return (time.perf_counter() - started) * 1000.0, written
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file read-write with its schema current; it is kept 0600
+        whatever the umask (rows say who called what, and when)."""
+        con = duckdb.connect(str(self.path))
+        try:
+            _keep_private(self.path)
+            con.execute("SET TimeZone = 'UTC'")
+            prepare(con, self.path, adopt=self.adopt)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def check(self, timeout: float | None = None) -> None:
+        """At start: raise :class:`DatabaseUnusable` (one line) unless the file
+        can be written: a DuckDB file, ours or new (or adopted), a schema this
+        code knows, a writable folder.  Creates the file and its schema."""
+        check_folder(self.path)
+        deadline = time.monotonic() + (self.lock_retry if timeout is None else timeout)
+        while True:
+            try:
+                con = self._connect()
+                break
+            except DatabaseUnusable:
+                raise
+            except duckdb.Error as exc:
+                if is_lock_error(exc) and time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL_INTERVAL)
+                    continue
+                if is_lock_error(exc):
+                    raise DatabaseUnusable(f"{self.path} stayed locked by another process") from None
+                raise describe_open_error(self.path, exc) from None
+        try:
+            con.execute("CHECKPOINT")  # a real write: a read-only file fails here
+        except duckdb.Error as exc:
+            raise DatabaseUnusable(f"cannot write {self.path}: {_one_line(exc)}") from None
+        finally:
+            con.close()
 
     @property
     def dead_letter_path(self) -> Path:

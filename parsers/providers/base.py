@@ -199,7 +199,7 @@ class BaseReader:
             cache_write_tokens=cache_write_tokens,
             cache_write_1h_tokens=cache_write_1h_tokens,
             reasoning_tokens=reasoning_tokens,
-            usage_missing=input_tokens is None and output_tokens is None and not self._rejected,
+            usage_missing=input_tokens is None and output_tokens is None,
             usage_implausible=self._rejected,
         )
 
