@@ -45,6 +45,9 @@ class Config:
     max_call_bytes: int = 256 * 1024
     metrics_addr: str | None = None  # e.g. "127.0.0.1:9464"; off when unset
     runtime_dir: Path = field(default_factory=paths.runtime_dir)
+    # Members of this group may hand events to the ingest socket (besides
+    # root and the agent's own user); a group that does not exist admits no one.
+    ingest_group: str | None = "lumen-agent"
     log_level: str = "info"
     # [pricing]
     price_overrides: Path = field(default_factory=paths.default_price_overrides_path)
@@ -96,6 +99,8 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "max_call_bytes": ("agent", "max_call_bytes", "bytes of one SSL call copied whole by the probes"),
     "metrics_addr": ("agent", "metrics_addr", "serve Prometheus metrics on HOST:PORT (off when empty)"),
     "runtime_dir": ("agent", "runtime_dir", "folder of the agent's socket and status file"),
+    "ingest_group": ("agent", "ingest_group", "group whose members may send events to the ingest socket "
+                     "(besides root and the agent's user)"),
     "log_level": ("agent", "log_level", "debug, info, warning or error"),
     "price_overrides": ("pricing", "overrides", "TOML file that adds or replaces prices (pricing/README.md)"),
     "default_tenant": ("attribution", "tenant", "tenant of calls that send no x-lumen-tenant header"),
@@ -123,9 +128,6 @@ _RANGES: dict[str, tuple[float, float, str]] = {
     # The probes copy whole 16 KiB chunks, at most 4 MiB (capture/ebpf.py).
     "max_call_bytes": (16 * 1024, 4 * 1024 * 1024, "bytes"),
 }
-# Who, besides root and the agent's own user, may hand events to the
-# ingest socket (SO_PEERCRED): members of this group.
-DEFAULT_INGEST_GROUP = "lumen-agent"
 
 _CHOICES = {
     "capture": ("auto", "ebpf", "hook", "proxy"),

@@ -29,6 +29,7 @@ from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.attribution import Attribution
 from lumen_agent.pipeline.build import build
 from lumen_agent.pipeline.call import Call
+from lumen_agent.pipeline.core import Origin
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.pipeline.gate import ProcessGate
 from lumen_agent.recording import Recorder, open_private
@@ -106,7 +107,7 @@ class Agent:
         self.gate = ProcessGate(config.filters, self.attribution, on_exclude=self._exclude)
         self.pipeline = build(config, capture=capture_name, on_call=self._on_call, attribution=self.attribution,
                               on_ignore=self._ignore)
-        self.control = ControlServer(config.runtime_dir)
+        self.control = ControlServer(config.runtime_dir, ingest_group=config.ingest_group)
         self.control.register("status", lambda _request: self._status)
         self.capture = make_capture(self._on_event, self._on_exec)
 
@@ -138,12 +139,12 @@ class Agent:
             except Exception:  # noqa: BLE001 - a broken output must not stop capture
                 log.exception("output failed on a call output=%s", output.name)
 
-    def _on_event(self, event: DataEvent) -> None:
+    def _on_event(self, event: DataEvent, origin: Origin | None = None) -> None:
         if not self._captured(event.pid):
             return
         if self._recorder is not None:
             self._recorder.write(event)
-        self.pipeline.feed(event)
+        self.pipeline.feed(event, origin)
 
     def _on_exec(self, pid: int) -> None:
         # A new program in the same process: same pid and start time, so
@@ -202,10 +203,10 @@ class Agent:
         events = self.control.events
         for _ in range(MAX_INGEST_PER_TURN):
             try:
-                event = events.get_nowait()
+                event, origin = events.get_nowait()
             except queue.Empty:
                 return
-            self._on_event(event)
+            self._on_event(event, origin)
 
     def _housekeeping(self) -> None:
         self.pipeline.tick(time.time_ns())
@@ -258,7 +259,8 @@ class Agent:
             "targets": [_describe_target(t) for t in self.capture.targets()],
             "capture": self.capture.stats(),
             "pipeline": self.pipeline.counters.snapshot(),
-            "ingest": {"events": self.control.ingested, "bad_lines": self.control.bad_lines},
+            "ingest": {"events": self.control.ingested, "bad_lines": self.control.bad_lines,
+                       "refused": self.control.refused},
             "open_connections": self.pipeline.open_connections,
             "store": self.store.stats(),
             "outputs": {o.name: o.stats() for o in self.outputs if o is not self.store},
@@ -317,6 +319,7 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
         ("lost", capture.get("lost", 0)),
         ("truncated", capture.get("truncated", 0)),
         ("ingested_events", status.get("ingest", {}).get("events", 0)),
+        ("ingest_refused", status.get("ingest", {}).get("refused", 0)),
         ("calls", pipeline.get("calls", 0)),
         ("unpriced", pipeline.get("calls.unpriced", 0)),
         ("skipped", skipped),

@@ -139,7 +139,7 @@ def test_ingest_socket_stamps_sender_pid_unless_trusted(tmp_path):
         deadline = _time.monotonic() + 5
         while len(got) < 2 and _time.monotonic() < deadline:
             if not control.events.empty():
-                got.append(control.events.get())
+                got.append(control.events.get()[0])
             _time.sleep(0.01)
         assert sorted(e.pid for e in got) == sorted([os.getpid(), 4242])
     finally:

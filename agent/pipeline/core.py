@@ -37,6 +37,20 @@ class PipelineOptions:
     hostname: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where events handed in by another process came from: its rows are
+    labelled with this, never with what the sender claims."""
+
+    capture: str  # hook or proxy
+    sender_uid: int | None
+
+
+# Connections whose origin is remembered; past this the oldest are forgotten
+# (the tracker keeps far fewer connections open).
+MAX_ORIGINS = 65536
+
+
 class Pipeline:
     def __init__(
         self,
@@ -58,12 +72,18 @@ class Pipeline:
         self._attribution = attribution or Attribution()
         self._tracker = ConnectionTracker(self.counters, capture_content=options.capture_content)
         self._last_ns = 0
+        self._origins: dict[tuple[int, int], Origin] = {}
 
     @property
     def open_connections(self) -> int:
         return len(self._tracker)
 
-    def feed(self, event: DataEvent) -> None:
+    def feed(self, event: DataEvent, origin: Origin | None = None) -> None:
+        """``origin``: the event was handed in by another process (ingest)."""
+        if origin is not None and self._origins.get(event.conn_key) != origin:
+            if len(self._origins) >= MAX_ORIGINS:
+                self._origins.pop(next(iter(self._origins)))
+            self._origins[event.conn_key] = origin
         self.counters.add("events")
         self.counters.add("bytes", len(event.data))
         self._last_ns = max(self._last_ns, event.ts_ns)
@@ -80,6 +100,8 @@ class Pipeline:
         out = TrackerResult()
         self._tracker.expire(now_ns, out)
         self._emit(out)
+        if self._origins:
+            self._origins = {k: v for k, v in self._origins.items() if k in self._tracker}
 
     def close(self, now_ns: int | None = None) -> None:
         """End of input: every exchange still open was cut off."""
@@ -122,6 +144,7 @@ class Pipeline:
         secret = credential(headers, request.target or "")
         address, port = _split_authority(ex.authority)
         who = self._attribution.lookup(ex.pid)
+        origin = self._origins.get((ex.pid, ex.conn))
         return bounded_call(Call(
             id=uuid.uuid4().hex,
             ts_start=start,
@@ -158,11 +181,12 @@ class Pipeline:
             api_key_hash=hash_credential(secret, self._salt) if secret else None,
             tenant=headers.get("x-lumen-tenant") or self._options.default_tenant,
             feature=headers.get("x-lumen-feature") or self._options.default_feature,
-            capture=self._options.capture,
+            capture=origin.capture if origin is not None else self._options.capture,
             http_version=ex.http_version,
             request_body=ex.request_text(),
             response_body=ex.response_text(),
             usage_implausible=usage.usage_implausible,
+            sender_uid=origin.sender_uid if origin is not None else None,
         ))
 
 
