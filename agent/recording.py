@@ -29,7 +29,6 @@ import binascii
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import IO
@@ -37,20 +36,15 @@ from typing import IO
 from lumen_agent.errors import LumenError
 from lumen_agent.pipeline.attribution import MAX_PROCESSES, UNKNOWN, ProcessInfo
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
+from lumen_agent.redaction import REDACTED, Redactor, redact_credentials  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("lumen_agent")
 
 _FLAG_NAMES = {"truncated": EventFlag.TRUNCATED, "gap": EventFlag.GAP, "close": EventFlag.CLOSE}
 
 
-# Credentials never reach a recording: their header values are replaced.
-_CREDENTIAL_HEADER = re.compile(rb"(?im)^(authorization|proxy-authorization|x-api-key|x-goog-api-key|api-key)"
-                                rb"[ \t]*:[^\r\n]*")
-REDACTED = b"[redacted]"
-
-
-def redact_credentials(data: bytes) -> bytes:
-    return _CREDENTIAL_HEADER.sub(lambda m: m.group(1) + b": " + REDACTED, data)
+# Credentials never reach a recording: header values and query parameters
+# are replaced, in both directions (agent/redaction.py).
 
 
 class RecordingError(LumenError, ValueError):
@@ -184,6 +178,7 @@ class Recorder:
         self._stream = stream
         self._describe = describe
         self._written: dict[int, ProcessInfo] = {}
+        self._redactor = Redactor()
 
     def write(self, event: DataEvent) -> None:
         if self._describe is not None:
@@ -193,9 +188,10 @@ class Recorder:
                     self._written.clear()
                 self._written[event.pid] = info
                 self._stream.write(process_to_json(event.pid, info) + "\n")
-        if event.direction is Direction.SEND and event.data:
-            event = DataEvent(event.ts_ns, event.pid, event.tid, event.conn, event.direction,
-                              redact_credentials(event.data), event.flags)
+        if event.data:
+            # Both directions: a local server reads the same headers its client sent.
+            data = self._redactor.redact((event.pid, event.conn, event.direction), event.data)
+            event = DataEvent(event.ts_ns, event.pid, event.tid, event.conn, event.direction, data, event.flags)
         self._stream.write(event_to_json(event) + "\n")
 
     def flush(self) -> None:
