@@ -7,15 +7,24 @@ aside in a 0600 dead-letter file while the rest of its batch is written.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import time
 from decimal import Decimal
+from pathlib import Path
 
 import duckdb
 import pytest
 from builders import exchange_events, request_bytes, response_bytes
 from test_store_support import make_call
 
+from lumen_agent.outputs import schema
 from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.core import Pipeline
 from lumen_agent.pricing.table import PriceTable
@@ -106,3 +115,53 @@ def test_a_row_duckdb_refuses_is_dead_lettered_and_the_rest_written(tmp_path):
     assert record["id"] == "call-000001"
     assert record["model"] == "gpt-\udfff"
     assert "request_body" not in record and record["error"]
+
+
+def test_a_real_agent_keeps_writing_past_a_refused_row_and_stops_cleanly(tmp_path):
+    """A real agent process, a database whose table refuses one row (a CHECK
+    constraint stands in for any row DuckDB cannot take), a real SIGTERM:
+    the good rows are written, the refused one is dead-lettered, exit 0."""
+    db = tmp_path / "db" / "calls.duckdb"
+    db.parent.mkdir()
+    con = duckdb.connect(str(db))
+    schema.migrate(con)
+    columns = ", ".join(f'"{n}" {t}' for n, t in schema.CALL_COLUMN_TYPES)
+    con.execute("DROP TABLE llm_calls")
+    con.execute(f"CREATE TABLE llm_calls ({columns}, CHECK (model IS NULL OR model <> 'poison-model'))")
+    con.close()
+    runtime = tmp_path / "run"
+    env = dict(os.environ, LUMEN_STATE_DIR=str(tmp_path / "state"), LUMEN_RUNTIME_DIR=str(runtime),
+               LUMEN_CONFIG_DIR=str(tmp_path / "etc"))
+    agent = subprocess.Popen([str(Path(sys.executable).parent / "lumen-agent"), "run",
+                              "--capture", "hook", "--db", str(db)], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (runtime / "status.json").exists():
+        assert agent.poll() is None, agent.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lines = []
+    for conn, model in ((1, "gpt-4o-mini"), (2, "poison-model"), (3, "gpt-4o-mini")):
+        for event in openai_call('{"prompt_tokens":10,"completion_tokens":20}', f'"{model}"', conn=conn):
+            record = {"ts": event.ts_ns, "pid": 1, "conn": conn, "dir": event.direction.value,
+                      "data": base64.b64encode(event.data).decode()}
+            if event.flags:
+                record["flags"] = ["close"]
+            lines.append(json.dumps(record).encode())
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(runtime / "ingest.sock"))
+        sock.sendall(b'{"op":"events"}\n' + b"\n".join(lines) + b"\n")
+    time.sleep(0.5)  # handed over; whether flushed yet or not, SIGTERM must keep them
+    agent.send_signal(signal.SIGTERM)
+    _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    con = duckdb.connect(str(db), read_only=True)
+    models = [r[0] for r in con.execute("SELECT model FROM llm_calls ORDER BY ts_start").fetchall()]
+    counters = dict(con.execute("SELECT name, value FROM lumen_counters").fetchall())
+    con.close()
+    assert models == ["gpt-4o-mini", "gpt-4o-mini"]
+    assert counters["rows_dead_lettered"] == 1
+    assert counters["rows_written"] == 2
+    dead = db.with_name("calls.duckdb.deadletter.jsonl")
+    assert stat.S_IMODE(dead.stat().st_mode) == 0o600
+    assert [json.loads(line)["model"] for line in dead.read_text().splitlines()] == ["poison-model"]
