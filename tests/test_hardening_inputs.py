@@ -246,3 +246,20 @@ def test_non_loopback_metrics_address_warns(caplog):
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings == ["metrics are served on a non-loopback address 0.0.0.0 (metrics_addr 0.0.0.0:0): anyone "
                         "who can reach this host can read them; use 127.0.0.1:PORT unless that is intended"]
+
+
+def test_stream_of_too_many_events_is_given_up_and_counted(prices, monkeypatch):
+    """Millions of tiny events cost seconds of CPU each: past the limit the
+    stream is dropped (counted) instead of stalling the run loop."""
+    from lumen_agent.pipeline import exchange
+
+    monkeypatch.setattr(exchange, "MAX_STREAM_EVENTS", 1000)
+    request = request_bytes("POST", "https://api.anthropic.com/v1/messages",
+                            {"model": "claude-sonnet-4-5", "max_tokens": 5, "stream": True, "messages": []})
+    body = b"data: {}\n\n" * 2000
+    calls = []
+    pipeline = Pipeline(prices, calls.append, salt=SALT)
+    pipeline.feed_all(exchange_events(request, response_bytes(body, content_type="text/event-stream"), close=True))
+    pipeline.close()
+    assert len(calls) == 1 and calls[0].output_tokens is None
+    assert pipeline.counters["skipped.response_body"] == 1

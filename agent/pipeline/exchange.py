@@ -29,6 +29,11 @@ MAX_RESPONSE_BODY = 16 * 1024 * 1024
 # A streamed response is read incrementally; past this many decoded bytes it
 # is no longer worth reading (and a decoder that tries is a bomb).
 MAX_STREAM_BYTES = 256 * 1024 * 1024
+# SSE events or NDJSON lines of one response worth reading: a stream sends
+# about one per token (OpenAI's Responses API a few), and the longest outputs
+# are ~128k tokens.  Past this a stream is a CPU bomb (millions of tiny
+# events cost the run loop seconds each), not a completion.
+MAX_STREAM_EVENTS = 500_000
 # One NDJSON object (Ollama's chunks are < 1 KiB; the final one of
 # /api/generate carries a context array of up to a few hundred KiB).
 MAX_NDJSON_LINE = 4 * 1024 * 1024
@@ -78,6 +83,7 @@ class Exchange:
     _content: bytearray | None = None
     _ndjson_scanned: int = 0  # bytes of _body already searched for a newline
     _ndjson_skipping: bool = False  # inside a line too long to keep
+    _stream_events: int = 0  # SSE events or NDJSON lines read so far
 
     # -- request ------------------------------------------------------------
 
@@ -221,8 +227,14 @@ class Exchange:
         if self._mode != "discard":
             self._mode = "discard"
 
+    def _count_stream_event(self) -> None:
+        self._stream_events += 1
+        if self._stream_events > MAX_STREAM_EVENTS:
+            raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
+
     def _feed_sse_events(self) -> None:
         for event in self._sse.next_events():
+            self._count_stream_event()
             if event.data == "[DONE]" or event.event in _FINAL_SSE_EVENTS:
                 self._stream_finished = True
             self._reader.feed_sse(event.event, event.data)
@@ -259,6 +271,7 @@ class Exchange:
             self._ndjson_scanned = 0
 
     def _ndjson_line(self, line: bytes | bytearray) -> None:
+        self._count_stream_event()
         if line.strip():
             try:
                 obj = json.loads(line)
