@@ -136,7 +136,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--good-per-s", type=float, default=20.0)
-    parser.add_argument("--hostile-per-s", type=float, default=1.0)
+    parser.add_argument("--hostile-per-s", type=float, default=0.5)
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="lumen-soak-", dir="/tmp"))
@@ -199,7 +199,10 @@ def main() -> int:
             next_sample = now + 10
         time.sleep(0.1)
     time.sleep(3)  # let the last events through the run loop
-    status = json.loads((runtime / "status.json").read_text())
+    try:
+        status = json.loads((runtime / "status.json").read_text())
+    except (OSError, ValueError):
+        status = {}
     agent.send_signal(signal.SIGTERM)
     exit_code = agent.wait(timeout=120)
     refused_seen = int(outsider.communicate(timeout=60)[0] or 0) if outsider else None
