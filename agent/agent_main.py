@@ -61,6 +61,7 @@ def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
     else:
         raise CaptureUnavailable(f"unknown capture {capture!r}")
     agent = Agent(config, make_capture, capture_name=capture)
+    agent.store.check()  # before any output reads the file: one line if it cannot be used
     install_extensions(agent, config)
     agent.run()
 

@@ -33,7 +33,7 @@ class FutureSchema(DatabaseUnusable, SchemaError):
 
 # Our own tables and views: a file holding only these is ours.
 OWN_OBJECTS = frozenset({"llm_calls", "lumen_meta", "lumen_counters", "calls_by_day", "spend_by_model",
-                         "unpriced_models"})
+                         "unpriced_models", "alerts"})
 
 
 def foreign_objects(con: duckdb.DuckDBPyConnection) -> list[str]:

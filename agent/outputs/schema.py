@@ -219,14 +219,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_VIEWS_V2,
         ),
     ),
-    # 2 -> 3
-    Migration(
-        "usage_implausible and sender_uid columns",
-        (
-            "ALTER TABLE llm_calls ADD COLUMN IF NOT EXISTS usage_implausible BOOLEAN DEFAULT false",
-            "ALTER TABLE llm_calls ADD COLUMN IF NOT EXISTS sender_uid INTEGER",
-        ),
-    ),
 )
 
 # Budgets and alert rules (outputs/alerts): one row per alert, fired and
@@ -251,6 +243,17 @@ _ALERTS_TABLE_V1 = """CREATE TABLE IF NOT EXISTS alerts (
 MIGRATIONS += (
     # 2 -> 3
     Migration("alerts table (budgets and alert rules)", (_ALERTS_TABLE_V1,)),
+)
+
+MIGRATIONS += (
+    # 3 -> 4: hardening (pipeline/bounds.py, the ingest socket's labels)
+    Migration(
+        "usage_implausible and sender_uid columns",
+        (
+            "ALTER TABLE llm_calls ADD COLUMN usage_implausible BOOLEAN DEFAULT false",
+            "ALTER TABLE llm_calls ADD COLUMN sender_uid INTEGER",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
