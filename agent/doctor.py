@@ -40,7 +40,23 @@ def run_checks(db_path: Path) -> list[Check]:
         checks.append(Check("tls libraries", False, "no process maps a libssl now",
                             "start a TLS client, or it will be found when it starts"))
     checks.append(_database_check(db_path))
+    checks.extend(_runtime_checks())
     return checks
+
+
+def _runtime_checks() -> list[Check]:
+    """Go/Bun executables the running agent could not probe (it analyses them at exec)."""
+    from lumen_agent.runner import read_status
+
+    status = read_status()
+    if status is None:
+        return []
+    missing = status.get("tls_not_found") or []
+    if not missing:
+        return [Check("tls runtimes", True, "every Go/Bun executable seen so far is probed")]
+    return [Check("tls runtimes", False, "; ".join(f"TLS functions not found: {m}" for m in missing),
+                  "this build's TLS code matches no known pattern: its calls are not captured "
+                  "(see docs/runtimes.md)")]
 
 
 def _database_check(db_path: Path) -> Check:

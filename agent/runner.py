@@ -258,6 +258,8 @@ class Agent:
             "capture_mode": self.capture_name,
             "targets": [_describe_target(t) for t in self.capture.targets()],
             "capture": self.capture.stats(),
+            # Go/Bun executables whose TLS functions could not be located (runtimes.py)
+            "tls_not_found": getattr(self.capture, "tls_not_found", list)(),
             "pipeline": self.pipeline.counters.snapshot(),
             "ingest": {"events": self.control.ingested, "bad_lines": self.control.bad_lines,
                        "refused": self.control.refused},
@@ -314,6 +316,7 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
         ("uptime_s", round(status.get("updated", 0) - status.get("started", 0))),
         ("targets_attached", len(status.get("targets", []))),
         ("targets", "; ".join(status.get("targets", []))),
+        ("tls_not_found", "; ".join(f"TLS functions not found: {x}" for x in status.get("tls_not_found", []))),
         ("events", capture.get("events", pipeline.get("events", 0))),
         ("bytes", capture.get("bytes", pipeline.get("bytes", 0))),
         ("lost", capture.get("lost", 0)),

@@ -14,6 +14,17 @@ noise) and reports microseconds per SSL call, under:
 
 Ratios are against `none`.  The events/s figure is what the poll loop
 delivered during `ours` (each SSL call is one event).
+
+    sudo .venv/bin/python bench/probe_cost.py --runtime go  [--calls 20000]
+    sudo .venv/bin/python bench/probe_cost.py --runtime bun [--bun PATH]
+
+The same for runtimes without a shared libssl, at the points we probe them:
+Go's crypto/tls ((*Conn).Write entry, (*Conn).Read entry and every RET; a
+Go worker in bench/go_tls_worker, built here) and Bun's static BoringSSL
+(SSL_write/SSL_read entry + return; bench/bun_tls_worker.js).  `empty` puts
+an empty BPF program on exactly those addresses.  These modes also time the
+analysis of the executable (runtimes.analyse_file): first look with the
+file's pages dropped from the page cache, warm, and a build-id cache hit.
 """
 
 from __future__ import annotations
@@ -110,7 +121,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=20000, help="write+read rounds")
     ap.add_argument("--size", type=int, default=64, help="bytes per call")
+    ap.add_argument("--runtime", choices=["openssl", "go", "bun"], default="openssl")
+    ap.add_argument("--bun", default=None, help="bun executable (default: $PATH, then the tests' npm cache)")
     args = ap.parse_args()
+    if args.runtime != "openssl":
+        runtime_main(args)
+        return
     tmp = Path(tempfile.mkdtemp())
     cert, key = make_cert(tmp)
     n, size = args.calls, args.size
@@ -224,6 +240,110 @@ def throughput(cap_factory, cert, key) -> tuple[float, float, int]:
     finally:
         cap.close()
     return count[0] / dt, count[1] / dt, lost
+
+
+# --------------------------------------------------------------------- Go and Bun
+
+BENCH = Path(__file__).resolve().parent
+BUN_TEST_CACHE = Path.home() / ".cache" / "lumen-agent-tests" / "bun-1.4.5" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+
+
+def run_argv(argv: list[str], before_go=None) -> float:
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    if before_go:
+        before_go(p.pid)
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    us = float(p.stdout.readline())
+    p.wait()
+    return us
+
+
+def _analysis_times(exe: str) -> dict[str, float]:
+    """Seconds to analyse ``exe``: pages dropped, warm, and a build-id cache hit."""
+    from lumen_agent.capture.runtimes import analyse_file
+
+    t0 = time.perf_counter()
+    import capstone  # noqa: F401 - once per agent process, timed apart
+
+    imports = time.perf_counter() - t0
+    fd = os.open(exe, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # this file only, not the whole cache
+    os.close(fd)
+    t0 = time.perf_counter()
+    res = analyse_file(exe)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    analyse_file(exe)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    analyse_file(exe, {res.build_id: res})
+    cached = time.perf_counter() - t0
+    return {"imports": imports, "cold": cold, "warm": warm, "cached": cached, "result": res}
+
+
+def runtime_main(args) -> None:
+
+    tmp = Path(tempfile.mkdtemp())
+    cert, key = make_cert(tmp)
+    n, size = args.calls, args.size
+    if args.runtime == "go":
+        exe = str(tmp / "go_tls_worker")
+        subprocess.run(["go", "build", "-o", exe, "."], cwd=BENCH / "go_tls_worker", check=True,
+                       env={**os.environ, "GOCACHE": str(tmp / "gocache"), "GOFLAGS": "-mod=mod"})
+        argv = [exe, cert, key, str(n), str(size)]
+        unit = "crypto/tls call ((*Conn).Write or (*Conn).Read)"
+    else:
+        import shutil
+
+        exe = os.path.realpath(args.bun or shutil.which("bun") or str(BUN_TEST_CACHE))
+        argv = [exe, str(BENCH / "bun_tls_worker.js"), cert, key, str(n), str(size)]
+        unit = "SSL call (ping-pong: 2 SSL_write + 2 SSL_read per round, event loop included)"
+    times = _analysis_times(exe)
+    res = times["result"]
+    assert res is not None and res.probes, f"{exe}: {res}"
+    results: dict[str, float] = {"none": run_argv(argv)}
+
+    bcc = _import_bcc()
+    empty = bcc.BPF(text=b"int empty(void *ctx) { return 0; }")
+    for probe in res.probes:
+        empty.attach_uprobe(name=exe.encode(), addr=probe.addr, fn_name=b"empty")
+        if probe.ret_fn:
+            empty.attach_uretprobe(name=exe.encode(), addr=probe.addr, fn_name=b"empty")
+    results["empty"] = run_argv(argv)
+    empty.cleanup()
+
+    count = [0]
+    cap = EbpfCapture(lambda ev: count.__setitem__(0, count[0] + 1),
+                      CaptureOptions(scan_executables=False, scan_proc_at_start=False))
+    cap.start()
+    try:
+        cap.runtimes.submit(exe)  # the agent's own path: worker thread, then attach
+        deadline = time.monotonic() + 60
+        while not any(t.path == exe for t in cap.targets()) and time.monotonic() < deadline:
+            cap.poll(20)
+        with Drainer(cap):
+            t0 = time.perf_counter()
+            results["ours"] = run_argv(argv)
+            time.sleep(0.3)
+            dt = time.perf_counter() - t0
+        seen, lost = count[0], cap.stats()["lost"]
+        with Drainer(cap):
+            results["excluded"] = run_argv(argv, before_go=cap.exclude_pid)
+    finally:
+        cap.close()
+
+    base, empty_us = results["none"], results["empty"]
+    print(f"{args.runtime}: {n} rounds, {size} B, {os.cpu_count()} CPUs; us per {unit}")
+    for k, v in results.items():
+        print(f"  {k:9s} {v:7.2f} us/call   x{v / base:5.2f}   (+{v - base:5.2f} us vs none, "
+              f"{v - empty_us:+6.2f} us vs empty)")
+    print(f"  events delivered during `ours`: {seen} in {dt:.2f}s, lost={lost}")
+    mb = os.path.getsize(exe) / 1e6
+    print(f"  analysis of {exe} ({mb:.0f} MB, {res.runtime}, {res.detail}, {len(res.probes)} probes): "
+          f"{times['cold']:.3f}s first look (pages dropped), {times['warm']:.3f}s warm, "
+          f"{times['cached']:.3f}s build-id cache hit (plus {times['imports']:.3f}s to import capstone, once)")
 
 
 if __name__ == "__main__":

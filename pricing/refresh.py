@@ -63,6 +63,24 @@ DEFAULT_EFFECTIVE_FROM = "2023-01-01"
 ANTHROPIC_CACHE_WRITE_5M = Decimal("1.25")
 ANTHROPIC_CACHE_WRITE_1H = Decimal("2")
 ANTHROPIC_CACHE_READ = Decimal("0.1")
+# Anthropic's Message Batches bill input, output and cache reads at half the
+# standard price (published); LiteLLM carries no Claude batch rates.
+ANTHROPIC_BATCH = Decimal("0.5")
+# Google bills a cached token at 10% of the input price of its modality
+# (published for Gemini 2.5: Flash text/image/video 0.30 -> 0.03, audio
+# 1.00 -> 0.10).  The sources give the audio input price but not the cached
+# audio price, so a Gemini row with an audio rate gets 0.1x of it.
+GOOGLE_CACHED_AUDIO = Decimal("0.1")
+# OpenAI bills its web search tool per call: $10.00 per 1,000 calls
+# (openai.com/api/pricing, "Web search").  The sources only price the older
+# search-preview chat models (LiteLLM search_context_cost_per_query), so
+# OpenAI rows that support web search and carry no per-query price get this.
+OPENAI_WEB_SEARCH_PER_1000 = Decimal("10")
+# Anthropic bills web search at $10 per 1,000 searches on every Claude model
+# (docs: web search tool pricing); LiteLLM has it only on some entries.
+ANTHROPIC_WEB_SEARCH_PER_1000 = Decimal("10")
+# LiteLLM suffix -> our service tier name.
+SERVICE_TIER_SUFFIXES = {"flex": "flex", "priority": "priority", "batches": "batch"}
 
 # LiteLLM provider -> our provider.  Order matters: when two LiteLLM entries
 # map to the same (provider, model), the one listed first wins (e.g. the
@@ -264,6 +282,12 @@ class Row:
     effective_to: str | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    input_audio: Decimal | None = None
+    cache_read_audio: Decimal | None = None
+    # tier name -> {"input", "output", "cache_read"} in USD per 1M tokens
+    service_tiers: dict[str, dict[str, Decimal | None]] = field(default_factory=dict)
+    web_search_per_1000: Decimal | None = None
+    supports_web_search: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -288,6 +312,14 @@ class Row:
                 for t in sorted(self.tiers, key=lambda t: t.above_input_tokens)
             ],
             "source": "; ".join([self.source, *self.notes]),
+            # Written only where a row has them, so most rows stay as they were.
+            **({"input_audio": _fmt(self.input_audio)} if self.input_audio is not None else {}),
+            **({"cache_read_audio": _fmt(self.cache_read_audio)} if self.cache_read_audio is not None else {}),
+            **({"service_tiers": {name: {k: _fmt(v) for k, v in prices.items()}
+                                  for name, prices in sorted(self.service_tiers.items())}}
+               if self.service_tiers else {}),
+            **({"web_search_per_1000": _fmt(self.web_search_per_1000)}
+               if self.web_search_per_1000 is not None else {}),
         }
 
 
@@ -329,6 +361,20 @@ def _row_from_litellm(provider: str, model: str, entry: dict, source: str) -> Ro
         w5 = None
     w1 = _per_million(entry.get("cache_creation_input_token_cost_above_1hr"))
     row = Row(provider, model, inp, out, read, w5, w1, source=source)
+    row.input_audio = _per_million(entry.get("input_cost_per_audio_token"))
+    row.cache_read_audio = _per_million(entry.get("cache_read_input_audio_token_cost"))
+    for suffix, tier_name in SERVICE_TIER_SUFFIXES.items():
+        t_in = _per_million(entry.get(f"input_cost_per_token_{suffix}"))
+        t_out = _per_million(entry.get(f"output_cost_per_token_{suffix}"))
+        if t_in is not None and t_out is not None:
+            row.service_tiers[tier_name] = {
+                "input": t_in, "output": t_out,
+                "cache_read": _per_million(entry.get(f"cache_read_input_token_cost_{suffix}")),
+            }
+    per_query = entry.get("search_context_cost_per_query")
+    if isinstance(per_query, dict) and per_query.get("search_context_size_medium") is not None:
+        row.web_search_per_1000 = _q(_d(per_query["search_context_size_medium"]) * 1000).normalize()
+    row.supports_web_search = entry.get("supports_web_search") is True
 
     tiers: dict[int, dict[str, Decimal]] = {}
     for key, value in entry.items():
@@ -373,6 +419,27 @@ def _apply_anthropic_rules(row: Row) -> None:
     if row.cache_read is None:
         row.cache_read = (row.input * ANTHROPIC_CACHE_READ).normalize()
         row.notes.append("cache_read=0.1x input (Anthropic rule)")
+
+
+def _apply_bill_rules(row: Row) -> None:
+    """Fill the cached-audio, batch and web search prices the sources leave out,
+    by each provider's published rule (constants above)."""
+    if row.provider == "google" and row.input_audio is not None and row.cache_read_audio is None:
+        row.cache_read_audio = _q(row.input_audio * GOOGLE_CACHED_AUDIO).normalize()
+        row.notes.append("cache_read_audio=0.1x input_audio (Google rule)")
+    if is_claude(row.provider, row.model) and row.provider == "anthropic" and "batch" not in row.service_tiers:
+        row.service_tiers["batch"] = {
+            "input": (row.input * ANTHROPIC_BATCH).normalize(),
+            "output": (row.output * ANTHROPIC_BATCH).normalize(),
+            "cache_read": None if row.cache_read is None else (row.cache_read * ANTHROPIC_BATCH).normalize(),
+        }
+        row.notes.append("batch=0.5x (Anthropic rule)")
+    if row.provider == "anthropic" and is_claude(row.provider, row.model) and row.web_search_per_1000 is None:
+        row.web_search_per_1000 = ANTHROPIC_WEB_SEARCH_PER_1000
+        row.notes.append("web_search_per_1000=10 (Anthropic web search price)")
+    if row.provider == "openai" and row.supports_web_search and row.web_search_per_1000 is None:
+        row.web_search_per_1000 = OPENAI_WEB_SEARCH_PER_1000
+        row.notes.append("web_search_per_1000=10 (OpenAI web search tool price)")
 
 
 def load_litellm(path: Path, as_of: str) -> dict[tuple[str, str], Row]:
@@ -656,6 +723,8 @@ def build(src: Path, as_of: dict[str, str], report: list[str]) -> list[Row]:
 
     for r in rows:
         _apply_anthropic_rules(r)
+        if r.effective_to is None:  # current prices only: the rules are today's
+            _apply_bill_rules(r)
     _assign_dates(rows)
     rows.sort(key=lambda r: (r.provider, r.model.lower(), r.effective_from))
     return rows

@@ -49,6 +49,16 @@ class PriceTier:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceTierPrice:
+    """Token prices of one service tier (``flex``, ``priority``, ``batch``)."""
+
+    name: str
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
 class PriceRow:
     price_id: str  # provider/model@effective_from, "override:" prefixed for user rows
     provider: str
@@ -62,6 +72,18 @@ class PriceRow:
     cache_write_1h: Decimal | None
     tiers: tuple[PriceTier, ...]
     source: str
+    # Audio input and cached audio input, where the model prices audio apart.
+    input_audio: Decimal | None = None
+    cache_read_audio: Decimal | None = None
+    service_tiers: tuple[ServiceTierPrice, ...] = ()
+    # USD per 1,000 server-side web search requests.
+    web_search_per_1000: Decimal | None = None
+
+    def service_tier(self, name: str | None) -> ServiceTierPrice | None:
+        for tier in self.service_tiers:
+            if tier.name == name:
+                return tier
+        return None
 
     def contains(self, day: date) -> bool:
         return self.effective_from <= day and (self.effective_to is None or day < self.effective_to)
@@ -102,11 +124,21 @@ def _row_from_json(r: dict) -> PriceRow:
             for t in r.get("tiers") or ()
         ),
         source=r.get("source", ""),
+        input_audio=_dec(r.get("input_audio")),
+        cache_read_audio=_dec(r.get("cache_read_audio")),
+        service_tiers=tuple(
+            ServiceTierPrice(name, _dec(t["input"]), _dec(t["output"]), _dec(t.get("cache_read")))
+            for name, t in sorted((r.get("service_tiers") or {}).items())
+        ),
+        web_search_per_1000=_dec(r.get("web_search_per_1000")),
     )
 
 
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
-_ROW_KEYS = {"provider", "model", "effective_from", "effective_to", "tiers", "source", *_PRICE_FIELDS}
+_EXTRA_FIELDS = ("input_audio", "cache_read_audio", "web_search_per_1000")
+_SERVICE_TIER_KEYS = {"input", "output", "cache_read"}
+_ROW_KEYS = {"provider", "model", "effective_from", "effective_to", "tiers", "source", "service_tiers",
+             *_PRICE_FIELDS, *_EXTRA_FIELDS}
 _TIER_KEYS = {"above_input_tokens", *_PRICE_FIELDS}
 
 
@@ -185,6 +217,17 @@ def _parse_overrides(path: Path) -> tuple[list[PriceRow], dict[str, str]]:
             if isinstance(above, bool) or not isinstance(above, int) or above < 0:
                 raise PricingError(f"{tw}: above_input_tokens must be a non-negative integer")
             tiers.append(PriceTier(above, *(_price(t.get(f), tw, f, f in ("input", "output")) for f in _PRICE_FIELDS)))
+        service_tiers = []
+        raw_service = e.get("service_tiers", {})
+        if not isinstance(raw_service, dict):
+            raise PricingError(f"{where}: service_tiers must be a table ([price.service_tiers.NAME])")
+        for tier_name, t in sorted(raw_service.items()):
+            tw = f"{where} service tier {tier_name!r}"
+            if not isinstance(t, dict) or set(t) - _SERVICE_TIER_KEYS:
+                raise PricingError(f"{tw}: expected keys {', '.join(sorted(_SERVICE_TIER_KEYS))}")
+            service_tiers.append(ServiceTierPrice(
+                tier_name.strip().lower(), *(_price(t.get(f), tw, f, f != "cache_read")
+                                             for f in ("input", "output", "cache_read"))))
         provider, model = provider.strip().lower(), model.strip()
         rows.append(PriceRow(
             price_id=f"override:{provider}/{model}@{start.isoformat()}",
@@ -195,6 +238,8 @@ def _parse_overrides(path: Path) -> tuple[list[PriceRow], dict[str, str]]:
             **{f: _price(e.get(f), where, f, f in ("input", "output")) for f in _PRICE_FIELDS},
             tiers=tuple(sorted(tiers, key=lambda t: t.above_input_tokens)),
             source=str(e.get("source") or f"user override {path}"),
+            **{f: _price(e.get(f), where, f, False) for f in _EXTRA_FIELDS},
+            service_tiers=tuple(service_tiers),
         ))
 
     aliases_raw = doc.get("aliases", {})
@@ -233,6 +278,13 @@ def _candidates(model: str) -> list[str]:
 
     name = model.strip().lower()
     add(name)
+    # Bedrock ARNs: the resource id (a profile id an [aliases] entry can map,
+    # or a foundation model / system inference profile id).
+    if name.startswith("arn:"):
+        resource = name.split(":", 5)[-1]
+        add(resource)
+        name = resource.partition("/")[2] or resource
+        add(name)
     # Path and routing prefixes: models/x, publishers/google/models/x, openai/x ...
     changed = True
     while changed:

@@ -19,6 +19,8 @@ else
 fi
 (( with_test )) && apt_pkgs+=(nodejs tmux prometheus systemd)
 (( with_test )) && apt_pkgs+=(redis-server)  # the Redis Streams export test starts its own server
+# Go toolchain: the tests build a stdlib-only Go client (crypto/tls capture)
+(( with_test )) && apt_pkgs+=(golang-go)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -71,12 +71,10 @@ def expected_cost(scenario: str) -> Decimal | None:
     return (cost / M).quantize(Decimal("0.00000001"))
 
 
-# Usage fields a provider's response does not report at all: the row keeps
-# them NULL ("not reported" differs from zero, parsers/usage.py).
+# Token parts an API does not have for a call are 0 once usage is reported
+# (cache writes on OpenAI, cache reads on embeddings); only a part the API
+# never reports apart stays NULL (Anthropic's thinking tokens).
 NOT_REPORTED: dict[str, set[str]] = {
-    "chat.completions": {"cache_write_tokens", "cache_write_1h_tokens"},
-    "responses": {"cache_write_tokens", "cache_write_1h_tokens"},
-    "embeddings": {"cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens"},
     "messages": {"reasoning_tokens"},
 }
 TOKEN_COLUMNS = (*fp.TOKEN_FIELDS, "cache_write_1h_tokens")
@@ -88,18 +86,17 @@ def expected_tokens(scenario: str) -> dict[str, int | None]:
         return dict.fromkeys(TOKEN_COLUMNS)
     out = {k: e[k] for k in fp.TOKEN_FIELDS}
     out["cache_write_1h_tokens"] = CACHE_WRITE_1H[scenario]
-    for k in NOT_REPORTED[e["endpoint"]]:
+    for k in NOT_REPORTED.get(e["endpoint"], ()):
         out[k] = None
     return out
 
 
 def expected_provider(scenario: str, host: str | None = None) -> str:
-    """Provider the agent names: OpenAI-shaped calls to a host that is not
-    api.openai.com (here localhost) are ``openai-compatible`` (recognise.py)."""
-    provider = fp.SCENARIOS[scenario].provider
-    if provider == "openai" and host != "api.openai.com":
-        return "openai-compatible"
-    return provider
+    """Provider the agent names: on a host that names none (localhost), the
+    response headers do, and the fake provider sends OpenAI's
+    (``openai-organization``), so OpenAI-shaped calls are ``openai`` there too
+    (served_by.py)."""
+    return fp.SCENARIOS[scenario].provider
 
 
 PYTHON_COMM = Path(sys.executable).name[:15]  # /proc/PID/comm of an SDK client

@@ -7,6 +7,7 @@ shared/fixtures/wire/, following DESIGN.md section 3.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ from lumen_agent.parsers.providers.openai import (
 from lumen_agent.parsers.usage import Usage
 
 WIRE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "wire"
+# A call that reported usage and has no cache: its cache parts are 0, not NULL.
+NO_CACHE = {"cache_read_tokens": 0, "cache_write_tokens": 0, "cache_write_1h_tokens": 0}
 
 
 # -- test-local helpers: fixture body, a tiny SSE splitter, an NDJSON splitter
@@ -115,7 +118,9 @@ FIXTURE_CASES = [
             output_tokens=4,
             cache_read_tokens=4012,
             cache_write_tokens=0,
+            cache_write_1h_tokens=0,
             reasoning_tokens=0,
+            service_tier="default",
         ),
         id="openai-chat-nonstream-cached",
     ),
@@ -136,7 +141,10 @@ FIXTURE_CASES = [
             input_tokens=78,
             output_tokens=9,
             cache_read_tokens=0,
+            cache_write_tokens=0,  # OpenAI has no cache writes: 0, not NULL
+            cache_write_1h_tokens=0,
             reasoning_tokens=0,
+            service_tier="default",
         ),
         id="openai-chat-stream",
     ),
@@ -146,7 +154,8 @@ FIXTURE_CASES = [
         {"model": "text-embedding-3-small", "input": "hello", "encoding_format": "base64"},
         "json",
         RequestInfo("openai", "embeddings", "text-embedding-3-small", False, None),
-        Usage(model="text-embedding-3-small", input_tokens=4, output_tokens=0),
+        Usage(model="text-embedding-3-small", input_tokens=4, output_tokens=0, cache_read_tokens=0,
+              cache_write_tokens=0, cache_write_1h_tokens=0, reasoning_tokens=0),
         id="openai-embeddings",
     ),
     pytest.param(
@@ -163,6 +172,8 @@ FIXTURE_CASES = [
             cache_read_tokens=0,
             cache_write_tokens=0,
             cache_write_1h_tokens=0,
+            service_tier="standard",
+            web_search_requests=0,
         ),
         id="anthropic-stream",
     ),
@@ -177,7 +188,11 @@ FIXTURE_CASES = [
             response_id="ru1garvBEoOiqtsP2fznmQw",
             input_tokens=18,
             output_tokens=115,  # last chunk: candidates 80 + thoughts 35
+            cache_read_tokens=0,  # no cache on this call: 0, not NULL
+            cache_write_tokens=0,
+            cache_write_1h_tokens=0,
             reasoning_tokens=35,
+            input_audio_tokens=0,  # promptTokensDetails: TEXT only
         ),
         id="gemini-stream",
     ),
@@ -195,6 +210,7 @@ FIXTURE_CASES = [
             output_tokens=5,
             cache_read_tokens=1322,
             cache_write_tokens=0,
+            cache_write_1h_tokens=0,
         ),
         id="bedrock-converse",
     ),
@@ -204,7 +220,7 @@ FIXTURE_CASES = [
         {"model": "llama3.2", "messages": [], "stream": False},
         "json",
         RequestInfo("ollama", "chat", "llama3.2", False, None),
-        Usage(model="llama3.2", input_tokens=122, output_tokens=33),
+        Usage(model="llama3.2", input_tokens=122, output_tokens=33, **NO_CACHE),
         id="ollama-chat-nonstream",
     ),
     pytest.param(
@@ -213,7 +229,7 @@ FIXTURE_CASES = [
         {"model": "llama3.2", "messages": []},
         "ndjson",
         RequestInfo("ollama", "chat", "llama3.2", True, None),
-        Usage(model="llama3.2", input_tokens=26, output_tokens=282),
+        Usage(model="llama3.2", input_tokens=26, output_tokens=282, **NO_CACHE),
         id="ollama-chat-stream",
     ),
     pytest.param(
@@ -228,7 +244,10 @@ FIXTURE_CASES = [
             input_tokens=17,
             output_tokens=2177,  # includes reasoning 960
             cache_read_tokens=0,
+            cache_write_tokens=0,
+            cache_write_1h_tokens=0,
             reasoning_tokens=960,
+            charged_usd=Decimal("0.00435825"),  # usage.cost: what OpenRouter charged
         ),
         id="openrouter-nonstream",
     ),
@@ -260,6 +279,7 @@ def test_openai_stream_without_include_usage_is_missing():
         model="gpt-4o-mini-2024-07-18",
         response_id="chatcmpl-Dx0Xq5Xx9rHB2ehcHZCRDsnuymUXc",
         usage_missing=True,
+        service_tier="default",
     )
 
 
@@ -307,6 +327,7 @@ def test_anthropic_nonstream_cache_write_split():
         cache_read_tokens=100,
         cache_write_tokens=50,
         cache_write_1h_tokens=30,
+        web_search_requests=0,
     )
 
 
@@ -331,7 +352,7 @@ def test_anthropic_stream_takes_latest_nonnull():
     reader.feed_sse("message_stop", '{"type": "message_stop"}')
     usage = reader.result()
     assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (45, 40, 90)
-    assert usage.cache_write_tokens is None and usage.model == "claude-x"
+    assert usage.cache_write_tokens == 0 and usage.model == "claude-x"  # not reported, usage known: 0
 
 
 RESPONSE_USAGE = {
@@ -347,7 +368,10 @@ RESPONSES_EXPECTED = Usage(
     input_tokens=1000,
     output_tokens=300,
     cache_read_tokens=800,
+    cache_write_tokens=0,
+    cache_write_1h_tokens=0,
     reasoning_tokens=200,
+    web_search_requests=0,
 )
 
 
@@ -429,7 +453,8 @@ def test_gemini_cached_and_tool_prompt():
     reader.feed_json({"usageMetadata": {"promptTokenCount": 5000, "cachedContentTokenCount": 4000,
                                         "toolUsePromptTokenCount": 120, "candidatesTokenCount": 50}})
     assert reader.result() == Usage(model="gemini-2.5-pro", input_tokens=5120, output_tokens=50,
-                                    cache_read_tokens=4000)
+                                    cache_read_tokens=4000, cache_write_tokens=0, cache_write_1h_tokens=0,
+                                    reasoning_tokens=0)
 
 
 def test_gemini_omitted_zero_output():
@@ -444,13 +469,13 @@ def test_converse_stream_metadata_event():
     reader.feed_json({"metadata": {"usage": {"inputTokens": 10, "outputTokens": 4, "totalTokens": 20,
                                              "cacheWriteInputTokens": 6}, "metrics": {"latencyMs": 5}}})
     assert reader.result() == Usage(model="amazon.nova-pro-v1:0", input_tokens=16, output_tokens=4,
-                                    cache_write_tokens=6)
+                                    cache_read_tokens=0, cache_write_tokens=6, cache_write_1h_tokens=0)
 
 
 def test_ollama_embed():
     reader = OllamaReader(embedding=True)
     reader.feed_json({"model": "all-minilm", "embeddings": [[0.1]], "prompt_eval_count": 8})
-    assert reader.result() == Usage(model="all-minilm", input_tokens=8, output_tokens=0)
+    assert reader.result() == Usage(model="all-minilm", input_tokens=8, output_tokens=0, **NO_CACHE)
 
 
 def test_embeddings_without_usage_invents_nothing():
@@ -526,7 +551,8 @@ def test_odd_values_are_not_counts():
 def test_plain_counts_are_not_flagged():
     reader = ChatCompletionsReader()
     reader.feed_json({"usage": {"prompt_tokens": 7, "completion_tokens": None}})
-    assert reader.result() == Usage(input_tokens=7)
+    assert (reader.result().input_tokens, reader.result().output_tokens) == (7, None)
+    assert not reader.result().usage_implausible
 
 
 KEYS = [

@@ -65,7 +65,8 @@ def test_v1_file_is_migrated_on_open_and_keeps_its_rows(db):
     con = duckdb.connect(str(db))
     assert schema.migrate(con, target=1) == 0
     assert schema.schema_version(con) == 1
-    v1_columns = list(CALL_COLUMNS[: CALL_COLUMNS.index("response_body") + 1])  # what version 1 had
+    # A version-1 file has only the columns of migration 1.
+    v1_columns = [name for name, _ in schema._V1_COLUMN_TYPES]
     appender = con.appender("llm_calls", columns=v1_columns)
     from lumen_agent.outputs.store import _to_row
 

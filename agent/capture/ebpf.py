@@ -41,6 +41,7 @@ from pathlib import Path
 
 from lumen_agent.capture import kernel_setup
 from lumen_agent.capture.kernel_setup import CaptureError
+from lumen_agent.capture.runtimes import RuntimeAnalyser, RuntimeResult
 from lumen_agent.capture.targets import TargetTracker, TlsTarget, find_tls_executables
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
@@ -91,6 +92,16 @@ def _import_bcc():
 
 def bpf_source_dir() -> Path:
     return Path(str(resources.files("lumen_agent.bpf")))
+
+
+# One BPF program, several files: bcc takes programs only from the main
+# text (functions of an #included file are not loaded), so the files are
+# joined; later ones use the maps and helpers of ssl_probes.c.
+BPF_SOURCES = ("ssl_probes.c", "go_tls.c")
+
+
+def program_text(folder: Path) -> bytes:
+    return b"\n".join((folder / name).read_bytes() for name in BPF_SOURCES)
 
 
 @dataclass
@@ -176,6 +187,8 @@ class EbpfCapture:
         self.last_attach_error = ""
         self._exe_scan: threading.Thread | None = None
         self._exe_found: list | None = None
+        # Go and Bun executables: analysed on a worker thread (runtimes.py)
+        self.runtimes = RuntimeAnalyser()
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -194,7 +207,7 @@ class EbpfCapture:
             "-Wno-macro-redefined",
         ]
         try:
-            self._bpf = bcc.BPF(src_file=str(src).encode(), cflags=cflags)
+            self._bpf = bcc.BPF(text=program_text(src.parent), cflags=cflags)
             for _sym, entry, ret in PROBES:
                 self._bpf.load_func(entry.encode(), bcc.BPF.KPROBE)
                 if ret:
@@ -221,6 +234,8 @@ class EbpfCapture:
                 new.append(t)
         if self.options.scan_proc_at_start:
             new.extend(self.tracker.scan_all())
+            for pid in self.tracker.running_pids():
+                self._consider_runtime(pid)
         if self.options.attach_mode == "global":
             for t in self.tracker.targets.values():
                 self._attach(t, -1)
@@ -314,8 +329,8 @@ class EbpfCapture:
             return  # gone already (libbcc would print an error per probe)
         done: list[tuple[str, int, bool]] = []
         path = t.path.encode()
-        for sym, entry, ret in PROBES:
-            addr = t.symbols.get(sym)
+        plan = t.probes or [(sym, t.symbols.get(sym), entry, ret) for sym, entry, ret in PROBES]
+        for sym, addr, entry, ret in plan:
             if addr is None:
                 continue
             try:
@@ -402,6 +417,7 @@ class EbpfCapture:
         self._sync_clock()
         self._take_exe_scan()
         self._process_records()
+        self._take_runtimes()
         # Late looks at new processes' maps: libraries they loaded since exec.
         for pid in self.tracker.due_rescans():
             self._rescan(pid)
@@ -511,6 +527,8 @@ class EbpfCapture:
         if self.on_exec is not None:
             self.on_exec(pid)
         new = self.tracker.on_exec(pid)
+        if not new:
+            self._consider_runtime(pid)
         if self.options.attach_mode == "global":
             for t in new:
                 self._attach(t, -1)
@@ -554,6 +572,34 @@ class EbpfCapture:
                 self._detach(tkey, p)
         # The pid may be reused by an unrelated process.
         self.include_pid(pid)
+
+    # -- Go and Bun (runtimes.py) ---------------------------------------------
+    def _consider_runtime(self, pid: int) -> None:
+        """Queue the executable of ``pid`` for analysis unless it is a known target."""
+        path = self.tracker.runtime_candidate(pid)
+        if path is not None:
+            self.runtimes.submit(path)
+
+    def _take_runtimes(self) -> None:
+        for res in self.runtimes.take():
+            if res.probes:
+                self._add_runtime_target(res)
+
+    def _add_runtime_target(self, res: RuntimeResult) -> None:
+        plan = [(f"{res.runtime}@{p.addr:#x}", p.addr, p.fn, p.ret_fn) for p in res.probes]
+        t = self.tracker.add_runtime(res.path, res.dev, res.inode, res.runtime, plan)
+        if t is None:
+            return
+        if self.options.attach_mode == "global":
+            self._attach(t, -1)
+        else:
+            for pid in sorted(t.pids):
+                if self._included(pid):
+                    self._attach(t, pid)
+
+    def tls_not_found(self) -> list[str]:
+        """Executables with TLS of their own we could not probe, with the reason."""
+        return self.runtimes.not_found_lines()
 
     # -- introspection -------------------------------------------------------
     def _counter(self, idx: int) -> int:

@@ -102,9 +102,12 @@ class TlsTarget:
     path: str  # a path the agent can open (host path, or /proc/PID/root/...)
     dev: int
     inode: int
-    kind: str  # "libssl" or "exe"
+    kind: str  # "libssl", "exe", or a runtime without SSL_* symbols: "go", "bun"
     symbols: dict[str, int]  # name -> st_value (what bcc's attach_uprobe takes as addr)
     pids: set[int] = field(default_factory=set)  # processes seen mapping it
+    # Go / Bun (runtimes.py): (label, address, entry program, return program or None);
+    # when set it replaces the SSL_* symbol probes.
+    probes: list[tuple[str, int, str, str | None]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -268,6 +271,7 @@ class TargetTracker:
         self.targets: dict[tuple[int, int], TlsTarget] = {}
         self._not_tls: set[tuple[int, int]] = set()  # files known to have no SSL_write
         self._rescans: list[tuple[float, int]] = []
+        self._runtime_pids: dict[tuple[int, int], set[int]] = {}  # analysed executables' pids
 
     # -- files -------------------------------------------------------------
     def _consider_file(self, path: str, dev: int, inode: int, kind: str) -> tuple[TlsTarget | None, bool]:
@@ -340,6 +344,35 @@ class TargetTracker:
             new.extend(self.scan_pid(pid)[1])
         return new
 
+    def running_pids(self) -> list[int]:
+        return list_pids()
+
+    def runtime_candidate(self, pid: int) -> str | None:
+        """A path to ``pid``'s executable when it is no target yet (a Go or Bun
+        program, maybe), remembering the pid for when it becomes one."""
+        hp = f"/proc/{pid}/exe"
+        try:
+            st = os.stat(hp)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key in self.targets:
+            return None
+        self._runtime_pids.setdefault(key, set()).add(pid)
+        exe = _exe_path(pid)
+        return exe if exe is not None and _same_file(exe, st) else hp
+
+    def add_runtime(self, path: str, dev: int, inode: int, kind: str,
+                    probes: list[tuple[str, int, str, str | None]]) -> TlsTarget | None:
+        """Add an analysed Go/Bun executable; the target when new."""
+        key = (dev, inode)
+        if key in self.targets:
+            return None
+        pids = {p for p in self._runtime_pids.pop(key, set()) if os.path.exists(f"/proc/{p}")}
+        t = TlsTarget(path=path, dev=dev, inode=inode, kind=kind, symbols={}, pids=pids, probes=probes)
+        self.targets[key] = t
+        return t
+
     def add_system_libraries(self) -> list[TlsTarget]:
         new = []
         for p in ldconfig_libssl():
@@ -382,6 +415,10 @@ class TargetTracker:
     def on_exit(self, pid: int) -> None:
         for t in self.targets.values():
             t.pids.discard(pid)
+        for key in [k for k, pids in self._runtime_pids.items() if pid in pids]:
+            self._runtime_pids[key].discard(pid)
+            if not self._runtime_pids[key]:
+                del self._runtime_pids[key]  # every other executable ever run would pile up
         self._rescans = [(t, p) for t, p in self._rescans if p != pid]
 
 

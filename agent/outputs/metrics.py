@@ -358,7 +358,7 @@ class Metrics:
         lines += render_family(
             "lumen_connections_untracked_total", "counter",
             "Connections the pipeline stopped tracking before they closed, by reason (idle, inbound, non-HTTP, "
-            "non-LLM, HTTP/2, evicted).",
+            "non-LLM, evicted).",
             [((("reason", r),), n) for r, n in sorted(untracked.items())])
         one("lumen_processes_excluded_total", "counter", "Processes excluded by the process filters.",
             pipeline.get("processes.excluded"))

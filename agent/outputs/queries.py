@@ -264,9 +264,12 @@ def reprice(
     """Recompute ``cost_usd``, ``price_id`` and ``unpriced`` of stored rows
     with ``table`` (a :class:`lumen_agent.pricing.table.PriceTable`), the
     way the pipeline prices a new call: the row in force at ``ts_start`` for
-    ``model``, else ``request_model``, of the call's provider."""
+    ``model``, else ``request_model``, of the call's provider.  A stated
+    charge (``charged_usd``) stays the cost; ``token_cost_usd`` is recomputed.
+    (Compaction iterations are not stored: such calls are repriced from their
+    summed tokens.)"""
     from lumen_agent.parsers.usage import Usage
-    from lumen_agent.pricing.cost import price_usage
+    from lumen_agent.pricing.cost import price_call
 
     where, params = "", []
     if since:
@@ -281,7 +284,9 @@ def reprice(
         result = con.execute(
             f"""SELECT id, CAST(ts_start AT TIME ZONE 'UTC' AS DATE), provider, model, request_model,
                        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-                       cache_write_1h_tokens, reasoning_tokens, cost_usd, price_id, unpriced
+                       cache_write_1h_tokens, reasoning_tokens, cost_usd, price_id, unpriced,
+                       token_cost_usd, charged_usd, service_tier, web_search_requests,
+                       input_audio_tokens, cache_read_audio_tokens
                 FROM {CALLS_TABLE} {where}""",
             params,
         )
@@ -290,14 +295,19 @@ def reprice(
         newly_priced = now_unpriced = 0
         while chunk := result.fetchmany(_REPRICE_CHUNK):
             for (id_, day, provider, model, request_model, inp, out, read, write, write_1h,
-                 reasoning, old_cost, old_price_id, old_unpriced) in chunk:
+                 reasoning, old_cost, old_price_id, old_unpriced, old_token_cost, charged, tier, searches,
+                 audio, cached_audio) in chunk:
                 examined += 1
                 usage = Usage(model=model, input_tokens=inp, output_tokens=out, cache_read_tokens=read,
                               cache_write_tokens=write, cache_write_1h_tokens=write_1h,
-                              reasoning_tokens=reasoning)
-                cost, price_id, unpriced = price_usage(table, usage, provider, request_model, day)
-                if (cost, price_id, unpriced) != (old_cost, old_price_id, bool(old_unpriced)):
-                    updates.append((id_, cost, price_id, unpriced))
+                              reasoning_tokens=reasoning, service_tier=tier, web_search_requests=searches,
+                              input_audio_tokens=audio, cache_read_audio_tokens=cached_audio,
+                              charged_usd=charged)
+                priced = price_call(table, usage, provider, request_model, day)
+                cost, price_id, unpriced = priced.cost_usd, priced.price_id, priced.unpriced
+                if (cost, price_id, unpriced, priced.token_cost_usd) != (
+                        old_cost, old_price_id, bool(old_unpriced), old_token_cost):
+                    updates.append((id_, cost, price_id, unpriced, priced.token_cost_usd))
                     if old_cost is None and cost is not None:
                         newly_priced += 1
                     if unpriced and not old_unpriced:
@@ -307,7 +317,7 @@ def reprice(
             try:
                 appender = con.appender(
                     CALLS_TABLE,
-                    columns=["id", "cost_usd", "price_id", "unpriced"],
+                    columns=["id", "cost_usd", "price_id", "unpriced", "token_cost_usd"],
                     action="update",
                     key=["id"],
                 )

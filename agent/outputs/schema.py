@@ -52,8 +52,9 @@ from lumen_agent.pipeline.call import CALL_COLUMNS
 
 CALLS_TABLE = "llm_calls"
 
-# (column, DuckDB type) in the order of the Call dataclass.
-CALL_COLUMN_TYPES: tuple[tuple[str, str], ...] = (
+# (column, DuckDB type) in the order of the Call dataclass: the table of
+# migration 1, then the columns later migrations add.
+_V1_COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("id", "VARCHAR NOT NULL"),
     ("ts_start", "TIMESTAMPTZ NOT NULL"),
     ("ts_end", "TIMESTAMPTZ NOT NULL"),
@@ -93,9 +94,24 @@ CALL_COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("http_version", "VARCHAR"),
     ("request_body", "VARCHAR"),
     ("response_body", "VARCHAR"),
-    ("usage_implausible", "BOOLEAN"),
+)
+# Migration 3: exact cost.  What the provider said it charged, the token-priced
+# figure beside it, and the parts of the bill that are not plain tokens.
+_V3_EXACT_COST_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("token_cost_usd", "DECIMAL(18,8)"),
+    ("charged_usd", "DECIMAL(18,8)"),
+    ("service_tier", "VARCHAR"),
+    ("web_search_requests", "BIGINT"),
+    ("input_audio_tokens", "BIGINT"),
+    ("cache_read_audio_tokens", "BIGINT"),
+)
+# Migration 5: hardening (pipeline/bounds.py, the ingest socket's labels).
+_V5_HARDENING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("usage_implausible", "BOOLEAN"),  # every row sets it; NULL on rows from before
     ("sender_uid", "INTEGER"),
 )
+CALL_COLUMN_TYPES: tuple[tuple[str, str], ...] = (_V1_COLUMN_TYPES + _V3_EXACT_COST_COLUMNS
+                                                  + _V5_HARDENING_COLUMNS)
 
 if tuple(name for name, _ in CALL_COLUMN_TYPES) != CALL_COLUMNS:  # pragma: no cover
     raise ImportError("schema.CALL_COLUMN_TYPES is out of step with call.Call")
@@ -144,6 +160,10 @@ _CALLS_TABLE_V1 = """CREATE TABLE IF NOT EXISTS llm_calls (
     "request_body" VARCHAR,
     "response_body" VARCHAR
 )"""
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +239,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_VIEWS_V2,
         ),
     ),
+    # 2 -> 3
+    Migration(
+        "exact cost: charged and token-priced cost, service tier, request fees, audio tokens",
+        tuple(f"ALTER TABLE {CALLS_TABLE} ADD COLUMN {_quote(n)} {t}" for n, t in _V3_EXACT_COST_COLUMNS),
+    ),
 )
 
 # Budgets and alert rules (outputs/alerts): one row per alert, fired and
@@ -241,18 +266,15 @@ _ALERTS_TABLE_V1 = """CREATE TABLE IF NOT EXISTS alerts (
 )"""
 
 MIGRATIONS += (
-    # 2 -> 3
+    # 3 -> 4
     Migration("alerts table (budgets and alert rules)", (_ALERTS_TABLE_V1,)),
 )
 
 MIGRATIONS += (
-    # 3 -> 4: hardening (pipeline/bounds.py, the ingest socket's labels)
+    # 4 -> 5
     Migration(
-        "usage_implausible and sender_uid columns",
-        (
-            "ALTER TABLE llm_calls ADD COLUMN usage_implausible BOOLEAN DEFAULT false",
-            "ALTER TABLE llm_calls ADD COLUMN sender_uid INTEGER",
-        ),
+        "hardening: usage_implausible and sender_uid columns",
+        tuple(f"ALTER TABLE {CALLS_TABLE} ADD COLUMN {_quote(n)} {t}" for n, t in _V5_HARDENING_COLUMNS),
     ),
 )
 

@@ -31,7 +31,9 @@ MAX_PATH_CHARS = 4096
 MAX_BODY_CHARS = 2 * 1024 * 1024
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                 "cache_write_1h_tokens", "reasoning_tokens")
+                 "cache_write_1h_tokens", "reasoning_tokens", "input_audio_tokens", "cache_read_audio_tokens",
+                 "web_search_requests")
+_COST_FIELDS = ("cost_usd", "token_cost_usd", "charged_usd")
 _LIMITS = {"model": MAX_MODEL_CHARS, "request_model": MAX_MODEL_CHARS, "exe": MAX_PATH_CHARS,
            "request_body": MAX_BODY_CHARS, "response_body": MAX_BODY_CHARS}
 _TEXT_FIELDS = tuple(f.name for f in fields(Call) if "str" in str(f.type) and f.name != "outcome")
@@ -69,7 +71,7 @@ def bounded_usage(usage: Usage) -> Usage:
     """Counts outside ``0..MAX_PLAUSIBLE_TOKENS`` become NULL and the usage is
     flagged implausible; so is usage whose reader rejected a count."""
     bad = {name: None for name in _TOKEN_FIELDS
-           if getattr(usage, name) is not None and not plausible_count(getattr(usage, name))}
+           if getattr(usage, name, None) is not None and not plausible_count(getattr(usage, name))}
     if not bad and not usage.usage_implausible:
         return usage
     return replace(usage, usage_implausible=True, **bad)
@@ -95,9 +97,10 @@ def bounded_call(call: Call) -> Call:
         if value is not None and not plausible_count(value):
             changes[name] = None
             implausible = True
-    if implausible or not storable_cost(call.cost_usd):
+    if implausible or not all(storable_cost(getattr(call, name)) for name in _COST_FIELDS):
         # Partial or impossible usage is never priced as if it were complete.
-        changes.update(cost_usd=None, price_id=None, unpriced=False, usage_implausible=True)
+        changes.update(cost_usd=None, token_cost_usd=None, charged_usd=None, price_id=None, unpriced=False,
+                       usage_implausible=True)
     for name in ("latency_ms", "ttft_ms"):
         value = getattr(call, name)
         if value is not None and not (isinstance(value, float | int) and math.isfinite(value)):

@@ -29,6 +29,14 @@ class Outcome(enum.Enum):
             return cls.SUCCESS
         return cls.ERROR
 
+    @classmethod
+    def from_stream_exception(cls, name: str | None) -> Outcome | None:
+        """The outcome of a stream that reported an exception event (AWS event
+        stream: ``throttlingException``, ``modelStreamErrorException``...)."""
+        if not name:
+            return None
+        return cls.RATE_LIMITED if "throttl" in name.lower() else cls.ERROR
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -72,6 +80,15 @@ class Call:
     # Prompt and completion text: only when the user turned content capture on.
     request_body: str | None = None
     response_body: str | None = None
+    # Exact cost (schema migration 3).  cost_usd is what the call cost: the
+    # provider's stated charge (charged_usd) when it gives one, else
+    # token_cost_usd, the price table's figure (tokens plus request fees).
+    token_cost_usd: Decimal | None = None
+    charged_usd: Decimal | None = None
+    service_tier: str | None = None
+    web_search_requests: int | None = None
+    input_audio_tokens: int | None = None
+    cache_read_audio_tokens: int | None = None
     # A token count was negative, absurd or not a number: it is NULL and the
     # call is not priced (pipeline/bounds.py).
     usage_implausible: bool = False

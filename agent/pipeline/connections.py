@@ -4,7 +4,9 @@ Events of many processes and connections arrive interleaved.  Each
 connection (pid, conn id) gets its own state, found in an LRU table with a
 bound on its size and on idle time.  The side of the conversation the
 process is on is read from the bytes: a process that writes a request line
-(or reads a status line) is the client.  Only client sides become calls; the
+(or reads a status line) is the client; for HTTP/2 (http2_tap.py), one that
+writes the client preface, and one that writes a SETTINGS frame first is a
+server.  Only client sides become calls; the
 server side of a call between two local processes is the same call seen
 again, so it is ignored (and the kernel told to stop copying it).
 """
@@ -25,10 +27,13 @@ from lumen_agent.parsers.http1 import (
     Truncated,
     find_start,
 )
+from lumen_agent.parsers.http2 import PREFACE as HTTP2_PREFACE
+from lumen_agent.parsers.http2 import is_settings_frame, might_be_frames, sniff_side
 from lumen_agent.parsers.providers.recognise import provider_of_host
 from lumen_agent.pipeline.counters import Counters
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 from lumen_agent.pipeline.exchange import Exchange
+from lumen_agent.pipeline.http2_tap import Http2Tap
 
 # Open connections tracked at once; the least recently active is evicted.
 MAX_CONNECTIONS = 4096
@@ -40,8 +45,6 @@ MAX_PENDING_EXCHANGES = 64
 # Bytes seen on a connection without any HTTP start line before we decide it
 # is some other protocol and stop looking.
 MAX_SNIFF_BYTES = 64 * 1024
-
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class Role(enum.Enum):
@@ -158,7 +161,7 @@ class Connection:
     conn: int
     last_ns: int
     role: Role = Role.UNKNOWN
-    tap: Http1Tap | None = None
+    tap: Http1Tap | Http2Tap | None = None
     sniffed: int = 0
     # Bytes held while the role is unknown, per direction.
     sniff_send: bytearray = field(default_factory=bytearray)
@@ -212,7 +215,7 @@ class ConnectionTracker:
 
         tap = connection.tap
         if event.direction is Direction.SEND:
-            tap.sent(event.data, event.ts_ns, event.flags)
+            out.exchanges.extend(tap.sent(event.data, event.ts_ns, event.flags))
             self._check_not_llm(connection, out)
         else:
             out.exchanges.extend(tap.received(event.data, event.ts_ns, event.flags))
@@ -241,11 +244,29 @@ class ConnectionTracker:
         if HTTP2_PREFACE.startswith(bytes(buf[: len(HTTP2_PREFACE)])):
             if len(buf) < len(HTTP2_PREFACE):
                 return  # could still be the HTTP/2 preface
-            connection.role = Role.OTHER if sending else Role.SERVER
-            self._forget(event.conn_key, "http2_connection" if sending else "inbound_connection", out)
+            if sending:
+                self._start_http2(connection, event, out, joined=False)
+            else:
+                connection.role = Role.SERVER
+                self._forget(event.conn_key, "inbound_connection", out)
+            return
+        if sending and is_settings_frame(buf):
+            # A server's first frame: it may send it before the preface arrives.
+            connection.role = Role.SERVER
+            self._forget(event.conn_key, "inbound_connection", out)
             return
         found = find_start(buf)
         if found is None:
+            side = sniff_side(buf)
+            if side is not None:  # HTTP/2 joined after its start
+                if (side is MessageKind.REQUEST) == sending:
+                    self._start_http2(connection, event, out, joined=True)
+                else:
+                    connection.role = Role.SERVER
+                    self._forget(event.conn_key, "inbound_connection", out)
+                return
+            if len(buf) <= MAX_SNIFF_BYTES and might_be_frames(buf):
+                return  # HTTP/2 frames, perhaps: keep them whole until they say
             # Keep only what may be the beginning of a start line still to come.
             keep = len(buf) - (buf.rfind(b"\n") + 1)
             dropped = len(buf) - keep
@@ -274,6 +295,19 @@ class ConnectionTracker:
             tap.sent(sent, event.ts_ns, EventFlag.NONE)
             self._check_not_llm(connection, out)
         if received:
+            out.exchanges.extend(tap.received(received, event.ts_ns, EventFlag.NONE))
+
+    def _start_http2(self, connection: Connection, event: DataEvent, out: TrackerResult, *, joined: bool) -> None:
+        connection.role = Role.CLIENT
+        tap = connection.tap = Http2Tap(
+            connection.pid, connection.conn, self._counters, self._capture_content, joined=joined
+        )
+        sent, received = bytes(connection.sniff_send), bytes(connection.sniff_recv)
+        connection.sniff_send = connection.sniff_recv = bytearray()
+        if sent:
+            out.exchanges.extend(tap.sent(sent, event.ts_ns, EventFlag.NONE))
+            self._check_not_llm(connection, out)
+        if received and connection.tap is not None:
             out.exchanges.extend(tap.received(received, event.ts_ns, EventFlag.NONE))
 
     def _check_not_llm(self, connection: Connection, out: TrackerResult) -> None:

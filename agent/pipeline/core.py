@@ -22,7 +22,7 @@ from lumen_agent.pipeline.counters import Counters
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.pipeline.exchange import Exchange
 from lumen_agent.pipeline.keyhash import credential, hash_credential
-from lumen_agent.pricing.cost import price_usage
+from lumen_agent.pricing.cost import Priced, price_call
 from lumen_agent.pricing.table import PriceTable
 
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id", "x-goog-request-id")
@@ -136,9 +136,9 @@ class Pipeline:
 
         model = usage.model or info.request_model
         if usage.usage_implausible:  # partial usage is not priced as if it were complete
-            cost, price_id, unpriced = None, None, False
+            priced = Priced(None, None, None, None, False)
         else:
-            cost, price_id, unpriced = price_usage(self._prices, usage, info.provider, info.request_model, start)
+            priced = price_call(self._prices, usage, info.provider, info.request_model, start)
 
         headers = dict(request.headers)
         secret = credential(headers, request.target or "")
@@ -166,7 +166,7 @@ class Pipeline:
             model=model,
             streaming=info.streaming,
             status_code=status,
-            outcome=Outcome.from_status(status, ex.complete),
+            outcome=Outcome.from_stream_exception(ex.stream_exception) or Outcome.from_status(status, ex.complete),
             request_id=_first_header(response, REQUEST_ID_HEADERS),
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -174,9 +174,9 @@ class Pipeline:
             cache_write_tokens=usage.cache_write_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
-            cost_usd=cost,
-            price_id=price_id,
-            unpriced=unpriced,
+            cost_usd=priced.cost_usd,
+            price_id=priced.price_id,
+            unpriced=priced.unpriced,
             usage_missing=usage.usage_missing,
             api_key_hash=hash_credential(secret, self._salt) if secret else None,
             tenant=headers.get("x-lumen-tenant") or self._options.default_tenant,
@@ -185,6 +185,12 @@ class Pipeline:
             http_version=ex.http_version,
             request_body=ex.request_text(),
             response_body=ex.response_text(),
+            token_cost_usd=priced.token_cost_usd,
+            charged_usd=priced.charged_usd,
+            service_tier=usage.service_tier,
+            web_search_requests=usage.web_search_requests,
+            input_audio_tokens=usage.input_audio_tokens,
+            cache_read_audio_tokens=usage.cache_read_audio_tokens,
             usage_implausible=usage.usage_implausible,
             sender_uid=origin.sender_uid if origin is not None else None,
         ))

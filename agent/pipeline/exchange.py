@@ -1,6 +1,6 @@
 """One request and its response, assembled from HTTP messages of any version.
 
-A protocol tap (HTTP/1.1 now, HTTP/2 later) drives an ``Exchange`` through
+A protocol tap (HTTP/1.1, or one HTTP/2 stream) drives an ``Exchange`` through
 its life with the ``on_*`` methods; the exchange owns what happens to the
 bytes: bounded buffering of the request body, content decoding of the
 response, and feeding the provider's usage reader as the body arrives, so a
@@ -9,6 +9,7 @@ long stream is read incrementally and never held whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,8 +17,16 @@ from typing import Any
 
 from lumen_agent.parsers.encodings import Decoder, decoder_for
 from lumen_agent.parsers.errors import LimitExceeded, ParseError
+from lumen_agent.parsers.eventstream import EventStreamParser, SkippedMessage
 from lumen_agent.parsers.http1 import MessageHead
-from lumen_agent.parsers.providers import RequestInfo, UsageReader, identify, usage_reader
+from lumen_agent.parsers.providers import (
+    RequestInfo,
+    UsageReader,
+    identify,
+    served_by,
+    usage_reader,
+)
+from lumen_agent.parsers.providers.bedrock import event_objects
 from lumen_agent.parsers.sse import SseParser
 from lumen_agent.parsers.usage import Usage
 
@@ -73,12 +82,16 @@ class Exchange:
     complete: bool = False
     # Why the body could not be read in full, for the skip counters.
     body_problem: str | None = None
+    # An exception event inside a 200 event stream (Bedrock's
+    # throttlingException, modelStreamErrorException): the call failed.
+    stream_exception: str | None = None
     _reader: UsageReader | None = None
     _decoder: Decoder | None = None
-    _mode: str = "json"  # json | sse | ndjson | discard
+    _mode: str = "json"  # json | sse | ndjson | eventstream | discard
     _body: bytearray = field(default_factory=bytearray)
     _decoded_total: int = 0
     _sse: SseParser | None = None
+    _events: EventStreamParser | None = None
     _stream_finished: bool = False
     _content: bytearray | None = None
     _ndjson_scanned: int = 0  # bytes of _body already searched for a newline
@@ -130,7 +143,14 @@ class Exchange:
         if self.info is None:
             self._mode = "discard"
             return
+        if not self.info.host_named:
+            # An unknown host (a gateway, a base-URL override): the provider's
+            # own headers name who served the call.
+            provider = served_by(name for name, _ in head.headers)
+            if provider is not None and provider != self.info.provider:
+                self.info = dataclasses.replace(self.info, provider=provider)
         self._reader = usage_reader(self.info)
+        self._reader.feed_headers(dict(head.headers))
         try:
             self._decoder = decoder_for(head.header("content-encoding"))
         except ParseError as exc:
@@ -143,6 +163,9 @@ class Exchange:
             self._sse = SseParser()
         elif "ndjson" in content_type or "jsonl" in content_type:
             self._mode = "ndjson"
+        elif "vnd.amazon.eventstream" in content_type:
+            self._mode = "eventstream"
+            self._events = EventStreamParser()
         else:
             self._mode = "json"
         if self.capture_content:
@@ -164,6 +187,11 @@ class Exchange:
                 elif self._mode == "ndjson":
                     self._body += plain
                     self._drain_ndjson(final=False)
+                elif self._mode == "eventstream":
+                    try:
+                        self._events.receive_data(plain)
+                    finally:  # the messages whole before any damage still count
+                        self._feed_stream_events()
                 elif self._mode == "json":
                     self._body += plain
                 else:  # given up inside this loop
@@ -204,6 +232,7 @@ class Exchange:
         self._mode = "discard"
         self._body = bytearray()
         self._sse = None
+        self._events = None
 
     def _finish_body(self) -> None:
         try:
@@ -212,6 +241,8 @@ class Exchange:
                 self._feed_sse_events()
             elif self._mode == "ndjson":
                 self._drain_ndjson(final=True)
+            elif self._mode == "eventstream" and self._events.pending_bytes and self.complete:
+                self.body_problem = "event stream: truncated message"
             elif self._mode == "json" and self._body:
                 try:
                     body = json.loads(self._body)
@@ -224,6 +255,7 @@ class Exchange:
             self.body_problem = str(exc)
         self._body = bytearray()
         self._sse = None
+        self._events = None
         if self._mode != "discard":
             self._mode = "discard"
 
@@ -238,6 +270,20 @@ class Exchange:
             if event.data == "[DONE]" or event.event in _FINAL_SSE_EVENTS:
                 self._stream_finished = True
             self._reader.feed_sse(event.event, event.data)
+
+    def _feed_stream_events(self) -> None:
+        for message in self._events.next_events():
+            if isinstance(message, SkippedMessage):
+                # Counted by the pipeline's response_body skips; the stream goes on.
+                self.body_problem = f"event stream message skipped: {message.reason}"
+                continue
+            if message.message_type in ("exception", "error"):
+                self.stream_exception = message.event_type or message.message_type
+                continue
+            if message.event_type == "metadata":  # ConverseStream's last event
+                self._stream_finished = True
+            for obj in event_objects(message):
+                self._reader.feed_json(obj)
 
     def _drain_ndjson(self, *, final: bool) -> None:
         """Hand over every complete line; linear in the bytes received: only

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from lumen_agent.parsers.providers.anthropic import MessagesReader
 from lumen_agent.parsers.providers.base import NoUsageReader, RequestInfo, UsageError, UsageReader
-from lumen_agent.parsers.providers.bedrock import ConverseReader
+from lumen_agent.parsers.providers.bedrock import ConverseReader, InvokeReader
 from lumen_agent.parsers.providers.google import GeminiReader
 from lumen_agent.parsers.providers.ollama import OllamaReader
 from lumen_agent.parsers.providers.openai import ChatCompletionsReader, EmbeddingsReader, ResponsesReader
 from lumen_agent.parsers.providers.recognise import identify
+from lumen_agent.parsers.providers.served_by import served_by
 
-__all__ = ["RequestInfo", "UsageError", "UsageReader", "identify", "usage_reader"]
+__all__ = ["RequestInfo", "UsageError", "UsageReader", "identify", "served_by", "usage_reader"]
 
 
 def usage_reader(info: RequestInfo) -> UsageReader:
@@ -33,9 +34,9 @@ def usage_reader(info: RequestInfo) -> UsageReader:
     if endpoint in ("converse", "converse-stream"):
         return ConverseReader(fallback_model=info.request_model)
     if endpoint in ("invoke", "invoke-with-response-stream"):
-        # InvokeModel returns the model vendor's own body; Anthropic's is the
-        # one we read (other vendors' bodies give usage_missing).
-        return MessagesReader(fallback_model=info.request_model)
+        # InvokeModel returns the model vendor's own body (Anthropic's is
+        # read), and Bedrock's counts in headers and invocation metrics.
+        return InvokeReader(fallback_model=info.request_model)
     if endpoint in ("chat", "generate", "embed"):
         return OllamaReader(embedding=endpoint == "embed")
     return NoUsageReader()

@@ -13,7 +13,9 @@ caller may keep feeding it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 from lumen_agent.parsers.errors import ParseError
@@ -50,6 +52,9 @@ class RequestInfo:
     request_model: str | None
     streaming: bool  # the request asked for a stream
     include_usage: bool | None  # OpenAI chat stream: stream_options.include_usage
+    # The host name (or an Azure deployment path) named the provider; when it
+    # did not, the response headers may (served_by.py).
+    host_named: bool = field(default=False, compare=False)
 
 
 @runtime_checkable
@@ -59,6 +64,8 @@ class UsageReader(Protocol):
     def feed_sse(self, event: str | None, data: str) -> None: ...
 
     def feed_ndjson(self, obj: Any) -> None: ...
+
+    def feed_headers(self, headers: Mapping[str, str]) -> None: ...
 
     def result(self) -> Usage: ...
 
@@ -110,6 +117,30 @@ def decode_event_data(data: Any) -> Any:
         return None
 
 
+def service_tier(value: Any) -> str | None:
+    """A service tier name as the response gives it (lowercase), or None."""
+    if isinstance(value, str) and 0 < len(value) <= 32:
+        return value.strip().lower() or None
+    return None
+
+
+# A charge above this for one call is not a real bill (nor a DECIMAL(18,8)).
+MAX_CHARGE_USD = Decimal(1_000_000)
+
+
+def charge(value: Any) -> Decimal | None:
+    """A USD amount the provider says it charged, or None when implausible."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    if not amount.is_finite() or amount < 0 or amount > MAX_CHARGE_USD:
+        return None
+    return amount
+
+
 def plus(total: int | None, *parts: int | None) -> int | None:
     """``total`` plus the parts that were reported; None when total was not."""
     if total is None:
@@ -125,7 +156,7 @@ class BaseReader:
     the normalised ``Usage`` in ``result``.
     """
 
-    __slots__ = ("_counts", "_model", "_response_id", "_fallback_model", "_rejected")
+    __slots__ = ("_counts", "_fallback_model", "_model", "_rejected", "_response_id")
 
     def __init__(self, fallback_model: str | None = None) -> None:
         self._counts: dict[str, int] = {}
@@ -180,6 +211,10 @@ class BaseReader:
     def _get(self, key: str) -> int | None:
         return self._counts.get(key)
 
+    def feed_headers(self, headers: Mapping[str, str]) -> None:
+        """The response headers (lowercase names), before any body: most
+        providers put nothing about usage there."""
+
     def _usage(
         self,
         *,
@@ -189,7 +224,22 @@ class BaseReader:
         cache_write_tokens: int | None = None,
         cache_write_1h_tokens: int | None = None,
         reasoning_tokens: int | None = None,
+        reasoning_reported: bool = False,
+        **bill: Any,
     ) -> Usage:
+        """The normalised usage.  When the response reported usage, a part it
+        does not have (cache writes on OpenAI, cache reads without a cache,
+        reasoning when ``reasoning_reported`` says the API reports it apart)
+        is 0, not None: None means the usage itself is missing."""
+        missing = input_tokens is None and output_tokens is None
+        if not missing:
+            cache_read_tokens = cache_read_tokens or 0
+            cache_write_tokens = cache_write_tokens or 0
+            cache_write_1h_tokens = cache_write_1h_tokens or 0
+            if reasoning_reported:
+                reasoning_tokens = reasoning_tokens or 0
+            if "web_search_requests" in bill:
+                bill["web_search_requests"] = bill["web_search_requests"] or 0
         return Usage(
             model=self._model or self._fallback_model,
             response_id=self._response_id,
@@ -199,7 +249,8 @@ class BaseReader:
             cache_write_tokens=cache_write_tokens,
             cache_write_1h_tokens=cache_write_1h_tokens,
             reasoning_tokens=reasoning_tokens,
-            usage_missing=input_tokens is None and output_tokens is None,
+            usage_missing=missing,
+            **bill,
             usage_implausible=self._rejected,
         )
 

@@ -9,19 +9,49 @@ so it is added to input.  Every stream chunk carries cumulative usage: the
 latest wins.  The JSON mapping of the protobuf omits zero counts, so a
 missing candidates or thoughts count next to a reported prompt means zero.
 
+``promptTokensDetails`` and ``cacheTokensDetails`` split the prompt and the
+cached part by modality (``TEXT``, ``IMAGE``, ``AUDIO``, ``VIDEO``); the
+audio counts are kept because audio input is priced above the rest.
+
+The service tier that served the call (``standard``, ``flex``, ``priority``)
+is the ``x-gemini-service-tier`` response header: a request for priority
+that exceeded its limit is served, and billed, at standard.
+
 The model comes from ``modelVersion``, else from the URL (``models/NAME:...``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from lumen_agent.parsers.providers.base import BaseReader, plus
+from lumen_agent.parsers.providers.base import BaseReader, plus, service_tier, token_count
 from lumen_agent.parsers.usage import Usage
 
 
+def _modality_count(details: Any, modality: str) -> int | None:
+    """The token count of one modality in a ``*TokensDetails`` list; 0 when
+    the list is there without it, None when there is no list."""
+    if not isinstance(details, list):
+        return None
+    total = 0
+    for item in details:
+        if isinstance(item, dict) and item.get("modality") == modality:
+            total += token_count(item.get("tokenCount")) or 0
+    return total
+
+
 class GeminiReader(BaseReader):
-    __slots__ = ()
+    __slots__ = ("_tier",)
+
+    def __init__(self, fallback_model: str | None = None) -> None:
+        super().__init__(fallback_model)
+        self._tier: str | None = None
+
+    def feed_headers(self, headers: Mapping[str, str]) -> None:
+        tier = service_tier(headers.get("x-gemini-service-tier"))
+        if tier is not None:
+            self._tier = tier.removeprefix("service_tier_")  # SERVICE_TIER_PRIORITY -> priority
 
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -35,6 +65,8 @@ class GeminiReader(BaseReader):
         self._note("candidates", usage.get("candidatesTokenCount"))
         self._note("thoughts", usage.get("thoughtsTokenCount"))
         self._note("tool_prompt", usage.get("toolUsePromptTokenCount"))
+        self._note("prompt_audio", _modality_count(usage.get("promptTokensDetails"), "AUDIO"))
+        self._note("cached_audio", _modality_count(usage.get("cacheTokensDetails"), "AUDIO"))
 
     def result(self) -> Usage:
         prompt = self._get("prompt")
@@ -48,4 +80,8 @@ class GeminiReader(BaseReader):
             output_tokens=output,
             cache_read_tokens=self._get("cached"),
             reasoning_tokens=thoughts,
+            reasoning_reported=True,
+            input_audio_tokens=self._get("prompt_audio"),
+            cache_read_audio_tokens=self._get("cached_audio"),
+            service_tier=self._tier,
         )

@@ -11,14 +11,23 @@ so they map onto ``Usage`` unchanged.  Two compatible dialects differ:
 - xAI reports ``reasoning_tokens`` *next to* ``completion_tokens``
   (``total_tokens = prompt + completion + reasoning``).  We recognise that
   from the totals, not from the host, so it also works behind gateways.
+
+What the bill depends on besides tokens: ``service_tier`` (``default``,
+``flex``, ``priority``...) names the tier that priced the call; Responses
+output items of type ``web_search_call`` are billed per call; OpenRouter's
+``usage.cost`` is what it charged (credits in USD), which is the cost even
+when a server-side tool makes it far above the token price.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lumen_agent.parsers.providers.base import BaseReader, dig
+from lumen_agent.parsers.providers.base import BaseReader, charge, dig, service_tier
 from lumen_agent.parsers.usage import Usage
+
+# More web search calls than this in one response is not a real bill.
+MAX_OUTPUT_ITEMS = 100_000
 
 
 def _output_with_reasoning(
@@ -41,12 +50,21 @@ class ChatCompletionsReader(BaseReader):
     ``usage_missing`` with no tokens: never estimated.
     """
 
-    __slots__ = ()
+    __slots__ = ("_charged", "_tier")
+
+    def __init__(self, fallback_model: str | None = None) -> None:
+        super().__init__(fallback_model)
+        self._tier: str | None = None
+        self._charged = None
 
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
         self._note_identity(obj.get("model"), obj.get("id"))
+        self._tier = service_tier(obj.get("service_tier")) or self._tier
+        usage = obj.get("usage")
+        if isinstance(usage, dict) and "cost" in usage:
+            self._charged = charge(usage.get("cost"))
         for usage in (obj.get("usage"), dig(obj, "x_groq", "usage")):
             if isinstance(usage, dict):
                 self._take_usage(usage)
@@ -70,6 +88,9 @@ class ChatCompletionsReader(BaseReader):
             cache_read_tokens=cached if cached is not None else self._get("deepseek_hit"),
             cache_write_tokens=self._get("cache_write"),
             reasoning_tokens=reasoning,
+            reasoning_reported=True,
+            service_tier=self._tier,
+            charged_usd=self._charged,
         )
 
 
@@ -78,7 +99,11 @@ class ResponsesReader(BaseReader):
     ``response.completed`` (or ``.incomplete`` / ``.failed``) event whose
     ``response`` carries the usage."""
 
-    __slots__ = ()
+    __slots__ = ("_tier",)
+
+    def __init__(self, fallback_model: str | None = None) -> None:
+        super().__init__(fallback_model)
+        self._tier: str | None = None
 
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -87,6 +112,12 @@ class ResponsesReader(BaseReader):
         if not isinstance(response, dict):
             response = obj  # non-streaming body: the response object itself
         self._note_identity(response.get("model"), response.get("id"))
+        self._tier = service_tier(response.get("service_tier")) or self._tier
+        output = response.get("output")
+        if isinstance(output, list) and len(output) <= MAX_OUTPUT_ITEMS and "usage" in response:
+            # The final response object lists every output item.
+            searches = sum(1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call")
+            self._note("web_search", searches)
         usage = response.get("usage")
         if isinstance(usage, dict):
             self._note("input", usage.get("input_tokens"))
@@ -103,6 +134,9 @@ class ResponsesReader(BaseReader):
             output_tokens=_output_with_reasoning(prompt, output, reasoning, self._get("total")),
             cache_read_tokens=self._get("cached"),
             reasoning_tokens=reasoning,
+            reasoning_reported=True,
+            service_tier=self._tier,
+            web_search_requests=self._get("web_search"),
         )
 
 
@@ -121,4 +155,5 @@ class EmbeddingsReader(BaseReader):
 
     def result(self) -> Usage:
         prompt = self._get("prompt")
-        return self._usage(input_tokens=prompt, output_tokens=None if prompt is None else 0)
+        return self._usage(input_tokens=prompt, output_tokens=None if prompt is None else 0,
+                           reasoning_reported=True)

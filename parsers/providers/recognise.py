@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lumen_agent.parsers.providers.base import RequestInfo, name
+from lumen_agent.parsers.providers.bedrock import model_id as bedrock_model_id
 
 # Ollama's default port; anything listening there is taken to be Ollama.
 OLLAMA_PORT = 11434
@@ -115,6 +116,7 @@ def identify(
         request_model=body_model or path_model or deployment,
         streaming=streaming,
         include_usage=include_usage,
+        host_named=deployment is not None or host_provider is not None,
     )
 
 
@@ -140,8 +142,10 @@ def _shape(
         return None
 
     # Bedrock runtime: .../model/ID/action
-    if len(s) >= 3 and s[-3] == "model" and last in _BEDROCK_ACTIONS:
-        model = name(unquote(s[-2]))
+    arn_at = _unencoded_arn(s) if last in _BEDROCK_ACTIONS else None
+    if arn_at is not None or (len(s) >= 3 and s[-3] == "model" and last in _BEDROCK_ACTIONS):
+        raw = "/".join(s[arn_at:-1]) if arn_at is not None else s[-2]
+        model = name(bedrock_model_id(raw))
         if last.startswith("converse"):
             ok = _shaped(body, "messages", "system")
         else:  # InvokeModel bodies are model-specific: need the host or an Anthropic body
@@ -180,6 +184,15 @@ def _shape(
         )
         if anthropic and _shaped(body, "messages"):
             return "anthropic", "messages", None, asks_stream
+    return None
+
+
+def _unencoded_arn(s: list[str]) -> int | None:
+    """Where a Bedrock model ARN starts when the client left its ``/`` raw
+    (``/model/arn:aws:bedrock:...:application-inference-profile/ID/converse``)."""
+    for i in range(len(s) - 2, 0, -1):
+        if s[i - 1] == "model" and unquote(s[i]).startswith("arn:"):
+            return i if i < len(s) - 2 else None
     return None
 
 

@@ -7,9 +7,11 @@ returns a ``ClientResult``(name, argv, pid, returncode, stdout, stderr, seconds)
 
     curl(url, certs, "openai.chat")               curl --http1.1 -sS, JSON POST
     curl(url, certs, "openai.chat.stream")        curl --http1.1 -sS -N, streaming POST
+    curl(url, certs, "openai.chat", http2=True)   curl --http2 (the fake provider spawned with http2=True)
     curl_get(url, certs, "/healthz")              non-LLM traffic
     sdk(url, certs, "anthropic.messages.stream")  python tests/support/sdk_client.py (openai / anthropic SDK)
     node_fetch(url, certs, "openai.chat.stream")  node -e <fetch script>
+    node_http2(url, certs, "openai.chat.stream", calls=20, concurrent=True)   Node's http2 module, one session
     run_concurrent(url, certs, procs=20, calls=10)   N processes x M streaming calls at once
 
 ``url`` is the server's base, ``https://localhost:PORT``. What each prints:
@@ -45,8 +47,13 @@ ANTHROPIC_VERSION = "2023-06-01"
 PROMPT = "What is the capital of the UK?"
 DEFAULT_TIMEOUT = 120.0
 
-# Scenarios the SDK script serves (Gemini has no SDK here: use curl or node).
-SDK_SCENARIOS = tuple(s for s in fp.SCENARIOS if not s.startswith("gemini"))
+# Scenarios the SDK script serves (Gemini has no SDK here: use curl or node;
+# Bedrock has its own client, bedrock_client.py).
+SDK_SCENARIOS = tuple(s for s in fp.SCENARIOS if s.startswith(("openai.", "anthropic.")))
+BEDROCK_SCRIPT = SUPPORT_DIR / "bedrock_client.py"
+BEDROCK_SCENARIOS = tuple(s for s in fp.SCENARIOS if s.startswith("bedrock."))
+VERTEX_TOKEN = "ya29.fake-vertex-token-0000"
+BEDROCK_API_KEY = "bedrock-api-key-fake-0000"
 _STATUS_RE = re.compile(r"^lumen-test-status: (\d+)$", re.M)
 
 
@@ -120,8 +127,9 @@ def client_env(certs: Any, extra: Mapping[str, str] | None = None) -> dict[str, 
 
 
 def _spawn(name: str, argv: list[str], env: Mapping[str, str]) -> Running:
+    # errors="replace": a binary body (an AWS event stream) must not break the capture of stdout.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(env))
+                            text=True, errors="replace", env=dict(env))
     return Running(name, argv, proc)
 
 
@@ -155,6 +163,20 @@ def request_for(scenario: str, *, model: str | None = None) -> tuple[str, dict[s
         if s.streaming:
             body["stream"] = True
         return s.path, body, headers
+    if scenario in ("vertex.rawPredict", "vertex.streamRawPredict"):
+        headers = {**json_type, "Authorization": f"Bearer {VERTEX_TOKEN}"}
+        body = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 256, "messages": messages}
+        if s.streaming:
+            body["stream"] = True
+        return s.path, body, headers
+    if scenario.startswith("vertex."):
+        headers = {**json_type, "Authorization": f"Bearer {VERTEX_TOKEN}"}
+        return s.path, {"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}, headers
+    if s.provider == "bedrock":  # a Bedrock API key (bearer); boto3 signs with SigV4 instead
+        headers = {**json_type, "Authorization": f"Bearer {BEDROCK_API_KEY}"}
+        if s.endpoint.startswith("converse"):
+            return s.path, {"messages": [{"role": "user", "content": [{"text": PROMPT}]}]}, headers
+        return s.path, {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 256, "messages": messages}, headers
     # google
     method = "streamGenerateContent?alt=sse" if s.streaming else "generateContent"
     headers = {**json_type, "x-goog-api-key": GOOGLE_KEY}
@@ -177,6 +199,22 @@ def _knob_headers(chunks: int | None, encoding: str | None, status: int | None,
 
 
 # --------------------------------------------------------------------------------------
+# boto3 (the real AWS SDK) for Bedrock
+# --------------------------------------------------------------------------------------
+
+
+def bedrock(url: str, certs: Any, scenarios: Sequence[str] = BEDROCK_SCENARIOS, *,
+            timeout: float = DEFAULT_TIMEOUT) -> ClientResult:
+    """``python tests/support/bedrock_client.py``: one boto3 bedrock-runtime call
+    per scenario, fake credentials; one JSON line per call."""
+    argv = [sys.executable, str(BEDROCK_SCRIPT), "--url", url, *scenarios]
+    env = client_env(certs, {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret",
+                             "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+                             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
+    return _spawn("boto3", argv, env).finish(timeout)
+
+
+# --------------------------------------------------------------------------------------
 # curl
 # --------------------------------------------------------------------------------------
 
@@ -186,8 +224,9 @@ def start_curl(url: str, certs: Any, scenario: str | None = "openai.chat", *, ca
                headers: Mapping[str, str] | None = None, chunks: int | None = None,
                encoding: str | None = None, status: int | None = None, transfer: str | None = None,
                host: str | None = None, compressed: bool | None = None, method: str | None = None,
-               env: Mapping[str, str] | None = None) -> Running:
-    """``curl --http1.1 -sS`` making ``calls`` requests over one keep-alive connection.
+               env: Mapping[str, str] | None = None, http2: bool = False) -> Running:
+    """``curl --http1.1 -sS`` making ``calls`` requests over one keep-alive connection
+    (``http2``: ``curl --http2``, the calls as streams of one HTTP/2 connection).
 
     ``scenario`` picks path, body and credentials (None: give ``path``, e.g. a GET);
     ``host`` (e.g. "api.openai.com") is resolved to 127.0.0.1 with ``--resolve``;
@@ -202,7 +241,7 @@ def start_curl(url: str, certs: Any, scenario: str | None = "openai.chat", *, ca
     req_headers.update(_knob_headers(chunks, encoding, status, transfer, headers))
     base = f"https://{host}:{port}" if host else url.rstrip("/")
     target = base + (path or "/")
-    argv = [shutil.which("curl") or "curl", "--http1.1", "-sS", "-N", "--max-time", str(int(DEFAULT_TIMEOUT)),
+    argv = [shutil.which("curl") or "curl", "--http2" if http2 else "--http1.1", "-sS", "-N", "--max-time", str(int(DEFAULT_TIMEOUT)),
             "-w", "%{stderr}lumen-test-status: %{http_code}\\n"]
     if host:
         argv += ["--resolve", f"{host}:{port}:127.0.0.1"]
@@ -237,8 +276,10 @@ def start_sdk(url: str, certs: Any, scenario: str, *, calls: int = 1, model: str
               headers: Mapping[str, str] | None = None, chunks: int | None = None,
               encoding: str | None = None, status: int | None = None, transfer: str | None = None,
               max_retries: int = 0, wait: float = 0, between: float = 0,
-              python: str = sys.executable, env: Mapping[str, str] | None = None) -> Running:
-    """``python sdk_client.py SCENARIO``: one SDK client making ``calls`` calls (one connection)."""
+              python: str = sys.executable, env: Mapping[str, str] | None = None,
+              http2: bool = False) -> Running:
+    """``python sdk_client.py SCENARIO``: one SDK client making ``calls`` calls (one connection;
+    ``http2``: an ``httpx.Client(http2=True)`` under the SDK)."""
     if scenario not in SDK_SCENARIOS:
         raise ValueError(f"no SDK client for {scenario!r}")
     argv = [python, str(SDK_SCRIPT), scenario, "--url", url.rstrip("/"), "--calls", str(calls),
@@ -249,6 +290,8 @@ def start_sdk(url: str, certs: Any, scenario: str, *, calls: int = 1, model: str
         argv += ["--wait", str(wait)]
     if between:
         argv += ["--between", str(between)]
+    if http2:
+        argv.append("--http2")
     for name, value in _knob_headers(chunks, encoding, status, transfer, headers).items():
         argv += ["--header", f"{name}: {value}"]
     return _spawn(f"sdk {scenario}", argv, client_env(certs, env))
@@ -327,6 +370,84 @@ def node_fetch(url: str, certs: Any, scenario: str | None = "openai.chat.stream"
 
 
 # --------------------------------------------------------------------------------------
+# Node.js http2
+# --------------------------------------------------------------------------------------
+
+NODE_HTTP2_SCRIPT = r"""
+const http2 = require("http2");
+const env = process.env;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  await sleep(Number(env.FAKE_WAIT_MS || 0));
+  const session = http2.connect(env.FAKE_ORIGIN);
+  session.on("error", (err) => { console.error(err); process.exit(1); });
+  const calls = Number(env.FAKE_CALLS || 1);
+  const headers = JSON.parse(env.FAKE_HEADERS || "{}");
+  const one = (i) => new Promise((resolve, reject) => {
+    const req = session.request({ ":method": env.FAKE_METHOD || "GET", ":path": env.FAKE_PATH, ...headers });
+    let head = {};
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("response", (h) => { head = h; });
+    req.on("data", (d) => { body += d; });
+    req.on("end", () => {
+      console.log(JSON.stringify({
+        call: i,
+        status: head[":status"],
+        request_id: head["x-request-id"] || head["request-id"] || head["x-amzn-requestid"] || null,
+        content_type: head["content-type"] || null,
+        body,
+      }));
+      resolve();
+    });
+    req.on("error", reject);
+    req.end(env.FAKE_BODY);
+  });
+  if (env.FAKE_CONCURRENT === "1") {
+    await Promise.all([...Array(calls).keys()].map(one));  // all streams of one session at once
+  } else {
+    for (let i = 0; i < calls; i++) await one(i);
+  }
+  session.close();
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+
+def start_node_http2(url: str, certs: Any, scenario: str | None = "openai.chat.stream", *, calls: int = 1,
+                     concurrent: bool = False, path: str | None = None, body: Any = None,
+                     headers: Mapping[str, str] | None = None, chunks: int | None = None,
+                     encoding: str | None = None, status: int | None = None, wait: float = 0,
+                     node: str | None = None, env: Mapping[str, str] | None = None) -> Running:
+    """``node -e <script>`` with Node's ``http2`` module: ``calls`` streams on one session
+    (``concurrent``: all at once).  Prints one JSON line per call, as node_fetch does."""
+    req_headers: dict[str, str] = {}
+    if scenario is not None:
+        spath, sbody, req_headers = request_for(scenario)
+        path = path or spath
+        body = sbody if body is None else body
+    req_headers.update(_knob_headers(chunks, encoding, status, None, headers))
+    extra = {
+        "FAKE_ORIGIN": url.rstrip("/"),
+        "FAKE_PATH": path or "/",
+        "FAKE_METHOD": "POST" if body is not None else "GET",
+        "FAKE_HEADERS": json.dumps({k.lower(): v for k, v in req_headers.items()}),
+        "FAKE_CALLS": str(calls),
+        "FAKE_CONCURRENT": "1" if concurrent else "0",
+        "FAKE_WAIT_MS": str(int(wait * 1000)),
+    }
+    if body is not None:
+        extra["FAKE_BODY"] = body if isinstance(body, str) else json.dumps(body)
+    extra.update(env or {})
+    argv = [node or shutil.which("node") or "node", "-e", NODE_HTTP2_SCRIPT]
+    return _spawn(f"node-http2 {scenario or path}", argv, client_env(certs, extra))
+
+
+def node_http2(url: str, certs: Any, scenario: str | None = "openai.chat.stream", *,
+               timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> ClientResult:
+    return start_node_http2(url, certs, scenario, **kwargs).finish(timeout)
+
+
+# --------------------------------------------------------------------------------------
 # Many at once
 # --------------------------------------------------------------------------------------
 
@@ -401,6 +522,11 @@ def usage_from_body(body: str) -> dict[str, int] | None:
             usage = {"input_tokens": m.get("promptTokenCount", 0),
                      "cache_read_tokens": m.get("cachedContentTokenCount", 0), "cache_write_tokens": 0,
                      "output_tokens": m.get("candidatesTokenCount", 0) + thoughts, "reasoning_tokens": thoughts}
+        elif isinstance(obj.get("usage"), dict) and "inputTokens" in obj["usage"]:  # Bedrock Converse
+            u = obj["usage"]
+            read, write = u.get("cacheReadInputTokens", 0), u.get("cacheWriteInputTokens", 0)
+            usage = {"input_tokens": u["inputTokens"] + read + write, "cache_read_tokens": read,
+                     "cache_write_tokens": write, "output_tokens": u.get("outputTokens", 0), "reasoning_tokens": 0}
         elif isinstance(obj.get("usage"), dict) and "prompt_tokens" in obj["usage"]:
             u = obj["usage"]
             usage = {"input_tokens": u["prompt_tokens"],
@@ -446,6 +572,6 @@ def expected_usage(scenario: str, **kwargs: Any) -> dict[str, int] | None:
 
 __all__: Sequence[str] = (
     "ClientResult", "Running", "client_env", "request_for", "start_curl", "curl", "curl_get", "start_sdk", "sdk",
-    "start_node_fetch", "node_fetch", "start_concurrent", "run_concurrent", "usage_from_body", "model_from_body",
-    "expected_usage", "SDK_SCENARIOS",
+    "start_node_fetch", "node_fetch", "start_node_http2", "node_http2", "start_concurrent", "run_concurrent",
+    "usage_from_body", "model_from_body", "expected_usage", "SDK_SCENARIOS", "BEDROCK_SCENARIOS", "bedrock",
 )

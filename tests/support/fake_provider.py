@@ -14,6 +14,15 @@ Routes (any query string is ignored for routing; ``?beta=true`` etc. are fine):
     POST /v1/messages                         Anthropic Messages (JSON, or SSE message_start ... message_stop)
     POST /v1beta/models/M:generateContent     Gemini (JSON)
     POST /v1beta/models/M:streamGenerateContent[?alt=sse]   Gemini stream (SSE with alt=sse, else a JSON array)
+    POST /v1/projects/P/locations/L/publishers/google/models/M:generateContent|streamGenerateContent
+                                              Gemini on Vertex AI (same bodies)
+    POST /v1/projects/P/locations/L/publishers/anthropic/models/M:rawPredict|streamRawPredict
+                                              Anthropic on Vertex AI (Messages bodies; SSE for streamRawPredict)
+    POST /model/ID/converse                   Bedrock Converse (JSON)
+    POST /model/ID/converse-stream            Bedrock ConverseStream (application/vnd.amazon.eventstream)
+    POST /model/ID/invoke                     Bedrock InvokeModel (Anthropic body + x-amzn-bedrock-*-token-count)
+    POST /model/ID/invoke-with-response-stream  Bedrock InvokeModelWithResponseStream (event stream of
+                                              base64 Anthropic events, invocation metrics on the last)
     anything else (GET /healthz, ...)         200 text/plain "ok" -- non-LLM traffic
 
 Knobs, as request headers (or query parameters ``fake_<name>`` with ``-`` -> ``_``):
@@ -29,9 +38,14 @@ Knobs, as request headers (or query parameters ``fake_<name>`` with ``-`` -> ``_
     x-fake-delay-ms: 20         sleep between stream events
     x-fake-ttft-ms: 200         sleep before the response starts
     x-fake-abort-after: 3       send that many body pieces, then drop the connection
+    x-fake-h2-never-index: 1    HTTP/2: response headers as never-indexed HPACK literals
 
 Requests without credentials (Authorization / x-api-key / x-goog-api-key) get a
 401 like the real APIs. Keep-alive works: one connection serves many requests.
+
+With ``--http2`` (``http2=True``) the server also offers HTTP/2 in ALPN (h2 first,
+http/1.1 still served to clients that ask for it) and answers the same bodies over
+it, many streams at once on one connection; this part needs the ``h2`` package.
 
 Run it as a subprocess:
 
@@ -67,7 +81,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 # --------------------------------------------------------------------------------------
 # Deterministic token counts
@@ -128,14 +142,30 @@ MODEL_ALIASES: dict[str, str] = {
     "claude-opus-4-1": "claude-opus-4-1-20250805",
     "claude-sonnet-4-0": "claude-sonnet-4-20250514",
     "claude-3-5-haiku-latest": "claude-3-5-haiku-20241022",
+    "claude-sonnet-4-5@20250929": "claude-sonnet-4-5-20250929",  # Vertex names versions with "@"
 }
 
 
-def response_model(request_model: str) -> str:
+def response_model(request_model: str, endpoint: str | None = None) -> str:
+    """The model the response names (for Converse, which names none, the row
+    keeps the request's model id)."""
+    if endpoint in ("invoke", "invoke-with-response-stream"):
+        return bedrock_inner_model(request_model)
     return MODEL_ALIASES.get(request_model, request_model)
 
 
+def bedrock_inner_model(model_id: str) -> str:
+    """The vendor's own model name in an InvokeModel body:
+    us.anthropic.claude-sonnet-4-5-20250929-v1:0 -> claude-sonnet-4-5-20250929."""
+    if model_id.count(".") >= 2:
+        return model_id.split(".", 2)[-1].rsplit("-v", 1)[0]
+    return model_id
+
+
 _CHAT_STREAM = Tokens(input=78, output=9)  # the recorded gpt-4o-mini stream
+VERTEX_PREFIX = "/v1/projects/fake-project/locations/us-east5/publishers"
+BEDROCK_MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"  # a cross-region inference profile
+BEDROCK_MODEL_PATH = "us.anthropic.claude-sonnet-4-5-20250929-v1%3A0"  # as botocore quotes it
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -165,6 +195,31 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("gemini.streamGenerateContent", "google", "streamGenerateContent", "POST",
                  "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", True,
                  "gemini-2.5-flash", Tokens(input=18, output=80 + 35, reasoning=35)),
+        Scenario("vertex.generateContent", "google", "generateContent", "POST",
+                 VERTEX_PREFIX + "/google/models/gemini-2.5-flash:generateContent", False,
+                 "gemini-2.5-flash", Tokens(input=1200, cache_read=1024, output=40 + 64, reasoning=64)),
+        Scenario("vertex.streamGenerateContent", "google", "streamGenerateContent", "POST",
+                 VERTEX_PREFIX + "/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse", True,
+                 "gemini-2.5-flash", Tokens(input=18, output=80 + 35, reasoning=35)),
+        Scenario("vertex.rawPredict", "google", "messages", "POST",
+                 VERTEX_PREFIX + "/anthropic/models/claude-sonnet-4-5@20250929:rawPredict", False,
+                 "claude-sonnet-4-5@20250929", Tokens(input=40 + 1000, cache_read=1000, output=30)),
+        Scenario("vertex.streamRawPredict", "google", "messages", "POST",
+                 VERTEX_PREFIX + "/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict", True,
+                 "claude-sonnet-4-5@20250929", Tokens(input=33, output=12)),
+        # The recorded Converse call (shared/fixtures/wire/bedrock_converse_nonstream.txt).
+        Scenario("bedrock.converse", "bedrock", "converse", "POST",
+                 "/model/" + BEDROCK_MODEL_PATH + "/converse", False,
+                 BEDROCK_MODEL, Tokens(input=2 + 1322, cache_read=1322, output=5)),
+        Scenario("bedrock.converse-stream", "bedrock", "converse-stream", "POST",
+                 "/model/" + BEDROCK_MODEL_PATH + "/converse-stream", True,
+                 BEDROCK_MODEL, Tokens(input=25 + 300, cache_write_5m=300, output=10)),
+        Scenario("bedrock.invoke", "bedrock", "invoke", "POST",
+                 "/model/" + BEDROCK_MODEL_PATH + "/invoke", False,
+                 BEDROCK_MODEL, Tokens(input=50 + 400, cache_read=400, output=20)),
+        Scenario("bedrock.invoke-with-response-stream", "bedrock", "invoke-with-response-stream", "POST",
+                 "/model/" + BEDROCK_MODEL_PATH + "/invoke-with-response-stream", True,
+                 BEDROCK_MODEL, Tokens(input=60, output=10)),
     )
 }
 
@@ -197,7 +252,15 @@ def wire_usage(scenario: str, tokens: Tokens) -> dict[str, Any]:
         }
     if provider == "openai" and endpoint == "embeddings":
         return {"prompt_tokens": t.input, "total_tokens": t.input}
-    if provider == "anthropic":
+    if provider == "bedrock" and endpoint.startswith("converse"):
+        return {
+            "inputTokens": t.input - t.cache_read - t.cache_write,  # Converse excludes cache tokens
+            "outputTokens": t.output,
+            "totalTokens": t.input + t.output,
+            "cacheReadInputTokens": t.cache_read,
+            "cacheWriteInputTokens": t.cache_write,
+        }
+    if provider == "anthropic" or endpoint in ("messages", "invoke", "invoke-with-response-stream"):
         return {
             "input_tokens": t.input - t.cache_read - t.cache_write,  # Anthropic excludes cache tokens
             "cache_creation_input_tokens": t.cache_write,
@@ -209,7 +272,7 @@ def wire_usage(scenario: str, tokens: Tokens) -> dict[str, Any]:
             "output_tokens": t.output,
             "service_tier": "standard",
         }
-    if provider == "google":
+    if provider == "google" and endpoint != "messages":
         meta: dict[str, Any] = {
             "promptTokenCount": t.input,  # includes cachedContentTokenCount
             "candidatesTokenCount": t.visible_output,  # thoughts are counted apart
@@ -262,7 +325,7 @@ def expected(
         "path": s.path,
         "streaming": s.streaming,
         "request_model": req_model,
-        "model": response_model(req_model),
+        "model": response_model(req_model, s.endpoint),
         "status_code": 200,
         "input_tokens": None,
         "cache_read_tokens": None,
@@ -618,6 +681,77 @@ def gemini(scenario: str, model: str, tokens: Tokens | None, n: int, sse: bool) 
     return [("[" if i == 0 else ",\r\n") .encode() + t.encode() for i, t in enumerate(texts)] + [b"]"]
 
 
+def _eventstream(headers: dict[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message (string headers only), CRCs included.
+    Written out here because this file imports only the standard library."""
+    block = b"".join(
+        bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode())) + v.encode()
+        for k, v in headers.items())
+    prelude = struct.pack(">II", 16 + len(block) + len(payload), len(block))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + block + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def _aws_event(event_type: str, payload: dict[str, Any]) -> bytes:
+    # Bedrock pads every payload with a "p" field of varying length.
+    body = dict(payload, p="abcdefghijklmnopqrstuvwxyzABCDEF"[: 1 + len(event_type)])
+    return _eventstream({":event-type": event_type, ":content-type": "application/json",
+                         ":message-type": "event"}, json.dumps(body, separators=(",", ":")).encode())
+
+
+def bedrock(scenario: str, model: str, tokens: Tokens | None, n: int) -> list[bytes]:
+    assert tokens is not None
+    endpoint = SCENARIOS[scenario].endpoint
+    usage = wire_usage(scenario, tokens)
+    if endpoint == "converse":
+        return [_json({
+            "metrics": {"latencyMs": 1990},
+            "output": {"message": {"content": [{"text": "".join(_text(tokens.visible_output))}],
+                                   "role": "assistant"}},
+            "stopReason": "end_turn",
+            "usage": {**usage, "serverToolUsage": {}},
+        })]
+    if endpoint == "converse-stream":
+        pieces = [_aws_event("messageStart", {"role": "assistant"})]
+        pieces += [_aws_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}})
+                   for w in _text(n)]
+        pieces += [_aws_event("contentBlockStop", {"contentBlockIndex": 0}),
+                   _aws_event("messageStop", {"stopReason": "end_turn"}),
+                   _aws_event("metadata", {"usage": usage, "metrics": {"latencyMs": 812}})]
+        return pieces
+    # InvokeModel: the Anthropic Messages body (model: response_model names the vendor's own).
+    events = anthropic_messages(scenario, model, tokens, n)
+    if endpoint == "invoke":
+        body = json.loads(events[0])
+        body["usage"] = usage
+        return [_json(body)]
+    out = []
+    for piece in events:
+        data = json.loads(piece.decode().split("data: ", 1)[1])
+        if data.get("type") == "message_stop":
+            data["amazon-bedrock-invocationMetrics"] = {
+                "inputTokenCount": usage["input_tokens"], "outputTokenCount": usage["output_tokens"],
+                "invocationLatency": 640, "firstByteLatency": 210}
+        if data.get("type") == "ping":
+            continue  # Bedrock does not forward Anthropic's pings
+        out.append(_aws_event("chunk", {"bytes": base64.b64encode(json.dumps(data).encode()).decode()}))
+    return out
+
+
+def _bedrock_headers(request_id: str, content_type: str, tokens: Tokens | None = None,
+                     invoke: bool = False) -> list[tuple[str, str]]:
+    headers = [("Content-Type", content_type), ("x-amzn-RequestId", request_id)]
+    if invoke and tokens is not None:
+        headers += [
+            ("X-Amzn-Bedrock-Input-Token-Count", str(tokens.input - tokens.cache_read - tokens.cache_write)),
+            ("X-Amzn-Bedrock-Output-Token-Count", str(tokens.output)),
+            ("X-Amzn-Bedrock-Cache-Read-Input-Token-Count", str(tokens.cache_read)),
+            ("X-Amzn-Bedrock-Cache-Write-Input-Token-Count", str(tokens.cache_write)),
+            ("X-Amzn-Bedrock-Invocation-Latency", "640"),
+        ]
+    return headers
+
+
 # --------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------
@@ -648,6 +782,11 @@ def error_reply(provider: str, status: int, request_id: str) -> Reply:
         body = {"type": "error", "error": {"type": kind, "message": f"{kind} (fake provider)"},
                 "request_id": request_id}
         headers = _anthropic_headers(request_id, JSON_TYPE)
+    elif provider == "bedrock":
+        kind = {429: "ThrottlingException", 400: "ValidationException", 403: "AccessDeniedException",
+                404: "ResourceNotFoundException"}.get(status, "InternalServerException")
+        body = {"message": f"{kind} (fake provider)"}
+        headers = _bedrock_headers(request_id, JSON_TYPE) + [("x-amzn-ErrorType", f"{kind}:http://internal.amazon.com/")]
     elif provider == "google":
         body = {"error": {"code": status, "message": "error (fake provider)",
                           "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}}
@@ -676,7 +815,16 @@ def route(method: str, path: str) -> tuple[str, str] | None:
         return "openai", "embeddings"
     if path == "/v1/messages":
         return "anthropic", "messages"
-    if path.startswith(("/v1beta/models/", "/v1/models/")):
+    if path.startswith("/model/"):
+        action = path.rsplit("/", 1)[-1]
+        if action in ("converse", "converse-stream", "invoke", "invoke-with-response-stream"):
+            return "bedrock", action
+    if path.startswith("/v1/projects/") and "/publishers/anthropic/models/" in path:
+        if path.endswith(":rawPredict"):
+            return "vertex-anthropic", "rawPredict"
+        if path.endswith(":streamRawPredict"):
+            return "vertex-anthropic", "streamRawPredict"
+    if path.startswith(("/v1beta/models/", "/v1/models/", "/v1/projects/")):
         if path.endswith(":generateContent"):
             return "google", "generateContent"
         if path.endswith(":streamGenerateContent"):
@@ -685,6 +833,10 @@ def route(method: str, path: str) -> tuple[str, str] | None:
 
 
 def _has_credentials(provider: str, headers: Any, query: dict[str, list[str]]) -> bool:
+    if provider == "bedrock":  # SigV4 (boto3) or a Bedrock API key (bearer)
+        return bool(headers.get("authorization"))
+    if provider == "vertex-anthropic":
+        return (headers.get("authorization") or "").lower().startswith("bearer ")
     if provider == "anthropic":
         return bool(headers.get("x-api-key") or headers.get("authorization"))
     if provider == "google":
@@ -708,7 +860,8 @@ def build_reply(method: str, target: str, headers: Any, body: bytes) -> Reply:
 def _build_llm_reply(provider: str, endpoint: str, path: str, query: dict[str, list[str]], headers: Any,
                      body: bytes) -> Reply:
     request_id = {"openai": lambda: _rid("req_"), "anthropic": lambda: "req_011C" + uuid.uuid4().hex[:20],
-                  "google": lambda: uuid.uuid4().hex}[provider]()
+                  "google": lambda: uuid.uuid4().hex, "vertex-anthropic": lambda: uuid.uuid4().hex,
+                  "bedrock": lambda: str(uuid.uuid4())}[provider]()
     try:
         knobs = _knobs(headers, query)
         request = json.loads(body) if body.strip() else {}
@@ -727,7 +880,14 @@ def _build_llm_reply(provider: str, endpoint: str, path: str, query: dict[str, l
 
     if provider == "google":
         request_model = path.rsplit("/", 1)[-1].split(":", 1)[0]
-        scenario = "gemini.streamGenerateContent" if endpoint == "streamGenerateContent" else "gemini.generateContent"
+        family = "vertex" if path.startswith("/v1/projects/") else "gemini"
+        scenario = f"{family}.streamGenerateContent" if endpoint == "streamGenerateContent" else f"{family}.generateContent"
+    elif provider == "vertex-anthropic":
+        request_model = path.rsplit("/", 1)[-1].split(":", 1)[0]
+        scenario = "vertex." + endpoint
+    elif provider == "bedrock":
+        request_model = unquote(path.split("/")[2])
+        scenario = "bedrock." + endpoint
     else:
         request_model = str(request.get("model") or SCENARIOS[f"{provider}.{endpoint.split('.')[0]}"].request_model)
         stream = bool(request.get("stream"))
@@ -740,7 +900,7 @@ def _build_llm_reply(provider: str, endpoint: str, path: str, query: dict[str, l
             scenario = "openai.embeddings"
         else:
             scenario = "anthropic.messages" + (".stream" if stream else "")
-    model = response_model(request_model)
+    model = response_model(request_model, endpoint)
     try:
         tokens, n = _tokens_for(scenario, knobs.chunks, knobs.usage)
     except ValueError as exc:
@@ -757,6 +917,19 @@ def _build_llm_reply(provider: str, endpoint: str, path: str, query: dict[str, l
         pieces = openai_embeddings(scenario, model, tokens, request)
     elif scenario.startswith("anthropic"):
         pieces = anthropic_messages(scenario, model, tokens, n)
+    elif scenario in ("vertex.rawPredict", "vertex.streamRawPredict"):
+        # Anthropic on Vertex: the Messages bodies (the model named without "@version").
+        pieces = anthropic_messages(scenario, model, tokens, n)
+        content_type = SSE_TYPE if SCENARIOS[scenario].streaming else JSON_TYPE
+        return Reply(200, _google_headers(request_id, content_type), pieces, scenario, request_id, model, tokens,
+                     {"knobs": asdict(knobs), "request_model": request_model, "chunks": n})
+    elif provider == "bedrock":
+        pieces = bedrock(scenario, model, tokens, n)
+        streaming = SCENARIOS[scenario].streaming
+        content_type = "application/vnd.amazon.eventstream" if streaming else JSON_TYPE
+        return Reply(200, _bedrock_headers(request_id, content_type, tokens, invoke=endpoint == "invoke"), pieces,
+                     scenario, request_id, model, tokens,
+                     {"knobs": asdict(knobs), "request_model": request_model, "chunks": n})
     else:
         sse = streaming and query.get("alt", [""])[-1] == "sse"
         pieces = gemini(scenario, model, tokens, n, sse)
@@ -1009,7 +1182,10 @@ class _TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         except (ssl.SSLError, OSError):
             return
         try:
-            self.RequestHandlerClass(tls, client_address, self)
+            if tls.selected_alpn_protocol() == "h2":
+                _H2Connection(tls, client_address, self).serve()
+            else:
+                self.RequestHandlerClass(tls, client_address, self)
         except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
         finally:
@@ -1028,12 +1204,223 @@ class _TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             self._log.close()
 
 
-def server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
+def server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str], *,
+                   http2: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
-    ctx.set_alpn_protocols(["http/1.1"])  # never h2: the clients must speak HTTP/1.1
+    # Without http2 never h2: the clients must speak HTTP/1.1.
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return ctx
+
+
+# --------------------------------------------------------------------------------------
+# HTTP/2 (ALPN h2), on the h2 library
+# --------------------------------------------------------------------------------------
+
+
+class _H2Headers:
+    """A request's headers with the case-insensitive ``get`` build_reply expects."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._map = {name.lower(): value for name, value in pairs}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._map.get(name.lower(), default)
+
+
+class _H2Connection:
+    """One HTTP/2 connection: a reading loop, and a thread per answered stream.
+
+    The TLS object is only ever used under ``_lock`` (an SSL object must not
+    read and write from two threads at once); the reader waits for bytes with
+    select() outside it.  A stream thread that runs out of flow-control
+    window waits on ``_window`` until the client's WINDOW_UPDATE arrives.
+    """
+
+    def __init__(self, tls: ssl.SSLSocket, client_address: Any, server: _TLSServer) -> None:
+        import h2.config
+        import h2.connection
+
+        self.tls = tls
+        self.client_address = client_address
+        self.server = server
+        self.connection_id = server.next_connection_id()
+        self.requests_on_connection = 0
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self._lock = threading.Lock()
+        self._window = threading.Condition(self._lock)
+        self._closed = False
+        self._reset: set[int] = set()
+        self._pending: dict[int, tuple[list[tuple[str, str]], bytearray]] = {}
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.tls.sendall(data)
+
+    def serve(self) -> None:
+        import select
+
+        import h2.events
+        import h2.exceptions
+
+        with self._lock:
+            self.conn.initiate_connection()
+            self._flush()
+        idle_since = time.monotonic()
+        try:
+            while not self._closed:
+                if not self.tls.pending():
+                    ready, _, _ = select.select([self.tls], [], [], 0.05)
+                    if not ready:
+                        if time.monotonic() - idle_since > _Handler.timeout:
+                            break
+                        continue
+                idle_since = time.monotonic()
+                with self._lock:
+                    try:
+                        data = self.tls.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue
+                    if not data:
+                        break
+                    try:
+                        events = self.conn.receive_data(data)
+                    except h2.exceptions.ProtocolError:
+                        self._flush()
+                        break
+                    for event in events:
+                        self._on_event(event, h2.events)
+                    self._flush()
+                    self._window.notify_all()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            with self._lock:
+                self._closed = True
+                self._window.notify_all()
+
+    def _on_event(self, event: Any, events: Any) -> None:
+        if isinstance(event, events.RequestReceived):
+            self._pending[event.stream_id] = (list(event.headers), bytearray())
+        elif isinstance(event, events.DataReceived):
+            if event.stream_id in self._pending:
+                self._pending[event.stream_id][1].extend(event.data)
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, events.StreamEnded) and event.stream_id in self._pending:
+            headers, body = self._pending.pop(event.stream_id)
+            self.requests_on_connection += 1
+            threading.Thread(target=self._answer, args=(event.stream_id, headers, bytes(body)),
+                             name="fake-provider-h2", daemon=True).start()
+        elif isinstance(event, events.StreamReset):
+            self._reset.add(event.stream_id)
+        elif isinstance(event, events.ConnectionTerminated):
+            self._closed = True
+
+    def _send(self, stream_id: int, data: bytes, end: bool) -> bool:
+        """Send ``data`` on the stream as the window allows; False once it is gone."""
+        with self._lock:
+            while True:
+                if self._closed or stream_id in self._reset:
+                    return False
+                if not data:
+                    if end:
+                        self.conn.end_stream(stream_id)
+                        self._flush()
+                    return True
+                n = min(len(data), self.conn.local_flow_control_window(stream_id),
+                        self.conn.max_outbound_frame_size)
+                if n <= 0:
+                    self._window.wait(1.0)
+                    continue
+                self.conn.send_data(stream_id, data[:n], end_stream=end and n == len(data))
+                self._flush()
+                data = data[n:]
+                if not data:
+                    return True
+
+    def _answer(self, stream_id: int, pairs: list[tuple[str, str]], body: bytes) -> None:
+        try:
+            self._respond(stream_id, pairs, body)
+        except (OSError, ssl.SSLError, ValueError, KeyError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - h2's StreamClosedError and friends: the client went away
+            if self.server.verbose:
+                print(f"fake provider h2 stream {stream_id}: {exc!r}", file=sys.stderr)
+
+    def _respond(self, stream_id: int, pairs: list[tuple[str, str]], body: bytes) -> None:
+        started = time.time()
+        headers = _H2Headers(pairs)
+        method, target = headers.get(":method") or "GET", headers.get(":path") or "/"
+        reply = build_reply(method, target, headers, body)
+        knobs: dict[str, Any] = reply.info.get("knobs") or {}
+        coding = knobs.get("encoding") or "identity"
+        if coding != "identity" and not _accepts(headers.get("accept-encoding"), coding):
+            coding = "identity"
+        if knobs.get("ttft_ms"):
+            time.sleep(knobs["ttft_ms"] / 1000)
+        streaming = bool(reply.scenario and SCENARIOS[reply.scenario].streaming)
+        encoder = _Encoder(coding)
+        out = [(":status", str(reply.status)), ("server", _Handler.server_version)]
+        out += [(name.lower(), value) for name, value in reply.headers]
+        if coding != "identity":
+            out += [("content-encoding", coding), ("vary", "Accept-Encoding")]
+        if headers.get("x-fake-h2-never-index"):
+            # Never-indexed literals: the HPACK table stays empty (h2_client.py --never-index).
+            from hpack import NeverIndexedHeaderTuple
+
+            out = [NeverIndexedHeaderTuple(name, value) for name, value in out]
+        abort_after = knobs.get("abort_after")
+        delay = (knobs.get("delay_ms") or 0) / 1000
+
+        def record(aborted: bool) -> None:
+            self.server.record({
+                "ts_start": started, "ts_end": time.time(), "method": method, "path": target,
+                "status": reply.status, "scenario": reply.scenario, "request_id": reply.request_id,
+                "model": reply.model, "tokens": asdict(reply.tokens) if reply.tokens else None,
+                "encoding": coding, "transfer": "h2", "http_version": "2", "aborted": aborted,
+                "client": list(self.client_address[:2]), "connection_id": self.connection_id,
+                "request_on_connection": self.requests_on_connection, "stream_id": stream_id,
+                **{k: v for k, v in reply.info.items() if k != "knobs"},
+            })
+
+        if not streaming:
+            encoded = b"".join(encoder.feed(p) for p in reply.pieces) + encoder.finish()
+            out.append(("content-length", str(len(encoded))))
+            with self._lock:
+                self.conn.send_headers(stream_id, out)
+                self._flush()
+            if abort_after is not None:
+                record(True)
+                self._send(stream_id, encoded[: len(encoded) // 2], False)
+                with self._lock:
+                    self.conn.reset_stream(stream_id, 2)  # INTERNAL_ERROR
+                    self._flush()
+                return
+            record(False)
+            self._send(stream_id, encoded, True)
+            return
+        with self._lock:
+            self.conn.send_headers(stream_id, out)
+            self._flush()
+        last = len(reply.pieces) - 1
+        for i, piece in enumerate(reply.pieces):
+            if abort_after is not None and i >= abort_after:
+                record(True)
+                with self._lock:
+                    self.conn.reset_stream(stream_id, 2)
+                    self._flush()
+                return
+            if i and delay:
+                time.sleep(delay)
+            data = encoder.feed(piece)
+            if i == last:
+                data += encoder.finish()
+                record(False)
+            if not self._send(stream_id, data, i == last):
+                return
 
 
 class FakeProvider:
@@ -1045,8 +1432,9 @@ class FakeProvider:
     """
 
     def __init__(self, cert: str | os.PathLike[str], key: str | os.PathLike[str], *, host: str = "127.0.0.1",
-                 port: int = 0, log_path: str | os.PathLike[str] | None = None, verbose: bool = False) -> None:
-        self._server = _TLSServer((host, port), server_context(cert, key), verbose, log_path)
+                 port: int = 0, log_path: str | os.PathLike[str] | None = None, verbose: bool = False,
+                 http2: bool = False) -> None:
+        self._server = _TLSServer((host, port), server_context(cert, key, http2=http2), verbose, log_path)
         self._thread: threading.Thread | None = None
 
     @property
@@ -1121,7 +1509,8 @@ class FakeProviderProcess:
 
 
 def spawn(certs: Any, *, port: int = 0, host: str = "127.0.0.1", workdir: str | os.PathLike[str] | None = None,
-          python: str = sys.executable, timeout: float = 20, verbose: bool = False) -> FakeProviderProcess:
+          python: str = sys.executable, timeout: float = 20, verbose: bool = False,
+          http2: bool = False) -> FakeProviderProcess:
     """Start the server as a subprocess and wait until it listens.
 
     ``certs`` is a ``tests.support.certs.Certs`` (anything with ``.cert`` and ``.key``).
@@ -1135,6 +1524,8 @@ def spawn(certs: Any, *, port: int = 0, host: str = "127.0.0.1", workdir: str | 
             "--cert", str(certs.cert), "--key", str(certs.key), "--ready-file", str(ready), "--log", str(log_path)]
     if verbose:
         argv.append("--verbose")
+    if http2:
+        argv.append("--http2")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -1159,9 +1550,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--ready-file", help="the port is written here once listening")
     parser.add_argument("--log", help="append one JSON line per answered request")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--http2", action="store_true", help="offer h2 in ALPN too (needs the h2 package)")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
-    server = _TLSServer((args.host, args.port), server_context(args.cert, args.key), args.verbose, args.log)
+    context = server_context(args.cert, args.key, http2=args.http2)
+    server = _TLSServer((args.host, args.port), context, args.verbose, args.log)
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)

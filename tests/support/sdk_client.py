@@ -1,7 +1,7 @@
 """A real SDK client: calls the fake provider with the ``openai`` or ``anthropic`` package.
 
     python tests/support/sdk_client.py SCENARIO --url https://localhost:PORT [--calls M]
-        [--header 'x-fake-chunks: 100'] [--model M] [--max-retries N] [--wait S]
+        [--header 'x-fake-chunks: 100'] [--model M] [--max-retries N] [--wait S] [--http2]
 
 SCENARIO is a ``fake_provider.SCENARIOS`` name served by an SDK:
 openai.chat, openai.chat.stream, openai.chat.stream_no_usage, openai.responses,
@@ -161,6 +161,13 @@ def call_anthropic(client: Any, scenario: str, model: str, headers: dict[str, st
     raise SystemExit(f"unknown anthropic scenario {scenario!r}")
 
 
+def _httpx_module(scenario: str) -> Any:
+    """The httpx the SDK is built on: recent SDKs moved to the ``httpx2`` fork."""
+    sdk = __import__("openai" if scenario.startswith("openai") else "anthropic")
+    base = sys.modules[sdk.__name__ + "._base_client"]
+    return getattr(base, "httpx2", None) or base.httpx
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="call the fake provider with a real SDK")
     parser.add_argument("scenario", choices=sorted(DEFAULT_MODELS))
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--wait", type=float, default=0, help="seconds to sleep before the first call")
     parser.add_argument("--between", type=float, default=0, help="seconds to sleep between calls")
+    parser.add_argument("--http2", action="store_true", help="the SDK on an httpx client with http2=True")
     args = parser.parse_args(argv)
 
     headers = {}
@@ -181,17 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or DEFAULT_MODELS[args.scenario]
     url = args.url.rstrip("/")
 
+    extra: dict[str, Any] = {}
+    if args.http2:
+        extra["http_client"] = _httpx_module(args.scenario).Client(http2=True, timeout=args.timeout)
     if args.scenario.startswith("openai"):
         import openai
 
         client: Any = openai.OpenAI(api_key=OPENAI_KEY, base_url=f"{url}/v1", max_retries=args.max_retries,
-                                    timeout=args.timeout)
+                                    timeout=args.timeout, **extra)
         call, status_error = call_openai, openai.APIStatusError
     else:
         import anthropic
 
         client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, base_url=url, max_retries=args.max_retries,
-                                     timeout=args.timeout)
+                                     timeout=args.timeout, **extra)
         call, status_error = call_anthropic, anthropic.APIStatusError
 
     if args.wait:

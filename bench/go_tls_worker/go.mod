@@ -1,0 +1,3 @@
+module lumenbench/gotlsworker
+
+go 1.17

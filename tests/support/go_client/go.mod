@@ -1,0 +1,3 @@
+module lumentest/goclient
+
+go 1.17
