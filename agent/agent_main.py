@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 
 from lumen_agent.config import Config
@@ -37,9 +38,15 @@ def choose_capture(config: Config) -> str:
     return "ebpf"
 
 
+# Files the agent makes (database, recording, dead letters) are its own:
+# the same as the unit's UMask=0077, for runs outside systemd.
+AGENT_UMASK = 0o077
+
+
 def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
     from lumen_agent.instance import InstanceLock
 
+    os.umask(AGENT_UMASK)
     setup_logging(config.log_level)
     # Before anything is built or bound: a second agent on this database
     # must neither record nor touch the first one's sockets and status file.
@@ -84,6 +91,7 @@ def _run_locked(config: Config, exclude_pids: set[int]) -> None:
         raise CaptureUnavailable(f"unknown capture {capture!r}")
     agent = Agent(config, make_capture, capture_name=capture)
     built.append(agent)
+    agent.store.check()  # before any output reads the file: one line if it cannot be used
     install_extensions(agent, config)
     agent.run()
 

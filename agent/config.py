@@ -9,6 +9,7 @@ all defaults.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -45,6 +46,9 @@ class Config:
     metrics_addr: str | None = None  # e.g. "127.0.0.1:9464"; off when unset
     # None: the runtime directory of ``db`` (paths.runtime_dir), filled in below.
     runtime_dir: Path = None  # type: ignore[assignment]
+    # Members of this group may hand events to the ingest socket (besides
+    # root and the agent's own user); a group that does not exist admits no one.
+    ingest_group: str | None = "lumen-agent"
     log_level: str = "info"
     # [pricing]
     price_overrides: Path = field(default_factory=paths.default_price_overrides_path)
@@ -76,6 +80,9 @@ class Config:
     # [[budgets]] and [alerts]: spend control (outputs/alerts/settings.py).
     budgets: tuple[Budget, ...] = ()
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    # `run --init`: add our tables to a DuckDB file that holds other tables.
+    # A command-line choice only, never in the file.
+    adopt_db: bool = False
 
     def __post_init__(self) -> None:
         if self.runtime_dir is None:
@@ -101,6 +108,8 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "max_call_bytes": ("agent", "max_call_bytes", "bytes of one SSL call copied whole by the probes"),
     "metrics_addr": ("agent", "metrics_addr", "serve Prometheus metrics on HOST:PORT (off when empty)"),
     "runtime_dir": ("agent", "runtime_dir", "folder of the agent's sockets, status file and lock [default: follows db]"),
+    "ingest_group": ("agent", "ingest_group", "group whose members may send events to the ingest socket "
+                     "(besides root and the agent's user)"),
     "log_level": ("agent", "log_level", "debug, info, warning or error"),
     "price_overrides": ("pricing", "overrides", "TOML file that adds or replaces prices (pricing/README.md)"),
     "default_tenant": ("attribution", "tenant", "tenant of calls that send no x-lumen-tenant header"),
@@ -120,6 +129,15 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "export_redis_stream": ("export.redis", "stream", "the Redis stream's key"),
     "export_redis_maxlen": ("export.redis", "maxlen", "approximate cap of the stream (MAXLEN ~)"),
     "export_redis_per_tenant": ("export.redis", "per_tenant", "also XADD to STREAM:{tenant}"),
+}
+
+# Numbers outside these ranges are mistakes, not settings: (low, high, why).
+_RANGES: dict[str, tuple[float, float, str]] = {
+    # Below 50 ms the file is reopened constantly and readers never get in;
+    # above an hour a crash loses an hour of rows.
+    "flush_interval_s": (0.05, 3600.0, "seconds"),
+    # The probes copy whole 16 KiB chunks, at most 4 MiB (capture/ebpf.py).
+    "max_call_bytes": (16 * 1024, 4 * 1024 * 1024, "bytes"),
 }
 
 _CHOICES = {
@@ -144,13 +162,15 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
     values: dict[str, Any] = {}
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            data = tomllib.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: no such configuration file") from None
         data = {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
@@ -221,13 +241,20 @@ def _build(values: dict[str, Any], path: Path) -> Config:
             clean[name] = value
             continue
         kind = types[name]
+        where = _where(name)
         try:
             clean[name] = _coerce(kind, value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{path}: option {name} has a bad value {value!r}") from None
+            raise ConfigError(f"{path}: {where} must be {_KIND_NAMES.get(kind, kind)}, "
+                              f"not {_shown(value)}") from None
         if name in _CHOICES and clean[name] not in _CHOICES[name]:
-            raise ConfigError(f"{path}: option {name} must be one of {', '.join(_CHOICES[name])}, "
-                              f"not {clean[name]!r}")
+            raise ConfigError(f"{path}: {where} must be one of {', '.join(_CHOICES[name])}, "
+                              f"not {_shown(clean[name])}")
+        if name in _RANGES:
+            low, high, unit = _RANGES[name]
+            if not (math.isfinite(clean[name]) and low <= clean[name] <= high):
+                raise ConfigError(f"{path}: {where} must be between {low:g} and {high:g} {unit}, "
+                                  f"not {_shown(value)}")
     for name in ("metrics_addr", "hostname", "export_otlp", "export_redis"):
         if clean.get(name) == "":
             clean[name] = None
@@ -246,21 +273,44 @@ def _build(values: dict[str, Any], path: Path) -> Config:
     return config
 
 
+_KIND_NAMES = {"Path": "a path (a string)", "Path | None": "a path (a string)", "bool": "true or false",
+               "int": "a whole number", "float": "a number", "str": "a string", "str | None": "a string",
+               "dict[str, str]": "a table of strings"}
+
+
+def _where(name: str) -> str:
+    section, key, _ = OPTIONS.get(name, ("", name, ""))
+    return f"[{section}] {key}" if section else f"option {name}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _coerce(kind: str, value: Any) -> Any:
+    """``value`` as the option's type; TypeError when it is another type
+    (``db = 42`` is a mistake, not the path "42")."""
+    if value is None and "None" in kind:
+        return None
     if kind == "Path" or kind.startswith("Path"):
-        if value in ("", None):
-            return None if "None" in kind else Path(str(value))
-        return Path(str(value))
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or "\0" in value:
+            raise TypeError
+        if value == "":
+            return None if "None" in kind else Path(value)
+        return Path(value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise TypeError
         return value
     if kind == "int":
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError
-        return int(value)
+        return value
     if kind == "float":
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError
         return float(value)
     if kind.startswith("tuple[int"):
@@ -270,12 +320,12 @@ def _coerce(kind: str, value: Any) -> Any:
             raise ValueError
         return tuple(value)
     if kind.startswith("dict"):
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise TypeError
-        return {str(k): str(v) for k, v in value.items()}
-    if value is None:
-        return None
-    return str(value)
+        return {str(k): v for k, v in value.items()}
+    if not isinstance(value, str):
+        raise TypeError
+    return value
 
 
 def as_toml(config: Config) -> str:

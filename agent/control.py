@@ -6,13 +6,19 @@ request object a line, one reply object a line):
 ``agent.sock`` (mode 0600: the agent's own user only)
     ``{"op": "status"}``, ``{"op": "snapshot", ...}`` (the live view of
     ``top``) and any op registered with ``ControlServer.register``.
-``ingest.sock`` (mode 0666: any local process)
+``ingest.sock`` (mode 0666, but only some senders are heard)
     only ``{"op": "events"}`` followed by recorded-event lines (the replay
-    format) until the client closes.  The pid of every event is replaced by
-    the sender's own pid (SO_PEERCRED), so a process can only report its own
-    traffic.  ``{"op": "events", "trusted_pids": true}`` keeps the pids the
-    sender gives, and is honoured only for root or the agent's own user (the
-    proxy, which knows which local process each connection came from).
+    format) until the client closes.  Who may send is decided by the
+    sender's credentials (SO_PEERCRED), not the file mode: root, the agent's
+    own user and members of the ``ingest_group`` (configuration); anyone
+    else is refused with one error line, counted and logged.  The pid of
+    every event is replaced by the sender's own pid, so a process can only
+    report its own traffic.  ``{"op": "events", "trusted_pids": true}``
+    keeps the pids the sender gives, and is honoured only for root or the
+    agent's own user (the proxy, which knows which local process each
+    connection came from).  Every event is queued with its :class:`Origin`:
+    rows made from it say ``capture='proxy'`` (trusted) or ``'hook'``,
+    whatever the sender claims, and carry the sender's uid.
 
 Requests are answered on a thread of their own; handlers must be
 thread-safe.  Ingested events are queued for the run loop, which owns the
@@ -21,9 +27,11 @@ pipeline.
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
+import pwd
 import queue
 import select
 import socket
@@ -36,6 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lumen_agent.pipeline.core import Origin
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.recording import RecordingError, event_from_json
 
@@ -52,9 +61,42 @@ IDLE_POLL_S = 0.05
 
 Handler = Callable[[dict[str, Any]], Any]
 
+# Refusals are logged the first time and then every this many.
+REFUSED_LOG_EVERY = 1000
+# How long a refused sender's request line is waited for.
+REFUSED_READ_TIMEOUT_S = 1.0
+
+
+def group_id(name: str | None) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def in_group(uid: int, gid: int, group: int | None) -> bool:
+    """Whether the sender (uid, primary gid) belongs to ``group``."""
+    if group is None:
+        return False
+    if gid == group:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return user.pw_gid == group or group in os.getgrouplist(user.pw_name, user.pw_gid)
+
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
     """(pid, uid) of the process at the other end of a Unix socket."""
+    creds = peer_credentials_full(sock)
+    return None if creds is None else creds[:2]
+
+
+def peer_credentials_full(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
     option = getattr(socket, "SO_PEERCRED", None)  # Linux; macOS has none
     if option is None:
         return None
@@ -62,8 +104,8 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
         creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     except OSError:
         return None
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return pid, uid
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -91,9 +133,11 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class ControlServer:
-    def __init__(self, runtime_dir: Path) -> None:
+    def __init__(self, runtime_dir: Path, ingest_group: str | None = None) -> None:
         self.runtime_dir = runtime_dir
-        self.events: queue.Queue[DataEvent] = queue.Queue(MAX_QUEUED_EVENTS)
+        self.ingest_group = ingest_group
+        self.events: queue.Queue[tuple[DataEvent, Origin]] = queue.Queue(MAX_QUEUED_EVENTS)
+        self.refused = 0
         self._handlers: dict[str, Handler] = {}
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
@@ -113,7 +157,10 @@ class ControlServer:
         self._handlers[op] = handler
 
     def start(self) -> None:
+        created = not self.runtime_dir.exists()
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if created:  # whatever the umask (the agent's is 077): hooked processes must reach ingest.sock
+            os.chmod(self.runtime_dir, 0o755)
         self._serve(self.control_path, 0o600, ingest_only=False)
         self._serve(self.ingest_path, 0o666, ingest_only=True)
 
@@ -178,7 +225,32 @@ class ControlServer:
         self._servers.append(server)
         self._threads.append(thread)
 
+    def may_send(self, uid: int, gid: int) -> bool:
+        """Root, the agent's own user, or a member of ``ingest_group``."""
+        return uid in (0, os.getuid()) or in_group(uid, gid, group_id(self.ingest_group))
+
+    def _refuse(self, wfile, creds: tuple[int, int, int] | None) -> None:
+        self.refused += 1
+        who = "unknown sender" if creds is None else f"pid {creds[0]} uid {creds[1]}"
+        if self.refused == 1 or self.refused % REFUSED_LOG_EVERY == 0:
+            log.warning("ingest refused %s: not root, the agent's user or in group %s refused=%d",
+                        who, self.ingest_group or "(none configured)", self.refused)
+        self._reply(wfile, {"error": f"not allowed to send events: only root, the agent's user and members of "
+                                     f"group {self.ingest_group or '(none configured)'} may"})
+
     def _handle(self, conn: socket.socket, rfile, wfile, ingest_only: bool) -> None:
+        if ingest_only:
+            creds = peer_credentials_full(conn)
+            if creds is None or not self.may_send(creds[1], creds[2]):
+                # Read (briefly) the request line first, so the sender is
+                # still listening when the refusal arrives.
+                conn.settimeout(REFUSED_READ_TIMEOUT_S)
+                try:
+                    rfile.readline(MAX_LINE_BYTES)
+                except OSError:
+                    pass
+                self._refuse(wfile, creds)
+                return
         while True:
             line = rfile.readline(MAX_LINE_BYTES)
             if not line:
@@ -208,8 +280,11 @@ class ControlServer:
     def _ingest(self, conn: socket.socket, rfile, trusted_pids: bool) -> None:
         creds = peer_credentials(conn)
         pid = creds[0] if creds is not None else None
-        if trusted_pids and creds is not None and creds[1] in (0, os.getuid()):
+        trusted = trusted_pids and creds is not None and creds[1] in (0, os.getuid())
+        if trusted:
             pid = None  # a trusted sender names the processes itself
+        # Whatever the lines say: the proxy is the only trusted sender.
+        origin = Origin("proxy" if trusted else "hook", creds[1] if creds is not None else None)
         count = 0
         for line in iter(lambda: rfile.readline(MAX_LINE_BYTES), b""):
             try:
@@ -219,7 +294,7 @@ class ControlServer:
                 continue
             if pid is not None and event.pid != pid:
                 event = replace(event, pid=pid)
-            self.events.put(event)
+            self.events.put((event, origin))
             count += 1
         self.ingested += count
 

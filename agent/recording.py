@@ -28,7 +28,7 @@ import base64
 import binascii
 import json
 import logging
-import re
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import IO
@@ -36,24 +36,28 @@ from typing import IO
 from lumen_agent.errors import LumenError
 from lumen_agent.pipeline.attribution import MAX_PROCESSES, UNKNOWN, ProcessInfo
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
+from lumen_agent.redaction import REDACTED, Redactor, redact_credentials  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("lumen_agent")
 
 _FLAG_NAMES = {"truncated": EventFlag.TRUNCATED, "gap": EventFlag.GAP, "close": EventFlag.CLOSE}
 
 
-# Credentials never reach a recording: their header values are replaced.
-_CREDENTIAL_HEADER = re.compile(rb"(?im)^(authorization|proxy-authorization|x-api-key|x-goog-api-key|api-key)"
-                                rb"[ \t]*:[^\r\n]*")
-REDACTED = b"[redacted]"
-
-
-def redact_credentials(data: bytes) -> bytes:
-    return _CREDENTIAL_HEADER.sub(lambda m: m.group(1) + b": " + REDACTED, data)
+# Credentials never reach a recording: header values and query parameters
+# are replaced, in both directions (agent/redaction.py).
 
 
 class RecordingError(LumenError, ValueError):
     """A line that is not a recorded event."""
+
+
+class NotARecording(RecordingError):
+    """A whole file without a single recorded event (a pcap, a log...)."""
+
+
+# One recorded line: an event carries at most one SSL call's bytes, base64
+# (4/3 larger); a longer line is skipped without being held whole.
+MAX_RECORDING_LINE = 16 * 1024 * 1024
 
 
 def event_to_json(event: DataEvent) -> str:
@@ -70,9 +74,9 @@ def event_to_json(event: DataEvent) -> str:
     return json.dumps(record, separators=(",", ":"))
 
 
-def event_from_json(line: str) -> DataEvent:
+def event_from_json(line: str | bytes) -> DataEvent:
     try:
-        record = json.loads(line)
+        record = json.loads(line)  # bytes: UTF-8 checked here (UnicodeDecodeError is a ValueError)
         flags = EventFlag.NONE
         for name in record.get("flags", ()):
             flags |= _FLAG_NAMES[name]
@@ -85,17 +89,38 @@ def event_from_json(line: str) -> DataEvent:
             data=base64.b64decode(record.get("data", ""), validate=True),
             flags=flags,
         )
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-        raise RecordingError(f"not a recorded event: {exc!s}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError, OverflowError) as exc:
+        # RecursionError: "[[[[..." nested past the parser's stack.
+        raise RecordingError(f"not a recorded event: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _lines(stream: IO[str] | IO[bytes]) -> Iterator[str | bytes | None]:
+    """The stream's lines, each read at most ``MAX_RECORDING_LINE`` at a time;
+    None stands for a line that was longer (skipped, never held whole)."""
+    while True:
+        line = stream.readline(MAX_RECORDING_LINE)
+        if not line:
+            return
+        if len(line) >= MAX_RECORDING_LINE and line[-1:] not in ("\n", b"\n"):
+            while (more := stream.readline(MAX_RECORDING_LINE)) and more[-1:] not in ("\n", b"\n"):
+                pass
+            yield None
+            continue
+        yield line
 
 
 def process_to_json(pid: int, info: ProcessInfo) -> str:
     return json.dumps({"kind": "process", "pid": pid, **asdict(info)}, separators=(",", ":"))
 
 
-def process_from_json(line: str) -> tuple[int, ProcessInfo] | None:
+def process_from_json(line: str | bytes) -> tuple[int, ProcessInfo] | None:
     """``(pid, info)`` of a process line; None for any other line."""
-    if '"kind"' not in line:
+    if ('"kind"' if isinstance(line, str) else b'"kind"') not in line:
         return None
     try:
         record = json.loads(line)
@@ -105,18 +130,20 @@ def process_from_json(line: str) -> tuple[int, ProcessInfo] | None:
         if not all(value is None or isinstance(value, str) for value in fields.values()):
             raise TypeError("process fields must be strings")
         return int(record["pid"]), ProcessInfo(**fields)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RecordingError(f"not a process record: {exc!s}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise RecordingError(f"not a process record: {_short(exc)}") from None
 
 
-def read_events(stream: IO[str], on_bad_line=None,
+def read_events(stream: IO[str] | IO[bytes], on_bad_line=None,
                 on_process: Callable[[int, ProcessInfo], None] | None = None) -> Iterator[DataEvent]:
-    """Events of a recording; bad lines go to ``on_bad_line(lineno, error)``,
-    process lines to ``on_process(pid, info)``."""
-    for lineno, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
+    """Events of a recording (a text or binary stream); bad lines go to
+    ``on_bad_line(lineno, error)``, process lines to ``on_process(pid, info)``."""
+    for lineno, line in enumerate(_lines(stream), 1):
         try:
+            if line is None:
+                raise RecordingError(f"not a recorded event: line longer than {MAX_RECORDING_LINE} bytes")
+            if not line.strip():
+                continue
             process = process_from_json(line)
             if process is not None:
                 if on_process is not None:
@@ -127,6 +154,17 @@ def read_events(stream: IO[str], on_bad_line=None,
             if on_bad_line is None:
                 raise RecordingError(f"line {lineno}: {exc}") from None
             on_bad_line(lineno, exc)
+
+
+def open_private(path) -> IO[str]:
+    """The recording, opened for appending and kept 0600 whatever the umask:
+    it holds prompts and replies even with credentials redacted."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        pass
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 class Recorder:
@@ -140,6 +178,7 @@ class Recorder:
         self._stream = stream
         self._describe = describe
         self._written: dict[int, ProcessInfo] = {}
+        self._redactor = Redactor()
 
     def write(self, event: DataEvent) -> None:
         if self._describe is not None:
@@ -149,9 +188,10 @@ class Recorder:
                     self._written.clear()
                 self._written[event.pid] = info
                 self._stream.write(process_to_json(event.pid, info) + "\n")
-        if event.direction is Direction.SEND and event.data:
-            event = DataEvent(event.ts_ns, event.pid, event.tid, event.conn, event.direction,
-                              redact_credentials(event.data), event.flags)
+        if event.data:
+            # Both directions: a local server reads the same headers its client sent.
+            data = self._redactor.redact((event.pid, event.conn, event.direction), event.data)
+            event = DataEvent(event.ts_ns, event.pid, event.tid, event.conn, event.direction, data, event.flags)
         self._stream.write(event_to_json(event) + "\n")
 
     def flush(self) -> None:

@@ -19,9 +19,12 @@ from lumen_agent.outputs.exporters import build_exporters
 from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.build import build
 from lumen_agent.pipeline.events import DataEvent
-from lumen_agent.recording import RecordedAttribution, read_events
+from lumen_agent.recording import NotARecording, RecordedAttribution, read_events
 
 log = logging.getLogger("lumen_agent")
+
+# Bad lines are logged the first time and then every this many.
+BAD_LINE_LOG_EVERY = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +58,33 @@ def replay(recording: Path, config: Config, *, keylog: Path | None = None) -> Re
     pcap = is_packet_capture(recording)
     pipeline = build(config, capture="pcap" if pcap else "replay", on_call=on_call, attribution=attribution)
     bad = 0
+    events = 0
 
     def on_bad_line(lineno: int, error: Exception) -> None:
         nonlocal bad
         bad += 1
-        log.warning("skipped recording line=%d error=%s", lineno, error)
+        if bad == 1 or bad % BAD_LINE_LOG_EVERY == 0:
+            log.warning("skipped recording line=%d error=%s bad_lines=%d", lineno, error, bad)
 
     def recorded_events() -> Iterator[DataEvent]:
-        with open(recording, encoding="utf-8", errors="replace") as stream:
-            yield from read_events(stream, on_bad_line, on_process=attribution.remember)
+        nonlocal events
+        with open(recording, "rb") as stream:
+            for event in read_events(stream, on_bad_line, on_process=attribution.remember):
+                events += 1
+                yield event
+        if not events and bad:
+            raise NotARecording(f"{recording} is not a recording: no line of it is a recorded event "
+                                "(see docs/recording.md; pcap and pcapng files are read as packet captures)")
 
-    events = capture_events(recording, pipeline.counters, keylog=keylog) if pcap else recorded_events()
-    for event in events:
-        pipeline.feed(event)
-        store.maybe_flush()
-    pipeline.close()
-    for output in outputs:  # the store first: exporters read what it wrote
-        output.close()
+    source = capture_events(recording, pipeline.counters, keylog=keylog) if pcap else recorded_events()
+    try:
+        for event in source:
+            pipeline.feed(event)
+            store.maybe_flush()
+        pipeline.close()
+    finally:
+        for output in outputs:  # the store first: exporters read what it wrote
+            output.close()
     counters = pipeline.counters.snapshot()
     return ReplaySummary(
         events=counters.get("events", 0),

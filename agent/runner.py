@@ -30,9 +30,10 @@ from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.attribution import Attribution
 from lumen_agent.pipeline.build import build
 from lumen_agent.pipeline.call import Call
+from lumen_agent.pipeline.core import Origin
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.pipeline.gate import ProcessGate
-from lumen_agent.recording import Recorder
+from lumen_agent.recording import Recorder, open_private
 
 log = logging.getLogger("lumen_agent")
 
@@ -101,13 +102,13 @@ class Agent:
         self._ready_listeners: list[Callable[[], None]] = []
         self._stop_listeners: list[Callable[[], None]] = []
         self.ready_at: float | None = None
-        self.store = CallStore(config.db, flush_interval=config.flush_interval_s)
+        self.store = CallStore(config.db, flush_interval=config.flush_interval_s, adopt=config.adopt_db)
         self.outputs: list[Output] = [self.store]
         self.attribution = Attribution()
         self.gate = ProcessGate(config.filters, self.attribution, on_exclude=self._exclude)
         self.pipeline = build(config, capture=capture_name, on_call=self._on_call, attribution=self.attribution,
                               on_ignore=self._ignore, capture_of_conn=capture_of_conn)
-        self.control = ControlServer(config.runtime_dir)
+        self.control = ControlServer(config.runtime_dir, ingest_group=config.ingest_group)
         self.control.register("status", lambda _request: self._status)
         self.capture = make_capture(self._on_event, self._on_exec)
 
@@ -139,12 +140,12 @@ class Agent:
             except Exception:  # noqa: BLE001 - a broken output must not stop capture
                 log.exception("output failed on a call output=%s", output.name)
 
-    def _on_event(self, event: DataEvent) -> None:
+    def _on_event(self, event: DataEvent, origin: Origin | None = None) -> None:
         if not self._captured(event.pid):
             return
         if self._recorder is not None:
             self._recorder.write(event)
-        self.pipeline.feed(event)
+        self.pipeline.feed(event, origin)
 
     def _on_exec(self, pid: int) -> None:
         # A new program in the same process: same pid and start time, so
@@ -169,18 +170,20 @@ class Agent:
         self._stop = True
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
+        # Before anything is captured: a database that cannot take rows ends
+        # the run now with one line, not at stop with every row lost.
+        self.store.check()
         if self.config.record is not None and self.config.record.suffix.lower() == ".pcapng":
             from lumen_agent.capture.pcapng_record import PcapngRecorder
 
             # A packet capture of the decrypted traffic (docs/plain-http.md); closed like the file below.
             self._recorder = self._record_file = PcapngRecorder(self.config.record, describe=self.attribution.lookup)
         elif self.config.record is not None:
-            self._record_file = open(self.config.record, "a", encoding="utf-8")
+            self._record_file = open_private(self.config.record)
             self._recorder = Recorder(self._record_file, describe=self.attribution.lookup)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         try:
-            self.store.flush()  # create the file and schema now, not at the first call
             self.capture.start()
             self.control.start()
             self.ready_at = time.time()
@@ -206,10 +209,10 @@ class Agent:
         events = self.control.events
         for _ in range(MAX_INGEST_PER_TURN):
             try:
-                event = events.get_nowait()
+                event, origin = events.get_nowait()
             except queue.Empty:
                 return
-            self._on_event(event)
+            self._on_event(event, origin)
 
     def _housekeeping(self) -> None:
         self.pipeline.tick(time.time_ns())
@@ -270,7 +273,8 @@ class Agent:
             # Go/Bun executables whose TLS functions could not be located (runtimes.py)
             "tls_not_found": getattr(self.capture, "tls_not_found", list)(),
             "pipeline": self.pipeline.counters.snapshot(),
-            "ingest": {"events": self.control.ingested, "bad_lines": self.control.bad_lines},
+            "ingest": {"events": self.control.ingested, "bad_lines": self.control.bad_lines,
+                       "refused": self.control.refused},
             "open_connections": self.pipeline.open_connections,
             "store": self.store.stats(),
             "outputs": {o.name: o.stats() for o in self.outputs if o is not self.store},
@@ -330,6 +334,7 @@ def status_rows(status: dict[str, Any]) -> list[tuple[str, Any]]:
         ("lost", capture.get("lost", 0)),
         ("truncated", capture.get("truncated", 0)),
         ("ingested_events", status.get("ingest", {}).get("events", 0)),
+        ("ingest_refused", status.get("ingest", {}).get("refused", 0)),
         ("calls", pipeline.get("calls", 0)),
         ("unpriced", pipeline.get("calls.unpriced", 0)),
         ("skipped", skipped),

@@ -67,6 +67,10 @@ class Usage:
     service_tier: str | None = None
     web_search_requests: int | None = None
     charged_usd: Decimal | None = None
+    # A count was reported but is not a plausible one (negative, absurd, not
+    # a number): it reads as not reported, and the call must not be priced
+    # from the other counts alone.
+    usage_implausible: bool = False
 
     @property
     def has_tokens(self) -> bool:

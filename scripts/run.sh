@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# As the unit's UMask=0077: the database, recording and dead-letter file are
+# the agent's alone (docs/service.md).
+umask 077
 exec .venv/bin/lumen-agent run "$@"

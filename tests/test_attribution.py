@@ -99,8 +99,8 @@ def _write(path, text):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[agent]\nattach = 'sometimes'\n", "option attach must be one of global, per-process, not 'sometimes'"),
-    ("[agent]\nflush_interval_s = 'soon'\n", "option flush_interval_s has a bad value 'soon'"),
+    ("[agent]\nattach = 'sometimes'\n", "[agent] attach must be one of global, per-process, not 'sometimes'"),
+    ("[agent]\nflush_interval_s = 'soon'\n", "[agent] flush_interval_s must be a number, not 'soon'"),
     ("[agent]\nfrobnicate = 1\n", "unknown option [agent] frobnicate"),
     ("[filters]\ninclude_colour = ['red']\n", "unknown filter 'include_colour'"),
     ("not toml ==", "not valid TOML"),
@@ -139,7 +139,7 @@ def test_ingest_socket_stamps_sender_pid_unless_trusted(tmp_path):
         deadline = _time.monotonic() + 5
         while len(got) < 2 and _time.monotonic() < deadline:
             if not control.events.empty():
-                got.append(control.events.get())
+                got.append(control.events.get()[0])
             _time.sleep(0.01)
         assert sorted(e.pid for e in got) == sorted([os.getpid(), 4242])
     finally:

@@ -537,13 +537,22 @@ def test_sse_data_not_text_raises_usage_error(reader_class):
 
 
 def test_odd_values_are_not_counts():
+    """Reported but not plausible: NULL, and flagged so the call is not priced."""
     reader = ChatCompletionsReader()
     reader.feed_json({"model": 5, "id": ["x"], "usage": {
         "prompt_tokens": -4, "completion_tokens": True, "total_tokens": "12",
         "prompt_tokens_details": [1], "completion_tokens_details": {"reasoning_tokens": 1.5}}})
-    assert reader.result() == Usage(usage_missing=True)
-    reader.feed_json({"usage": {"prompt_tokens": 7.0, "completion_tokens": 2**60}})
+    assert reader.result() == Usage(usage_missing=True, usage_implausible=True)
+    reader.feed_json({"usage": {"prompt_tokens": 7.0, "completion_tokens": 10**15}})
     assert (reader.result().input_tokens, reader.result().output_tokens) == (7, None)
+    assert reader.result().usage_implausible
+
+
+def test_plain_counts_are_not_flagged():
+    reader = ChatCompletionsReader()
+    reader.feed_json({"usage": {"prompt_tokens": 7, "completion_tokens": None}})
+    assert (reader.result().input_tokens, reader.result().output_tokens) == (7, None)
+    assert not reader.result().usage_implausible
 
 
 KEYS = [

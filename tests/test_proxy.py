@@ -437,7 +437,7 @@ def test_events_go_to_an_agents_ingest_socket(tmp_path, server, certs, isolated)
         events = []
         while time.monotonic() < deadline:
             while not control.events.empty():
-                events.append(control.events.get())
+                events.append(control.events.get()[0])
             if any(e.direction is Direction.RECV and b"usage" in e.data for e in events) and \
                     any(e.flags for e in events):
                 break

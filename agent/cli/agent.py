@@ -59,6 +59,8 @@ def run(
     export_parquet: ExportParquetOption = None,
     export_redis: ExportRedisOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    init: Annotated[bool, typer.Option("--init", help="Add lumen-agent's tables to an existing DuckDB file "
+                                       "that holds other tables.")] = False,
 ) -> None:
     """Capture LLM calls until SIGTERM/SIGINT, writing rows to the database."""
     from lumen_agent.agent_main import run_agent
@@ -66,7 +68,7 @@ def run(
     config = _config(config_path, db=db, price_overrides=prices, record=record, capture=capture, attach=attach,
                      capture_content=capture_content, metrics_addr=metrics_addr, export_otlp=export_otlp,
                      export_parquet=export_parquet, export_redis=export_redis,
-                     log_level="debug" if verbose else None)
+                     log_level="debug" if verbose else None, adopt_db=init or None)
     run_agent(config, exclude_pids=set(exclude_pid))
 
 

@@ -452,6 +452,19 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def warn_if_exposed(bound_host: str, addr: str) -> bool:
+    """Metrics name models, tenants and spend: say so when they leave the host."""
+    try:
+        loopback = ipaddress.ip_address(bound_host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        log.warning("metrics are served on a non-loopback address %s (metrics_addr %s): anyone who can reach "
+                    "this host can read them; use 127.0.0.1:PORT unless that is intended", bound_host or "0.0.0.0",
+                    addr)
+    return not loopback
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -479,6 +492,7 @@ class MetricsServer:
             raise OSError(f"cannot serve metrics on {addr}: {reason} (set another metrics_addr, "
                           f"or stop what listens there)") from None
         self.port = self._server.server_address[1]
+        warn_if_exposed(self._server.server_address[0], addr)
         self.url = f"http://{'[' + host + ']' if ':' in host else (host or '0.0.0.0')}:{self.port}/metrics"
         self._thread = threading.Thread(target=self._server.serve_forever, name="lumen-metrics", daemon=True)
         self.metrics: Metrics | None = None

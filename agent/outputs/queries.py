@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 
 from lumen_agent.errors import LumenError
-from lumen_agent.outputs.schema import CALLS_TABLE
+from lumen_agent.outputs.schema import CALLS_TABLE, SCHEMA_VERSION, SchemaError, schema_version
 from lumen_agent.outputs.store import LOCK_POLL_INTERVAL, is_lock_error
 
 # How long a reader waits for the agent to finish a flush.
@@ -280,6 +280,10 @@ def reprice(
         params.append(parse_since(since))
     con = open_readwrite(path, timeout=timeout)
     try:
+        version = schema_version(con)
+        if version > SCHEMA_VERSION:  # its columns may mean something else now
+            raise SchemaError(f"{path} has schema version {version}, newer than this lumen-agent knows "
+                              f"({SCHEMA_VERSION}): not repriced; upgrade lumen-agent")
         result = con.execute(
             f"""SELECT id, CAST(ts_start AT TIME ZONE 'UTC' AS DATE), provider, model, request_model,
                        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,

@@ -105,7 +105,13 @@ _V3_EXACT_COST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("input_audio_tokens", "BIGINT"),
     ("cache_read_audio_tokens", "BIGINT"),
 )
-CALL_COLUMN_TYPES: tuple[tuple[str, str], ...] = _V1_COLUMN_TYPES + _V3_EXACT_COST_COLUMNS
+# Migration 5: hardening (pipeline/bounds.py, the ingest socket's labels).
+_V5_HARDENING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("usage_implausible", "BOOLEAN"),  # every row sets it; NULL on rows from before
+    ("sender_uid", "INTEGER"),
+)
+CALL_COLUMN_TYPES: tuple[tuple[str, str], ...] = (_V1_COLUMN_TYPES + _V3_EXACT_COST_COLUMNS
+                                                  + _V5_HARDENING_COLUMNS)
 
 if tuple(name for name, _ in CALL_COLUMN_TYPES) != CALL_COLUMNS:  # pragma: no cover
     raise ImportError("schema.CALL_COLUMN_TYPES is out of step with call.Call")
@@ -262,6 +268,14 @@ _ALERTS_TABLE_V1 = """CREATE TABLE IF NOT EXISTS alerts (
 MIGRATIONS += (
     # 3 -> 4
     Migration("alerts table (budgets and alert rules)", (_ALERTS_TABLE_V1,)),
+)
+
+MIGRATIONS += (
+    # 4 -> 5
+    Migration(
+        "hardening: usage_implausible and sender_uid columns",
+        tuple(f"ALTER TABLE {CALLS_TABLE} ADD COLUMN {_quote(n)} {t}" for n, t in _V5_HARDENING_COLUMNS),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

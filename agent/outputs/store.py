@@ -26,6 +26,7 @@ runs at a time.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -37,7 +38,8 @@ from pathlib import Path
 import duckdb
 
 from lumen_agent.outputs.base import Output
-from lumen_agent.outputs.schema import CALLS_TABLE, migrate
+from lumen_agent.outputs.dbcheck import DatabaseUnusable, check_folder, describe_open_error, prepare
+from lumen_agent.outputs.schema import CALLS_TABLE, SchemaError
 from lumen_agent.pipeline.call import CALL_COLUMNS, Call
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ DEFAULT_LOCK_RETRY = 10.0
 # Pause between attempts while waiting for a lock.
 LOCK_POLL_INTERVAL = 0.05
 
+# The dead-letter file is for finding a bug, not a second database.
+MAX_DEAD_LETTER_BYTES = 64 * 1024 * 1024
+_CONTENT_COLUMNS = frozenset({"request_body", "response_body"})
+
 _row_of = attrgetter(*CALL_COLUMNS)
 _OUTCOME_INDEX = CALL_COLUMNS.index("outcome")
 
@@ -67,6 +73,64 @@ def _to_row(call: Call) -> list:
     row = list(_row_of(call))
     row[_OUTCOME_INDEX] = row[_OUTCOME_INDEX].value
     return row
+
+
+def _add_counters(con: duckdb.DuckDBPyConnection, totals: dict[str, int]) -> None:
+    if not totals:
+        return
+    values = ", ".join(["(?, ?, now())"] * len(totals))  # one statement: each upsert costs ~4 ms
+    con.execute(
+        f"INSERT INTO lumen_counters VALUES {values} "
+        "ON CONFLICT (name) DO UPDATE SET "
+        "value = lumen_counters.value + excluded.value, "
+        "updated_at = excluded.updated_at",
+        [v for item in totals.items() for v in item],
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:500]
+
+
+def _keep_private(path: Path) -> None:
+    try:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:
+        pass
+
+
+def dead_letter_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".deadletter.jsonl")
+
+
+def write_dead_letters(path: Path, dead: list[tuple[Call, str]]) -> None:
+    """Append rows DuckDB refused, one JSON object a line, to a 0600 file.
+
+    Rows hold no credentials (only a salted hash); the opt-in prompt and
+    completion text is left out all the same.  Past ``MAX_DEAD_LETTER_BYTES``
+    rows are only counted."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        log.error("cannot open dead-letter file %s: %s", path, exc)
+        return
+    try:
+        os.fchmod(fd, 0o600)
+        if os.fstat(fd).st_size >= MAX_DEAD_LETTER_BYTES:
+            log.error("dead-letter file %s is full; %d rows only counted", path, len(dead))
+            return
+        lines = []
+        for call, error in dead:
+            record = {name: value for name, value in zip(CALL_COLUMNS, _to_row(call), strict=True)
+                      if name not in _CONTENT_COLUMNS}
+            record["error"] = error
+            # ensure_ascii: lone surrogates and controls become \u escapes.
+            lines.append(json.dumps(record, default=str, ensure_ascii=True) + "\n")
+        os.write(fd, "".join(lines).encode("ascii"))
+    finally:
+        os.close(fd)
 
 
 class CallStore(Output):
@@ -85,6 +149,7 @@ class CallStore(Output):
         max_pending: int = DEFAULT_MAX_PENDING,
         lock_retry: float = DEFAULT_LOCK_RETRY,
         flush_rows: int = DEFAULT_FLUSH_ROWS,
+        adopt: bool = False,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -93,6 +158,8 @@ class CallStore(Output):
         self.max_pending = max_pending
         self.lock_retry = lock_retry
         self.flush_rows = min(flush_rows, max_pending)
+        # Add our tables to a DuckDB file that holds other tables (run --init).
+        self.adopt = adopt
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
 
         self._lock = threading.Lock()  # guards _pending, _inflight, _dropped, _counts
@@ -106,6 +173,7 @@ class CallStore(Output):
         self._flushes = 0
         self._lock_conflicts = 0
         self._flush_errors = 0
+        self._dead_lettered = 0
         self._last_flush_ms: float | None = None
         self._last_attempt: float | None = None
         # Counter increments not yet persisted to lumen_counters.
@@ -194,10 +262,15 @@ class CallStore(Output):
                 while True:
                     try:
                         ms = self._write(batch, counts)
+                        written = len(batch)
                         break
-                    except duckdb.Error as exc:
+                    except Exception as exc:  # noqa: BLE001 - sorted below
                         if not is_lock_error(exc):
-                            raise
+                            if isinstance(exc, SchemaError | DatabaseUnusable | duckdb.IOException) or not batch:
+                                raise  # the file, not a row: keep the rows pending
+                            # Some row DuckDB will not take: find it, keep the rest.
+                            ms, written = self._write_isolated(batch, counts, exc)
+                            break
                         self._lock_conflicts += 1
                         counts["lock_conflicts"] = counts.get("lock_conflicts", 0) + 1
                         if time.monotonic() + LOCK_POLL_INTERVAL > deadline:
@@ -215,11 +288,11 @@ class CallStore(Output):
                 raise
             with self._lock:
                 self._inflight = 0
-            self._rows_written += len(batch)
+            self._rows_written += written
             self._flushes += 1
             self._last_flush_ms = ms
             self._log_drops()
-            return len(batch)
+            return written
 
     def _give_back(self, batch: list[Call], counts: dict[str, int]) -> None:
         with self._lock:
@@ -243,10 +316,8 @@ class CallStore(Output):
     def _write(self, batch: list[Call], counts: dict[str, int]) -> float:
         """One open-append-close cycle; returns its duration in ms."""
         started = time.perf_counter()
-        con = duckdb.connect(str(self.path))
+        con = self._connect()
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            migrate(con)
             con.execute("BEGIN TRANSACTION")
             try:
                 if batch:
@@ -256,15 +327,8 @@ class CallStore(Output):
                 totals = dict(counts)
                 if batch:
                     totals["rows_written"] = totals.get("rows_written", 0) + len(batch)
-                if totals:  # one statement: each upsert costs ~4 ms
-                    values = ", ".join(["(?, ?, now())"] * len(totals))
-                    con.execute(
-                        f"INSERT INTO lumen_counters VALUES {values} "
-                        "ON CONFLICT (name) DO UPDATE SET "
-                        "value = lumen_counters.value + excluded.value, "
-                        "updated_at = excluded.updated_at",
-                        [v for item in totals.items() for v in item],
-                    )
+                if totals:
+                    _add_counters(con, totals)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -275,6 +339,87 @@ class CallStore(Output):
             except duckdb.Error as exc:  # committed already: the rows are stored
                 log.warning("closing %s after a flush: %s", self.path, exc)
         return (time.perf_counter() - started) * 1000.0
+
+    def _write_isolated(self, batch: list[Call], counts: dict[str, int],
+                        first_error: BaseException) -> tuple[float, int]:
+        """Append row by row after a batch failed; rows that still fail go to
+        the dead-letter file, so one bad row never stops the writer."""
+        started = time.perf_counter()
+        log.warning("a batch of %d rows failed (%s); writing them one by one", len(batch), _one_line(first_error))
+        dead: list[tuple[Call, str]] = []
+        con = self._connect()
+        try:
+            written = 0
+            for call in batch:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    appender = con.appender(CALLS_TABLE, columns=list(CALL_COLUMNS))
+                    appender.append_row(*_to_row(call))
+                    appender.flush()
+                    con.execute("COMMIT")
+                    written += 1
+                except duckdb.IOException:
+                    con.execute("ROLLBACK")
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the row, not the file
+                    con.execute("ROLLBACK")
+                    dead.append((call, _one_line(exc)))
+            totals = dict(counts)
+            totals["rows_written"] = totals.get("rows_written", 0) + written
+            if dead:
+                totals["rows_dead_lettered"] = totals.get("rows_dead_lettered", 0) + len(dead)
+            _add_counters(con, totals)
+        finally:
+            con.close()
+        if dead:
+            self._dead_lettered += len(dead)
+            write_dead_letters(self.dead_letter_path, dead)
+            log.error("%d rows DuckDB refused were set aside in %s (rows_dead_lettered=%d)",
+                      len(dead), self.dead_letter_path, self._dead_lettered)
+        return (time.perf_counter() - started) * 1000.0, written
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file read-write with its schema current; it is kept 0600
+        whatever the umask (rows say who called what, and when)."""
+        con = duckdb.connect(str(self.path))
+        try:
+            _keep_private(self.path)
+            con.execute("SET TimeZone = 'UTC'")
+            prepare(con, self.path, adopt=self.adopt)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def check(self, timeout: float | None = None) -> None:
+        """At start: raise :class:`DatabaseUnusable` (one line) unless the file
+        can be written: a DuckDB file, ours or new (or adopted), a schema this
+        code knows, a writable folder.  Creates the file and its schema."""
+        check_folder(self.path)
+        deadline = time.monotonic() + (self.lock_retry if timeout is None else timeout)
+        while True:
+            try:
+                con = self._connect()
+                break
+            except DatabaseUnusable:
+                raise
+            except duckdb.Error as exc:
+                if is_lock_error(exc) and time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL_INTERVAL)
+                    continue
+                if is_lock_error(exc):
+                    raise DatabaseUnusable(f"{self.path} stayed locked by another process") from None
+                raise describe_open_error(self.path, exc) from None
+        try:
+            con.execute("CHECKPOINT")  # a real write: a read-only file fails here
+        except duckdb.Error as exc:
+            raise DatabaseUnusable(f"cannot write {self.path}: {_one_line(exc)}") from None
+        finally:
+            con.close()
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return dead_letter_path(self.path)
 
     def close(self) -> None:
         """Final flush, retrying for up to ``lock_retry`` seconds while a
@@ -315,5 +460,6 @@ class CallStore(Output):
             "flushes": self._flushes,
             "lock_conflicts": self._lock_conflicts,
             "flush_errors": self._flush_errors,
+            "dead_lettered": self._dead_lettered,
             "last_flush_ms": self._last_flush_ms,
         }

@@ -89,6 +89,11 @@ class Call:
     web_search_requests: int | None = None
     input_audio_tokens: int | None = None
     cache_read_audio_tokens: int | None = None
+    # A token count was negative, absurd or not a number: it is NULL and the
+    # call is not priced (pipeline/bounds.py).
+    usage_implausible: bool = False
+    # Rows handed in over the ingest socket: the uid of the sending process.
+    sender_uid: int | None = None
 
 
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Call))

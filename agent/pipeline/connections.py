@@ -187,6 +187,9 @@ class ConnectionTracker:
     def __len__(self) -> int:
         return len(self._connections)
 
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        return key in self._connections
+
     def feed(self, event: DataEvent, out: TrackerResult) -> None:
         key = event.conn_key
         connection = self._connections.get(key)

@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from lumen_agent.pipeline.attribution import Attribution
+from lumen_agent.pipeline.bounds import bounded_call, bounded_usage
 from lumen_agent.pipeline.call import Call, Outcome
 from lumen_agent.pipeline.connections import ConnectionTracker, TrackerResult
 from lumen_agent.pipeline.counters import Counters
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.pipeline.exchange import Exchange
 from lumen_agent.pipeline.keyhash import credential, hash_credential
-from lumen_agent.pricing.cost import price_call
+from lumen_agent.pricing.cost import Priced, price_call
 from lumen_agent.pricing.table import PriceTable
 
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id", "x-goog-request-id")
@@ -34,6 +35,20 @@ class PipelineOptions:
     default_tenant: str | None = None
     default_feature: str | None = None
     hostname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where events handed in by another process came from: its rows are
+    labelled with this, never with what the sender claims."""
+
+    capture: str  # hook or proxy
+    sender_uid: int | None
+
+
+# Connections whose origin is remembered; past this the oldest are forgotten
+# (the tracker keeps far fewer connections open).
+MAX_ORIGINS = 65536
 
 
 class Pipeline:
@@ -61,12 +76,18 @@ class Pipeline:
         self._attribution = attribution or Attribution()
         self._tracker = ConnectionTracker(self.counters, capture_content=options.capture_content)
         self._last_ns = 0
+        self._origins: dict[tuple[int, int], Origin] = {}
 
     @property
     def open_connections(self) -> int:
         return len(self._tracker)
 
-    def feed(self, event: DataEvent) -> None:
+    def feed(self, event: DataEvent, origin: Origin | None = None) -> None:
+        """``origin``: the event was handed in by another process (ingest)."""
+        if origin is not None and self._origins.get(event.conn_key) != origin:
+            if len(self._origins) >= MAX_ORIGINS:
+                self._origins.pop(next(iter(self._origins)))
+            self._origins[event.conn_key] = origin
         self.counters.add("events")
         self.counters.add("bytes", len(event.data))
         self._last_ns = max(self._last_ns, event.ts_ns)
@@ -83,6 +104,8 @@ class Pipeline:
         out = TrackerResult()
         self._tracker.expire(now_ns, out)
         self._emit(out)
+        if self._origins:
+            self._origins = {k: v for k, v in self._origins.items() if k in self._tracker}
 
     def close(self, now_ns: int | None = None) -> None:
         """End of input: every exchange still open was cut off."""
@@ -107,7 +130,7 @@ class Pipeline:
 
     def _to_call(self, ex: Exchange) -> Call:
         info = ex.info
-        usage = ex.usage()
+        usage = bounded_usage(ex.usage())
         request = ex.request
         response = ex.response
         status = response.status if response is not None else None
@@ -116,13 +139,17 @@ class Pipeline:
         end = datetime.fromtimestamp(ts_end_ns / 1e9, UTC)
 
         model = usage.model or info.request_model
-        priced = price_call(self._prices, usage, info.provider, info.request_model, start)
+        if usage.usage_implausible:  # partial usage is not priced as if it were complete
+            priced = Priced(None, None, None, None, False)
+        else:
+            priced = price_call(self._prices, usage, info.provider, info.request_model, start)
 
         headers = dict(request.headers)
         secret = credential(headers, request.target or "")
         address, port = _split_authority(ex.authority)
         who = self._attribution.lookup(ex.pid)
-        return Call(
+        origin = self._origins.get((ex.pid, ex.conn))
+        return bounded_call(Call(
             id=uuid.uuid4().hex,
             ts_start=start,
             ts_end=end,
@@ -158,7 +185,9 @@ class Pipeline:
             api_key_hash=hash_credential(secret, self._salt) if secret else None,
             tenant=headers.get("x-lumen-tenant") or self._options.default_tenant,
             feature=headers.get("x-lumen-feature") or self._options.default_feature,
-            capture=(self._capture_of_conn and self._capture_of_conn(ex.conn)) or self._options.capture,
+            # Ingest says who sent it; a sniffed connection says plain; else the pipeline's source.
+            capture=(origin.capture if origin is not None
+                     else (self._capture_of_conn and self._capture_of_conn(ex.conn)) or self._options.capture),
             http_version=ex.http_version,
             request_body=ex.request_text(),
             response_body=ex.response_text(),
@@ -168,7 +197,9 @@ class Pipeline:
             web_search_requests=usage.web_search_requests,
             input_audio_tokens=usage.input_audio_tokens,
             cache_read_audio_tokens=usage.cache_read_audio_tokens,
-        )
+            usage_implausible=usage.usage_implausible,
+            sender_uid=origin.sender_uid if origin is not None else None,
+        ))
 
 
 def _first_header(head, names: tuple[str, ...]) -> str | None:

@@ -38,6 +38,17 @@ MAX_RESPONSE_BODY = 16 * 1024 * 1024
 # A streamed response is read incrementally; past this many decoded bytes it
 # is no longer worth reading (and a decoder that tries is a bomb).
 MAX_STREAM_BYTES = 256 * 1024 * 1024
+# SSE events or NDJSON lines of one response worth reading: a stream sends
+# about one per token (OpenAI's Responses API a few), and the longest outputs
+# are ~128k tokens.  Past this a stream is a CPU bomb (millions of tiny
+# events cost the run loop seconds each), not a completion.
+MAX_STREAM_EVENTS = 500_000
+# One NDJSON object (Ollama's chunks are < 1 KiB; the final one of
+# /api/generate carries a context array of up to a few hundred KiB).
+MAX_NDJSON_LINE = 4 * 1024 * 1024
+# Decoded bytes handed to the SSE/NDJSON parsers per step, so a compressed
+# body is never expanded by more than this before it is parsed and dropped.
+DECODE_STEP = 256 * 1024
 # Body text kept for the opt-in content capture.
 MAX_CONTENT_CAPTURE = 1024 * 1024
 
@@ -83,6 +94,9 @@ class Exchange:
     _events: EventStreamParser | None = None
     _stream_finished: bool = False
     _content: bytearray | None = None
+    _ndjson_scanned: int = 0  # bytes of _body already searched for a newline
+    _ndjson_skipping: bool = False  # inside a line too long to keep
+    _stream_events: int = 0  # SSE events or NDJSON lines read so far
 
     # -- request ------------------------------------------------------------
 
@@ -162,28 +176,27 @@ class Exchange:
             return
         limit = MAX_RESPONSE_BODY if self._mode == "json" else MAX_STREAM_BYTES
         try:
-            plain = self._decoder.decode(data, limit - self._decoded_total)
-        except ParseError as exc:  # bomb, corrupt data: stop reading this body
-            self._give_up(str(exc))
-            return
-        self._decoded_total += len(plain)
-        if self._content is not None and len(self._content) < MAX_CONTENT_CAPTURE:
-            self._content += plain[: MAX_CONTENT_CAPTURE - len(self._content)]
-        try:
-            if self._mode == "sse":
-                self._sse.receive_data(plain)
-                self._feed_sse_events()
-            elif self._mode == "ndjson":
-                self._body += plain
-                self._drain_ndjson(final=False)
-            elif self._mode == "eventstream":
-                try:
-                    self._events.receive_data(plain)
-                finally:  # the messages whole before any damage still count
-                    self._feed_stream_events()
-            else:
-                self._body += plain
-        except ParseError as exc:
+            # Decoded a bounded step at a time, each parsed before the next.
+            for plain in self._decoder.steps(data, limit - self._decoded_total, DECODE_STEP):
+                self._decoded_total += len(plain)
+                if self._content is not None and len(self._content) < MAX_CONTENT_CAPTURE:
+                    self._content += plain[: MAX_CONTENT_CAPTURE - len(self._content)]
+                if self._mode == "sse":
+                    self._sse.receive_data(plain)
+                    self._feed_sse_events()
+                elif self._mode == "ndjson":
+                    self._body += plain
+                    self._drain_ndjson(final=False)
+                elif self._mode == "eventstream":
+                    try:
+                        self._events.receive_data(plain)
+                    finally:  # the messages whole before any damage still count
+                        self._feed_stream_events()
+                elif self._mode == "json":
+                    self._body += plain
+                else:  # given up inside this loop
+                    return
+        except ParseError as exc:  # bomb, corrupt data, a limit: stop reading this body
             self._give_up(str(exc))
 
     def on_response_end(self, ts_ns: int) -> None:
@@ -246,8 +259,14 @@ class Exchange:
         if self._mode != "discard":
             self._mode = "discard"
 
+    def _count_stream_event(self) -> None:
+        self._stream_events += 1
+        if self._stream_events > MAX_STREAM_EVENTS:
+            raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
+
     def _feed_sse_events(self) -> None:
         for event in self._sse.next_events():
+            self._count_stream_event()
             if event.data == "[DONE]" or event.event in _FINAL_SSE_EVENTS:
                 self._stream_finished = True
             self._reader.feed_sse(event.event, event.data)
@@ -267,17 +286,44 @@ class Exchange:
                 self._reader.feed_json(obj)
 
     def _drain_ndjson(self, *, final: bool) -> None:
+        """Hand over every complete line; linear in the bytes received: only
+        new bytes are searched for a newline, and a line past
+        ``MAX_NDJSON_LINE`` is skipped (counted) without being kept."""
         buf = self._body
-        lines = buf.split(b"\n")
-        rest = b"" if final else lines.pop()
-        for line in lines:
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except (ValueError, RecursionError):
-                    continue
-                self._reader.feed_ndjson(obj)
-        self._body = bytearray(rest)
+        start = 0
+        while True:
+            end = buf.find(b"\n", max(start, self._ndjson_scanned))
+            if end == -1:
+                break
+            if self._ndjson_skipping:
+                self._ndjson_skipping = False
+            else:
+                self._ndjson_line(buf[start:end])
+            start = self._ndjson_scanned = end + 1
+        if start:
+            del buf[:start]
+            self._ndjson_scanned -= start
+        self._ndjson_scanned = max(self._ndjson_scanned, len(buf))
+        if len(buf) > MAX_NDJSON_LINE:
+            if not self._ndjson_skipping:
+                self.body_problem = "NDJSON line exceeds MAX_NDJSON_LINE"
+            self._ndjson_skipping = True
+            buf.clear()
+            self._ndjson_scanned = 0
+        if final:
+            if buf and not self._ndjson_skipping:
+                self._ndjson_line(buf)
+            buf.clear()
+            self._ndjson_scanned = 0
+
+    def _ndjson_line(self, line: bytes | bytearray) -> None:
+        self._count_stream_event()
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):
+                return
+            self._reader.feed_ndjson(obj)
 
 
 def _parse_request_json(body: bytearray, truncated: bool) -> Any | None:

@@ -17,6 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 SALT_BYTES = 32
 HASH_HEX_CHARS = 16  # 64 bits: plenty to tell a host's keys apart
+# Query parameters that carry an API key: Google's ?key=, Azure-style and
+# gateway ?api-key= (and its spellings).
+QUERY_CREDENTIALS = ("key", "api-key", "api_key", "apikey")
 
 
 def load_or_create_salt(state_dir: Path) -> bytes:
@@ -53,10 +56,11 @@ def credential(headers: Mapping[str, str], target: str) -> str | None:
     for name in ("x-api-key", "x-goog-api-key", "api-key"):
         if value := headers.get(name):
             return value.strip()
-    if "key=" in target:
-        keys = parse_qs(urlsplit(target).query).get("key")
-        if keys:
-            return keys[0]
+    if "key=" in target.lower():
+        query = {name.lower(): values for name, values in parse_qs(urlsplit(target).query).items()}
+        for name in QUERY_CREDENTIALS:
+            if keys := query.get(name):
+                return keys[0]
     return None
 
 

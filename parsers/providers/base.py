@@ -21,12 +21,19 @@ from typing import Any, Protocol, runtime_checkable
 from lumen_agent.parsers.errors import ParseError
 from lumen_agent.parsers.usage import Usage
 
-# Counts above this are not real token usage; they also would not survive a
-# JSON double or a BIGINT column unchanged.
-MAX_TOKEN_COUNT = 2**53
+# No single API call reports this many tokens: the largest context windows
+# are ~10 million tokens, so 1e9 leaves two orders of magnitude of headroom
+# while keeping any cost (at <= $10,000 per million tokens) far inside the
+# DECIMAL(18,8) cost column.  Used for the rows too (pipeline/bounds.py).
+MAX_PLAUSIBLE_TOKENS = 1_000_000_000
 
-# A model name or response id longer than this is garbage, not a name.
-MAX_NAME_LENGTH = 512
+# Counts above this are not real token usage (the reason is with the constant).
+MAX_TOKEN_COUNT = MAX_PLAUSIBLE_TOKENS
+
+# Model names in the wild are under 100 characters; 256 keeps long
+# fine-tune and deployment names whole, and a hostile 10 KB name is cut
+# to it (not dropped: the row still says which model it claimed).
+MAX_NAME_LENGTH = 256
 
 
 class UsageError(ParseError):
@@ -77,9 +84,9 @@ def token_count(value: Any) -> int | None:
 
 
 def name(value: Any) -> str | None:
-    """A model name or id: a non-empty string of sane length, else None."""
-    if isinstance(value, str) and 0 < len(value) <= MAX_NAME_LENGTH:
-        return value
+    """A model name or id: a non-empty string cut to a sane length, else None."""
+    if isinstance(value, str) and value:
+        return value[:MAX_NAME_LENGTH]
     return None
 
 
@@ -149,10 +156,11 @@ class BaseReader:
     the normalised ``Usage`` in ``result``.
     """
 
-    __slots__ = ("_counts", "_fallback_model", "_model", "_response_id")
+    __slots__ = ("_counts", "_fallback_model", "_model", "_rejected", "_response_id")
 
     def __init__(self, fallback_model: str | None = None) -> None:
         self._counts: dict[str, int] = {}
+        self._rejected = False  # a count was present but not plausible
         self._model: str | None = None
         self._response_id: str | None = None
         # The model named by the request URL, for APIs whose responses name none.
@@ -191,6 +199,8 @@ class BaseReader:
         count = token_count(value)
         if count is not None:
             self._counts[key] = count
+        elif value is not None:
+            self._rejected = True
 
     def _note_identity(self, model: Any, response_id: Any) -> None:
         # Latest non-empty wins: Azure streams open with a content-filter chunk
@@ -241,6 +251,7 @@ class BaseReader:
             reasoning_tokens=reasoning_tokens,
             usage_missing=missing,
             **bill,
+            usage_implausible=self._rejected,
         )
 
 
