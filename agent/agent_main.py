@@ -45,11 +45,13 @@ AGENT_UMASK = 0o077
 
 def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
     from lumen_agent.instance import InstanceLock
+    from lumen_agent.outputs.dbcheck import check_folder
 
     os.umask(AGENT_UMASK)
     setup_logging(config.log_level)
     # Before anything is built or bound: a second agent on this database
     # must neither record nor touch the first one's sockets and status file.
+    check_folder(config.db)  # the lock lives beside the database: say first if that folder is unusable
     with InstanceLock(config.db, config.runtime_dir):
         _run_locked(config, exclude_pids)
 

@@ -47,8 +47,12 @@ class InstanceLock:
         """Take both locks or none; raises AlreadyRunning, or OSError when a folder is unusable."""
         try:
             for path in self.paths:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except OSError as exc:
+                    raise LumenError(f"cannot create the agent's lock {path}: {exc.strerror or exc}",
+                                     "run as root, or give --db (or LUMEN_RUNTIME_DIR) a writable folder") from None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

@@ -110,18 +110,18 @@ def test_replay_of_deep_nesting_is_a_counted_bad_line(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_replay_of_a_pcap_is_one_error_line(tmp_path):
-    pcap = tmp_path / "capture.pcap"
-    # A pcap global header and one packet: binary, not UTF-8, not JSON lines.
-    pcap.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000")
-                     + os.urandom(2000) + b"\n\xff\xfe\n")
+def test_replay_of_a_binary_file_that_is_no_capture_is_one_error_line(tmp_path):
+    pcap = tmp_path / "capture.bin"
+    # A PNG header and noise: binary, not UTF-8, not JSON lines, not a pcap
+    # (pcap and pcapng files are read as packet captures: test_pcap_replay.py).
+    pcap.write_bytes(bytes.fromhex("89504e470d0a1a0a") + os.urandom(2000) + b"\n\xff\xfe\n")
     env = dict(os.environ, LUMEN_STATE_DIR=str(tmp_path / "state"))
     proc = subprocess.run([LUMEN, "replay", str(pcap), "--db", str(tmp_path / "r.duckdb")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert error_lines == [f"error: {pcap} is not a recording: no line of it is a recorded event "
-                           "(see docs/recording.md)"]
+                           "(see docs/recording.md; pcap and pcapng files are read as packet captures)"]
     assert "Traceback" not in proc.stderr
 
 

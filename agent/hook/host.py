@@ -32,6 +32,7 @@ from lumen_agent.control import ControlServer
 from lumen_agent.outputs.store import CallStore
 from lumen_agent.pipeline.attribution import Attribution
 from lumen_agent.pipeline.build import build
+from lumen_agent.pipeline.core import Origin
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.pipeline.gate import ProcessGate
 
@@ -96,11 +97,11 @@ class ExecHost:
 
     def _turn(self) -> None:
         try:
-            event = self.control.events.get(timeout=POLL_S)
+            event, origin = self.control.events.get(timeout=POLL_S)
         except queue.Empty:
             pass
         else:
-            self._feed(event)
+            self._feed(event, origin)
             self._drain()
         now = time.monotonic()
         if now >= self._next_housekeeping:
@@ -112,14 +113,14 @@ class ExecHost:
         events = self.control.events
         while True:
             try:
-                event = events.get_nowait()
+                event, origin = events.get_nowait()
             except queue.Empty:
                 return
-            self._feed(event)
+            self._feed(event, origin)
 
-    def _feed(self, event: DataEvent) -> None:
+    def _feed(self, event: DataEvent, origin: Origin) -> None:
         if self._allowed(event.pid):
-            self.pipeline.feed(event)
+            self.pipeline.feed(event, origin)  # rows say hook, with the program's uid
 
     def _allowed(self, pid: int) -> bool:
         return self.gate.allows(pid)
