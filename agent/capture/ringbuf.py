@@ -85,13 +85,26 @@ class RingBufferReader:
     def pending_bytes(self) -> int:
         return self._producer_pos[0] - self._consumer_pos[0]
 
+    def readable(self) -> bool:
+        """The record at the consumer position is submitted (there is something to read)."""
+        consumer = self._consumer_pos[0]
+        if consumer >= self._producer_pos[0]:
+            return False
+        return not self._lens[(consumer & self._mask) >> 2] & RINGBUF_BUSY_BIT
+
     def wait(self, timeout_s: float) -> bool:
         """Block until records wait (at most ``timeout_s``), then linger up to
-        ``coalesce_s`` so more gather; True when there is something to read."""
-        if not self.pending_bytes():
+        ``coalesce_s`` so more gather; True when there is something to read.
+
+        A record still being written at the consumer position is not
+        something to read: its submit wakes us (it is the first unread one).
+        Returning at once instead would spin, on a busy host against the very
+        producer that was preempted holding it, while everything behind it
+        fills the buffer."""
+        if not self.readable():
             if self._epoll.poll(timeout_s):
                 self.wakeups += 1
-            if not self.pending_bytes():
+            if not self.readable():
                 return False
         if self.coalesce_s > 0:
             # An edge-triggered event now means a forced wake-up (the program
