@@ -408,8 +408,7 @@ def main() -> None:
                                                  clients=args.load_clients, streaming=streaming, chunks=args.chunks)
             cpu, calls = replay_cpu(events)
             replay[kind] = {"events": len(events), "made": made, "calls": calls, "cpu_s": cpu,
-                            "us_per_call": cpu / max(calls, 1) * 1e6, "lost": rec_lost}
-            del events
+                            "us_per_call": cpu / max(calls, 1) * 1e6, "lost": rec_lost, "recorded": events}
 
         # (a) latency: no agent / floor (empty programs) / agent / no agent again.
         _, base = run_client_proc(server, certs, "seq", n=args.calls)
@@ -443,6 +442,12 @@ def main() -> None:
             status = agent.status() or {}
         finally:
             rc = agent.stop()
+        # The replay again, now that the agent phases are over: the host's
+        # load changes over minutes, the lower of the two is the pipeline's cost.
+        for r in replay.values():
+            cpu, _ = replay_cpu(r.pop("recorded"))
+            r["us_per_call_2"] = cpu / max(r["calls"], 1) * 1e6
+            r["us_per_call"] = min(r["us_per_call"], r["us_per_call_2"])
         rows_a = count_rows(agent, pid_a)
         rows_c = count_rows(agent, pid_c)
         _, base2 = run_client_proc(server, certs, "seq", n=args.calls)
@@ -469,9 +474,9 @@ def main() -> None:
           f"{abs(pct(b2, 50) - p50b) / 1000:.3f} ms)")
     print(f"    rows captured for the agent run: {rows_a}/{with_agent['calls']}")
     p50f = pct(fl, 50)
+    added_ratio = f"x{(p50a - p50b) / (p50f - p50b):.2f}" if p50f > p50b else "n/a (floor added nothing measurable)"
     print(f"    added p50: agent {(p50a - p50b) / 1000:+.3f} ms, floor {(p50f - p50b) / 1000:+.3f} ms; "
-          f"agent p50 / floor p50 = x{p50a / p50f:.3f}; added agent / added floor = "
-          f"x{(p50a - p50b) / max(p50f - p50b, 1e-9):.2f}  (aim: <= 1.5)")
+          f"agent p50 / floor p50 = x{p50a / p50f:.3f} (aim: <= 1.5); added agent / added floor = {added_ratio}")
     print()
     print(f"(b) per SSL call (bench/probe_cost.py, {args.probe_calls} write+read rounds, 64 B):")
     none = pc.get("none", float("nan"))
@@ -504,7 +509,8 @@ def main() -> None:
         ratio = ag["us_per_call"] / rp["us_per_call"] if rp["us_per_call"] else float("nan")
         print(f"    {kind:14s} agent {ag['us_per_call']:7.0f} us CPU/call ({ag['rows']}/{ag['calls']} rows, "
               f"{ag['rate']:.0f} calls/s, lost {ag['lost']})   pipeline-only {rp['us_per_call']:7.0f} us/call "
-              f"({rp['calls']} calls of {rp['made']}, {rp['events']} events, lost {rp['lost']})   "
+              f"({rp['calls']} calls of {rp['made']}, {rp['events']} events, lost {rp['lost']}; "
+              f"the lower of two replays, other {rp['us_per_call_2']:.0f})   "
               f"ratio x{ratio:.2f}  (aim <= 1.3)")
     streamed_us = loads["streamed"]["us_per_call"]
     print(f"    streamed calls of {args.chunks} chunks per core: {1e6 / streamed_us:.0f} calls/s agent, "
