@@ -19,10 +19,13 @@ Fewer wake-ups: the kernel wakes a waiting reader when a record is submitted
 at the consumer position, that is when the reader had read everything.  So
 after a wake-up the reader lingers ``coalesce_s`` (a few ms) before reading:
 records submitted meanwhile sit behind the unread one and wake nobody, and
-one read takes them all.  A BPF program that sees ``wake_bytes`` or more
-waiting submits with BPF_RB_FORCE_WAKEUP, which ends the linger early (the
-epoll registration is edge-triggered, so each forced wake-up is one event).
-An idle host pays nothing: with nothing unread the reader blocks in epoll.
+one read takes them all.  A program that submits with BPF_RB_FORCE_WAKEUP
+ends the linger early (the epoll registration is edge-triggered, so each
+wake-up is one event).  Ours never need to: a byte threshold would need
+bpf_ringbuf_query on the map, which bcc 0.26 cannot express ("invalid
+bpf_table operation"), and at a few ms the 16 MiB buffer cannot fill (that
+would take GB/s).  An idle host pays nothing: with nothing unread the reader
+blocks in epoll.
 
 Single consumer: only the thread that calls :meth:`wait` / :meth:`read`.
 """
@@ -43,9 +46,12 @@ _LEN_MASK = ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 # enough that a stream of small records is read in batches of dozens, short
 # enough that `lumen-agent top` and the rows stay live (DESIGN: a few ms).
 DEFAULT_COALESCE_S = 0.004
-# Records handed out by one read() at most, so one burst cannot hold the
-# caller (and its housekeeping) for long; the rest stay for the next read.
-MAX_RECORDS_PER_READ = 65536
+# Ring buffer bytes one read() takes at most.  What it takes is copied into
+# Python objects and held until the caller has handled the batch: after the
+# reader fell behind (a starved agent on a busy host) one read could copy
+# all 16 MiB, and the heap keeps that high-water mark.  The rest waits in the
+# ring (kernel memory, allocated anyway) for the next read.
+MAX_BYTES_PER_READ = 1024 * 1024
 
 
 class RingBufferReader:
@@ -101,22 +107,22 @@ class RingBufferReader:
         Returning at once instead would spin, on a busy host against the very
         producer that was preempted holding it, while everything behind it
         fills the buffer."""
+        if self.readable():
+            return True  # records came while the caller was busy (or it is behind): read now
+        if self._epoll.poll(timeout_s):
+            self.wakeups += 1
         if not self.readable():
-            if self._epoll.poll(timeout_s):
-                self.wakeups += 1
-            if not self.readable():
-                return False
+            return False
         if self.coalesce_s > 0:
-            # An edge-triggered event now means a forced wake-up (the program
-            # saw many bytes waiting): stop lingering and read.
+            # An edge-triggered event now is a forced wake-up: read at once.
             if self._epoll.poll(self.coalesce_s):
                 self.wakeups += 1
         return True
 
     # -- reading ------------------------------------------------------------
 
-    def read(self, limit: int = MAX_RECORDS_PER_READ) -> list[tuple[tuple, bytes]]:
-        """Every submitted record up to the first still being written (or ``limit``)."""
+    def read(self, limit: int = MAX_BYTES_PER_READ) -> list[tuple[tuple, bytes]]:
+        """Submitted records up to the first still being written, about ``limit`` bytes at most."""
         out: list[tuple[tuple, bytes]] = []
         append = out.append
         lens = self._lens
@@ -128,8 +134,9 @@ class RingBufferReader:
         raw = self._producer_map
         base = self._data_start + RINGBUF_HDR_SIZE
         consumer = self._consumer_pos[0]
+        stop = consumer + limit
         busy = False
-        while not busy and len(out) < limit:
+        while not busy and consumer < stop:
             producer = self._producer_pos[0]
             if consumer >= producer:
                 break
@@ -150,7 +157,7 @@ class RingBufferReader:
                     append((hdr, raw[start : start + n]))
                 else:
                     append((hdr, b""))
-                if len(out) >= limit:
+                if consumer >= stop:
                     break
             # Release the space now, so the producers have it back while the
             # caller works on this batch.
