@@ -62,8 +62,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import capture_load  # noqa: E402
 import e2e_agent  # noqa: E402
-from capture_load import Load  # noqa: E402
+from capture_load import Load, isolated_python, write_isolation_config  # noqa: E402
 from e2e_agent import AgentProcess  # noqa: E402
 from support import certs as certs_mod  # noqa: E402
 from support import clients  # noqa: E402
@@ -150,10 +151,14 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
+# The Python the clients run: isolated_python() unless --no-isolate.
+PY = sys.executable
+
+
 def run_client_proc(server, certs, mode: str, **kw) -> tuple[int, dict]:
     """Run the CLIENT script to completion: (its pid, to find its rows; what it printed)."""
     request = json.dumps(list(clients.request_for("openai.chat")))
-    argv = [sys.executable, "-c", CLIENT, str(server.port), str(certs.ca), mode, str(kw.get("n", 0)),
+    argv = [PY, "-c", CLIENT, str(server.port), str(certs.ca), mode, str(kw.get("n", 0)),
             str(kw.get("rate", 0)), str(kw.get("seconds", 0)), str(kw.get("warm", 20)), request]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=clients.client_env(certs))
@@ -252,7 +257,7 @@ def record_load(server, certs, *, seconds: float, clients: int, streaming: bool,
 
     from lumen_agent.capture.ebpf import CaptureOptions, EbpfCapture
 
-    load = Load(server, certs, n=clients, seconds=seconds, streaming=streaming, chunks=chunks)
+    load = Load(server, certs, n=clients, seconds=seconds, streaming=streaming, chunks=chunks, python=PY)
     pids = {p.pid for p in load.procs}
     events: list = []
 
@@ -306,7 +311,7 @@ def replay_cpu(events) -> tuple[float, int]:
 def agent_load(agent: AgentProcess, server, certs, *, seconds: float, clients: int, streaming: bool,
                chunks: int) -> dict:
     """Agent CPU per call while ``clients`` call as fast as they can."""
-    load = Load(server, certs, n=clients, seconds=seconds, streaming=streaming, chunks=chunks)
+    load = Load(server, certs, n=clients, seconds=seconds, streaming=streaming, chunks=chunks, python=PY)
     pids = [p.pid for p in load.procs]
     proc = psutil.Process(agent.pid)
     lost0 = ((agent.status_file() or {}).get("capture") or {}).get("lost", 0)
@@ -354,7 +359,7 @@ def memory_run(agent: AgentProcess, server, certs, *, calls: int, clients: int) 
     samples = [(0, mem(agent.pid)[1])]
     made = 0
     while made < calls:
-        load = Load(server, certs, n=clients, seconds=10)
+        load = Load(server, certs, n=clients, seconds=10, python=PY)
         load.go()
         load.wait()
         time.sleep(1.2)
@@ -364,7 +369,7 @@ def memory_run(agent: AgentProcess, server, certs, *, calls: int, clients: int) 
 
 
 def idle_with_background(agent: AgentProcess, server, certs, seconds: float) -> dict:
-    bg = subprocess.Popen([sys.executable, "-c", BACKGROUND_TLS, str(server.port), str(certs.ca), str(seconds + 5)],
+    bg = subprocess.Popen([PY, "-c", BACKGROUND_TLS, str(server.port), str(certs.ca), str(seconds + 5)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clients.client_env(certs))
     time.sleep(2)  # its first connections sniffed and ignored
     m = measure(agent, seconds)
@@ -387,6 +392,8 @@ def main() -> None:
     ap.add_argument("--skip-startup", action="store_true", help="skip (d)")
     ap.add_argument("--skip-probe-cost", action="store_true", help="skip (b)")
     ap.add_argument("--agent-bin", help="lumen-agent executable to measure (default: this venv's)")
+    ap.add_argument("--no-isolate", action="store_true",
+                    help="let the agent capture every process (default: only the bench's clients, by name)")
     args = ap.parse_args()
     if args.agent_bin:
         e2e_agent.LUMEN = args.agent_bin
@@ -394,6 +401,10 @@ def main() -> None:
         raise SystemExit("run as root (BPF probes)")
 
     work = Path(tempfile.mkdtemp(prefix="capture-bench-"))
+    global PY
+    if not args.no_isolate:
+        PY = isolated_python(work / "bin")
+        write_isolation_config(work / "agent")
     certs = certs_mod.ensure_certs(work / "certs")
     server = spawn_server(certs, work / "fp")
     results: dict[str, object] = {}
@@ -460,6 +471,8 @@ def main() -> None:
     # ------------------------------------------------------------------ report
     b, a, b2, fl = base["lat_us"], with_agent["lat_us"], base2["lat_us"], floor["lat_us"]
     p50b, p99b, p50a, p99a = pct(b, 50), pct(b, 99), pct(a, 50), pct(a, 99)
+    print("clients " + ("run as " + capture_load.ISOLATED_NAME + "; the agent captures only them (--no-isolate: all)"
+                        if not args.no_isolate else "run as python; the agent captures every process"))
     print(f"lumen-agent capture bench  ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, agent {e2e_agent.LUMEN})")
     print()

@@ -56,6 +56,30 @@ LOAD_CLIENT = textwrap.dedent(
     """
 )
 
+# The host is shared: the agent probes every process, and other people's TLS
+# traffic (tests, builds) would be counted as the agent's cost per call.  So
+# the load runs under its own process name (a symlink to this Python: comm is
+# the name exec'd) and the agent is configured to capture only that name;
+# every other process is dropped in the kernel after its first record.
+ISOLATED_NAME = "lumen-load"
+ISOLATION_CONFIG = f'[filters]\ninclude_process = ["{ISOLATED_NAME}"]\n'
+
+
+def isolated_python(workdir: Path) -> str:
+    """A path to this Python whose processes are named ``ISOLATED_NAME``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    link = workdir / ISOLATED_NAME
+    if not link.exists():
+        link.symlink_to(Path(sys.executable).resolve())
+    return str(link)
+
+
+def write_isolation_config(agent_workdir: Path) -> None:
+    """Before AgentProcess.start(agent_workdir): capture only the load's processes."""
+    (agent_workdir / "config").mkdir(parents=True, exist_ok=True)
+    (agent_workdir / "config" / "config.toml").write_text(ISOLATION_CONFIG)
+
+
 # The fake provider's handler writes the response head and body in two sends
 # with Nagle's algorithm on, so against a client's delayed ACK every call
 # waits ~40 ms.  A real provider does not; the benches run the same server
@@ -107,8 +131,8 @@ class Load:
     """``n`` clients started now, released by :meth:`go`, collected by :meth:`wait`."""
 
     def __init__(self, server, certs, *, n: int = 4, seconds: float = 10, rate: float = 0,
-                 streaming: bool = False, chunks: int = 100) -> None:
-        argv = [sys.executable, "-c", LOAD_CLIENT, str(server.port), str(certs.ca), str(seconds),
+                 streaming: bool = False, chunks: int = 100, python: str | None = None) -> None:
+        argv = [python or sys.executable, "-c", LOAD_CLIENT, str(server.port), str(certs.ca), str(seconds),
                 str(rate / n if rate else 0), request(streaming, chunks)]
         env = clients.client_env(certs)
         self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import e2e_agent  # noqa: E402
-from capture_load import Load, spawn_server  # noqa: E402
+from capture_load import Load, isolated_python, spawn_server, write_isolation_config  # noqa: E402
 from e2e_agent import AgentProcess  # noqa: E402
 from support import certs as certs_mod  # noqa: E402
 
@@ -57,6 +57,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="capture-soak-"))
     certs = certs_mod.ensure_certs(work / "certs")
     server = spawn_server(certs, work / "fp")
+    # Only the load's processes are captured (the host is shared; see capture_load).
+    python = isolated_python(work / "bin")
+    write_isolation_config(work / "agent")
     agent = AgentProcess.start(work / "agent", args=["--exclude-pid", str(server.pid)])
     try:
         agent.wait_ready(need_node=False, timeout=120, margin=1.0)
@@ -65,7 +68,7 @@ def main() -> None:
         print(f"soak: {args.minutes:g} min at {args.rate:g} calls/s ({'streamed' if args.streaming else 'non-streaming'}), "
               f"{args.clients} clients, agent {e2e_agent.LUMEN}, pid {agent.pid}, load {os.getloadavg()[0]:.1f}")
         load = Load(server, certs, n=args.clients, seconds=seconds, rate=args.rate, streaming=args.streaming,
-                    chunks=args.chunks)
+                    chunks=args.chunks, python=python)
         pids = [p.pid for p in load.procs]
         lost0 = ((agent.status_file() or {}).get("capture") or {}).get("lost", 0)
         t0 = time.monotonic()
