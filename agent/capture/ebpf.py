@@ -47,6 +47,7 @@ from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.ringbuf import RingBufferReader
 from lumen_agent.capture.runtimes import RuntimeAnalyser, RuntimeResult
 from lumen_agent.capture.targets import TargetTracker, TlsTarget, find_tls_executables
+from lumen_agent.heap import release_free_heap
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
 __all__ = ["CaptureError", "CaptureOptions", "EbpfCapture", "AttachedTarget"]
@@ -94,19 +95,6 @@ def _import_bcc():
     import bcc
 
     return bcc
-
-
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the kernel.
-
-    Compiling the BPF source (clang/LLVM inside libbcc) and reading symbol
-    tables leave tens of MB freed but still resident; glibc only returns
-    them on malloc_trim.
-    """
-    try:
-        ct.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def bpf_source_dir() -> Path:
