@@ -4,7 +4,7 @@ ring that wraps around many times still delivers every byte, in order, once.
 A worker process makes SSL_write calls of many sizes (Python ssl over memory
 BIOs: real OpenSSL calls, no sockets) in rounds; the test reads each round
 before releasing the next, so the 256 KiB ring never overflows but wraps
-about ten times, with records of both sizes (small and 16 KiB) straddling
+about 80 times, with records of both sizes (small and 16 KiB) straddling
 its end.
 """
 
@@ -28,8 +28,10 @@ if _reason:
 
 from lumen_agent.capture.ebpf import CaptureOptions, EbpfCapture  # noqa: E402
 
-ROUNDS = 12
-PER_ROUND = 100
+# A round is written whole before the test reads it: at most 10 calls of up to
+# 20 KiB, two records each (16 KiB + 1 KiB reservations), ~175 KB, fits.
+ROUNDS = 120
+PER_ROUND = 10
 RING_PAGES = 64  # 256 KiB
 
 WORKER = textwrap.dedent(
@@ -115,7 +117,7 @@ def test_small_ring_wraps_and_every_call_arrives_once_in_order(cert):
             worker.kill()
     got = sent()
     want = expected_payloads()
-    # 12 rounds x 100 calls of 1..20480 bytes: about 12 MB through a 256 KiB ring.
+    # 120 rounds x 10 calls of 1..20480 bytes: about 12 MB through a 256 KiB ring.
     assert sum(map(len, want)) > 40 * RING_PAGES * 4096
     assert lost == 0
     assert len(got) == len(want)
