@@ -95,19 +95,5 @@ int go_read_return(struct pt_regs *ctx)
 
 int go_close_enter(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if (skip_tgids.lookup(&tgid))
-        return 0;
-    struct lumen_conn_key key = {};
-    key.tgid = tgid;
-    key.ssl = ctx->ax;
-    if (!key.ssl)
-        return 0;
-    gap_conns.delete(&key);
-    if (ignored_conns.lookup(&key)) {
-        ignored_conns.delete(&key);
-        return 0;
-    }
-    return emit_simple(LUMEN_EV_CLOSE, tgid, (u32)id, key.ssl, LUMEN_F_CLOSE);
+    return close_conn(bpf_get_current_pid_tgid(), ctx->ax); /* receiver *tls.Conn in RAX */
 }

@@ -199,15 +199,15 @@ static __always_inline int emit_simple(u8 kind, u32 tgid, u32 tid, u64 conn, u16
 }
 
 /* SSL_shutdown(SSL *) and SSL_free(SSL *) */
-int probe_close(struct pt_regs *ctx)
+/* A connection ends (any runtime's close): forget its state, say CLOSE. */
+static __always_inline int close_conn(u64 id, u64 conn)
 {
-    u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     if (skip_tgids.lookup(&tgid))
         return 0;
     struct lumen_conn_key key = {};
     key.tgid = tgid;
-    key.ssl = PT_REGS_PARM1(ctx);
+    key.ssl = conn;
     if (!key.ssl)
         return 0;
     gap_conns.delete(&key);
@@ -217,6 +217,11 @@ int probe_close(struct pt_regs *ctx)
         return 0;
     }
     return emit_simple(LUMEN_EV_CLOSE, tgid, (u32)id, key.ssl, LUMEN_F_CLOSE);
+}
+
+int probe_close(struct pt_regs *ctx)
+{
+    return close_conn(bpf_get_current_pid_tgid(), PT_REGS_PARM1(ctx));
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
