@@ -83,7 +83,7 @@ def test_connection_open_before_the_agent(tmp_path):
     assert [row["pid"] for row in settled] == [literal.pid]
     [row] = rows
     # gpt-4o-mini per 1M: $0.15 input, $0.60 output: 78 * 0.15 + 9 * 0.60 = 17.10
-    want = {"request_id": after["literal"]["request_id"], "provider": "openai-compatible",
+    want = {"request_id": after["literal"]["request_id"], "provider": "openai",
             "endpoint": "chat.completions", "model": "gpt-4o-mini-2024-07-18", "streaming": True,
             "input_tokens": 78, "output_tokens": 9, "cost_usd": Decimal("0.00001710"), "status_code": 200,
             "outcome": "success", "http_version": "2"}

@@ -80,6 +80,10 @@ class CombinedCapture:
             targets += self.secondary.targets()
         return targets
 
+    def tls_not_found(self) -> list[str]:
+        """Executables whose TLS code the primary (eBPF) capture could not hook."""
+        return list(getattr(self.primary, "tls_not_found", list)())
+
     def close(self) -> None:
         try:
             self.primary.close()
