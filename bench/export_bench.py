@@ -1,8 +1,9 @@
 """What the exporters cost: pipeline calls/s with OTLP, Parquet and Redis all
 on, against none, on the same events in one run.
 
-The OTLP receiver is the tests' protobuf-decoding endpoint and Redis a real
-redis-server started here (Debian's), both on 127.0.0.1; the Parquet export
+The OTLP receiver is the tests' protobuf-decoding endpoint (in a process of
+its own) and Redis a real redis-server started here (Debian's), both on
+127.0.0.1; the Parquet export
 runs once at the end, as at stop.  Capture time is what is measured: the
 exporters' own threads deliver in the background, and the figure after
 "delivered" says how long the last of it took once the pipeline was done.
@@ -25,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from pipeline_bench import nonstream_events  # noqa: E402
-from support.otlp_receiver import Receiver  # noqa: E402
 
 from lumen_agent.outputs.otlp import OtlpExport  # noqa: E402
 from lumen_agent.outputs.parquet import ParquetExport, ParquetExporter  # noqa: E402
@@ -33,6 +33,13 @@ from lumen_agent.outputs.redis_stream import RedisStreamExport  # noqa: E402
 from lumen_agent.outputs.store import CallStore  # noqa: E402
 from lumen_agent.pipeline.core import Pipeline  # noqa: E402
 from lumen_agent.pricing.table import PriceTable  # noqa: E402
+
+RECEIVER = """
+import sys, time
+from support.otlp_receiver import Receiver
+Receiver(int(sys.argv[1]))
+time.sleep(3600)
+"""
 
 
 def free_port() -> int:
@@ -76,8 +83,12 @@ def main() -> None:
     port = free_port()
     redis = subprocess.Popen([redis_server, "--port", str(port), "--save", "", "--appendonly", "no"],
                              stdout=subprocess.DEVNULL) if redis_server else None
-    time.sleep(0.5)
-    receiver = Receiver()
+    # The collector stand-in runs in a process of its own, as a collector
+    # would: its protobuf decoding must not be counted as the agent's work.
+    otlp_port = free_port()
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(otlp_port)], cwd=ROOT / "tests")
+    otlp_url = f"http://127.0.0.1:{otlp_port}"
+    time.sleep(1.5)
     try:
         best = {"none": float("inf"), "all": float("inf")}
         tail = 0.0
@@ -87,7 +98,7 @@ def main() -> None:
                     work = Path(tmp)
                     exporters = []
                     if label == "all":
-                        exporters = [OtlpExport(receiver.url, metrics_interval_ms=60_000),
+                        exporters = [OtlpExport(otlp_url, metrics_interval_ms=60_000),
                                      ParquetExport(ParquetExporter(work / "bench.duckdb", work / "lake"), 3600)]
                         if redis is not None:
                             exporters.append(RedisStreamExport(f"redis://127.0.0.1:{port}/0", maxlen=100_000))
@@ -102,9 +113,8 @@ def main() -> None:
         print(f"OTLP+Parquet+Redis  {both:8.0f} calls/s   ratio {best['all'] / best['none']:.2f}x slower "
               f"(aim <= 1.15x); delivery finished {tail:.2f} s after the pipeline")
         print(f"exporter stats (last round): {stats}")
-        print(f"OTLP records received: {len(receiver.records)} over all rounds")
     finally:
-        receiver.stop()
+        receiver.terminate()
         if redis is not None:
             redis.terminate()
 
