@@ -68,7 +68,6 @@ from capture_load import Load, isolated_python, write_isolation_config  # noqa: 
 from e2e_agent import AgentProcess  # noqa: E402
 from support import certs as certs_mod  # noqa: E402
 from support import clients  # noqa: E402
-from support import fake_provider as fp  # noqa: E402
 
 # One process, one keep-alive TLS connection.  mode "seq": N calls back to
 # back, prints per-call latencies (us); mode "paced": calls at RATE/s for
@@ -118,32 +117,8 @@ CLIENT = textwrap.dedent(
 )
 
 
-# The fake provider's handler writes the response head and body in two sends
-# with Nagle's algorithm on, so against a client's delayed ACK every call
-# waits ~40 ms.  A real provider does not; the bench runs the same server
-# (same wire format) with TCP_NODELAY set on its connections.
-SERVER = (
-    "import sys; sys.path.insert(0, {support!r}); import fake_provider as fp; "
-    "fp._Handler.disable_nagle_algorithm = True; sys.exit(fp.main(sys.argv[1:]))"
-)
-
-
-def spawn_server(certs, workdir: Path, timeout: float = 20) -> fp.FakeProviderProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready, log_path = workdir / "port.txt", workdir / "served.jsonl"
-    code = SERVER.format(support=str(ROOT / "tests" / "support"))
-    proc = subprocess.Popen([sys.executable, "-c", code, "--port", "0", "--cert", str(certs.cert),
-                             "--key", str(certs.key), "--ready-file", str(ready), "--log", str(log_path)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready.exists() and ready.read_text().strip():
-            return fp.FakeProviderProcess(proc, int(ready.read_text()), log_path)
-        if proc.poll() is not None:
-            raise SystemExit(f"fake provider exited with {proc.returncode}")
-        time.sleep(0.02)
-    proc.kill()
-    raise SystemExit("fake provider did not listen")
+# The fake provider with TCP_NODELAY, as a real provider answers (capture_load.py says why).
+spawn_server = capture_load.spawn_server
 
 
 def pct(values: list[float], q: float) -> float:
