@@ -6,7 +6,7 @@ agent CPU and memory, and start-up time.  Figures from ONE run, printed, not ass
 (a) latency added to one real HTTPS LLM request: ``--calls`` sequential
     non-streaming chat calls from ONE Python process (http.client over TLS,
     keep-alive) against the fake provider (tests/support; its connections set
-    TCP_NODELAY here, see SERVER), with no agent, with
+    TCP_NODELAY here, see capture_load.SERVER), with no agent, with
     ``lumen-agent run`` running (the fake server's pid excluded with
     --exclude-pid, as a remote provider would not be probed; it still takes the
     uprobe trap), and with no agent again (how noisy the host is).
