@@ -15,3 +15,22 @@ def _keep_umask():
     os.umask(umask)
     yield
     os.umask(umask)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory):
+    """A test CA and a localhost certificate, made once for the whole run."""
+    from support import certs as certs_mod
+
+    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def server(certs, tmp_path_factory: pytest.TempPathFactory):
+    """The fake provider over TLS (HTTP/1.1), one per module; a module that
+    needs another kind (HTTP/2, plain HTTP) defines its own ``server``."""
+    from support import fake_provider as fp
+
+    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
+    yield proc
+    assert proc.stop() == 0, "the fake provider did not exit cleanly"

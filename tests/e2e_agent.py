@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,16 @@ NODE_PATH = "/usr/bin/node"
 
 class AgentError(RuntimeError):
     pass
+
+
+def running_agent(workdir: str | os.PathLike[str], *, need_node: bool) -> Iterator[AgentProcess]:
+    """Body of a module's ``agent`` fixture: an agent that is ready, stopped after."""
+    agent = AgentProcess.start(workdir)
+    try:
+        agent.wait_ready(need_node=need_node, timeout=60, margin=0.5)
+        yield agent
+    finally:
+        agent.stop()
 
 
 class AgentProcess:

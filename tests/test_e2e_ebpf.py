@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 from ebpf_env import ebpf_skip_reason  # noqa: E402
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
@@ -39,7 +38,7 @@ _reason = ebpf_skip_reason("openssl", "curl", "node")
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
-from e2e_agent import NODE_PATH, AgentProcess  # noqa: E402
+from e2e_agent import NODE_PATH, AgentProcess, running_agent  # noqa: E402
 
 # -------------------------------------------------------------------- prices
 # USD per 1M tokens, as published by the providers (typed in by hand, so the
@@ -112,25 +111,8 @@ EXPECTED_ROWS: dict[int, int] = {}
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def server(certs, tmp_path_factory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def agent(server, tmp_path_factory):
-    a = AgentProcess.start(tmp_path_factory.mktemp("agent"))
-    try:
-        a.wait_ready(need_node=True, timeout=60, margin=0.5)
-        yield a
-    finally:
-        a.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), need_node=True)
 
 
 # -------------------------------------------------------------------- helpers

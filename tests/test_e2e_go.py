@@ -17,15 +17,14 @@ import inspect
 import os
 import time
 from collections import Counter
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ebpf_env import ebpf_skip_reason
-from support import certs as certs_mod
 from support import fake_provider as fp
 from support import go_client
+from support.native_expected import COST, TOKENS
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow]
 
@@ -33,7 +32,7 @@ _reason = ebpf_skip_reason("openssl") or go_client.go_missing()
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
-from e2e_agent import AgentProcess  # noqa: E402
+from e2e_agent import AgentProcess, running_agent  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Each client lives this long before its calls, so the agent reads its name and
@@ -43,35 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 ALIVE_S = 0.5
 HTTP2_TAP = REPO / "parsers" / "http2.py"
 
-# Hand-computed costs (USD per 1M tokens as published: gpt-4o-mini input 0.15,
-# cached input 0.075, output 0.60; claude-sonnet-4-5 input 3, cache read 0.30,
-# 5-minute cache write 3.75, output 15).
-COST = {
-    # (1300 - 1024) x 0.15 + 1024 x 0.075 + 12 x 0.60 = 41.4 + 76.8 + 7.2 = 125.4 per 1M
-    "openai.chat": Decimal("0.00012540"),
-    # 78 x 0.15 + 9 x 0.60 = 11.7 + 5.4 = 17.1 per 1M
-    "openai.chat.stream": Decimal("0.00001710"),
-    # 20 x 3 + 1500 x 0.30 + 300 x 3.75 + 12 x 15 = 60 + 450 + 1125 + 180 = 1815 per 1M
-    "anthropic.messages.stream": Decimal("0.00181500"),
-}
-TOKENS = {
-    "openai.chat": {"input_tokens": 1300, "cache_read_tokens": 1024, "output_tokens": 12},
-    "openai.chat.stream": {"input_tokens": 78, "cache_read_tokens": 0, "output_tokens": 9},
-    "anthropic.messages.stream": {"input_tokens": 1820, "cache_read_tokens": 1500, "cache_write_tokens": 300,
-                                  "output_tokens": 12},
-}
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def server(certs, tmp_path_factory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +54,7 @@ def binaries(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def agent(server, binaries, tmp_path_factory):
-    a = AgentProcess.start(tmp_path_factory.mktemp("agent"))
-    try:
-        a.wait_ready(need_node=False, timeout=60, margin=0.5)
-        yield a
-    finally:
-        a.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), need_node=False)
 
 
 def wait_go_target(agent: AgentProcess, exe: Path, certs, timeout: float = 30) -> str:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from ebpf_env import ebpf_skip_reason
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
@@ -28,7 +27,7 @@ if _reason:
     pytest.skip(_reason, allow_module_level=True)
 pytest.importorskip("h2")
 
-from e2e_agent import AgentProcess  # noqa: E402
+from e2e_agent import AgentProcess, running_agent  # noqa: E402
 from test_e2e_ebpf import (  # noqa: E402
     CURL_EXE,
     NODE_EXE,
@@ -43,11 +42,6 @@ EXPECTED_ROWS: dict[int, int] = {}
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
 def server(certs, tmp_path_factory):
     proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider-h2"), http2=True)
     yield proc
@@ -56,12 +50,7 @@ def server(certs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def agent(server, tmp_path_factory):
-    a = AgentProcess.start(tmp_path_factory.mktemp("agent"))
-    try:
-        a.wait_ready(need_node=True, timeout=60, margin=0.5)
-        yield a
-    finally:
-        a.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), need_node=True)
 
 
 def ok(result: clients.ClientResult) -> clients.ClientResult:

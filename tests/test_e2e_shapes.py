@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from ebpf_env import ebpf_skip_reason  # noqa: E402
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
@@ -31,7 +30,7 @@ if _reason:
     pytest.skip(_reason, allow_module_level=True)
 pytest.importorskip("boto3")
 
-from e2e_agent import AgentProcess  # noqa: E402
+from e2e_agent import AgentProcess, running_agent  # noqa: E402
 
 # scenario -> (input, cache_read, cache_write, output, cost)
 EXPECTED: dict[str, tuple[int, int, int, int, Decimal]] = {
@@ -55,25 +54,8 @@ EXPECTED: dict[str, tuple[int, int, int, int, Decimal]] = {
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def server(certs, tmp_path_factory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def agent(server, tmp_path_factory):
-    a = AgentProcess.start(tmp_path_factory.mktemp("agent"))
-    try:
-        a.wait_ready(need_node=False, timeout=60, margin=0.5)
-        yield a
-    finally:
-        a.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), need_node=False)
 
 
 def rows_of(agent: AgentProcess, pid: int, count: int, describe: str) -> list[dict[str, Any]]:

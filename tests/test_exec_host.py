@@ -20,7 +20,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
@@ -62,18 +61,6 @@ CLIENT = textwrap.dedent('''
     except ImportError:
         pass
 ''')
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def server(certs, tmp_path_factory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")

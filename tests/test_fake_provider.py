@@ -24,18 +24,6 @@ CURL_SCENARIOS = tuple(s for s in fp.SCENARIOS
 SYNC_OPENAI_SDK_DROPS_CONNECTION = {"openai.chat.stream", "openai.chat.stream_no_usage"}
 
 
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="session")
-def server(certs: certs_mod.Certs, tmp_path_factory: pytest.TempPathFactory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    assert proc.stop() == 0
-
-
 def served_by_request_id(server: fp.FakeProviderProcess) -> dict[str, dict]:
     return {e["request_id"]: e for e in server.served() if e.get("request_id")}
 

@@ -9,16 +9,10 @@ import socket
 import ssl
 
 import pytest
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
 pytest.importorskip("h2")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

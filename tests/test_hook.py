@@ -28,7 +28,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
@@ -180,18 +179,6 @@ def expected_tokens(scenario: str) -> dict[str, int | None]:
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def server(certs, tmp_path_factory: pytest.TempPathFactory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    assert proc.stop() == 0
 
 
 @pytest.fixture()

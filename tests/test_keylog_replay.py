@@ -16,7 +16,6 @@ import pytest
 from e2e_agent import AgentProcess
 from ebpf_env import ebpf_skip_reason
 from pcap_tools import Tcpdump
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 from typer.testing import CliRunner
@@ -28,11 +27,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tcpdump on lo needs r
 COLUMNS = ("provider", "endpoint", "request_model", "model", "streaming", "status_code", "request_id",
            "input_tokens", "cache_read_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "server_address",
            "server_port", "http_version")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
 
 
 def record_tls(work: Path, certs, *, tls12: bool, scenarios=("openai.chat", "openai.chat.stream")):

@@ -15,7 +15,6 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import PcapReader, wrpcap, wrpcapng
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 from typer.testing import CliRunner
@@ -27,11 +26,6 @@ MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 COLUMNS = ("provider", "endpoint", "request_model", "model", "streaming", "status_code", "input_tokens",
            "cache_read_tokens", "output_tokens", "cost_usd", "unpriced", "capture", "pid", "server_port")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from e2e_agent import AgentProcess
 from pcap_tools import Tcpdump
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 from typer.testing import CliRunner
@@ -35,11 +34,6 @@ SLOW = {"x-fake-ttft-ms": "300"}
 
 ROW_COLUMNS = ("provider", "endpoint", "request_model", "model", "streaming", "status_code", "input_tokens",
                "cache_read_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "unpriced", "server_port")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

@@ -74,18 +74,6 @@ def expected_tokens(scenario: str) -> dict[str, int | None]:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def server(certs, tmp_path_factory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    assert proc.stop() == 0
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
