@@ -393,13 +393,7 @@ class Engine:
                 return
         elif last is not None and ts - last <= self._new_model_s:
             return
-        key = ("new_model", scope, model, self._day.label)
-        alert = self.firing.get(key)
-        if alert is None:
-            self._fire(self._day_alert("new_model", scope, model, ts, value=Decimal(1), threshold=ZERO,
-                                       unit="calls", model=model, call_ids=[call.id]))
-        elif not alert.silent:
-            alert.value += 1
+        self._count_model_call("new_model", scope, model, ts, call)
 
     def _expensive(self, scope: str, state: ScopeState, call: Call, ts: float, cost: Decimal | None, today: int,
                    model: str | None) -> None:
@@ -505,10 +499,13 @@ class Engine:
                   model: str | None) -> None:
         if not call.unpriced:
             return
-        key = ("unpriced_model", scope, model, self._day.label)
-        alert = self.firing.get(key)
+        self._count_model_call("unpriced_model", scope, model, ts, call)
+
+    def _count_model_call(self, rule: str, scope: str, model: str | None, ts: float, call: Call) -> None:
+        """The model rules fire once a day per model and then count its calls."""
+        alert = self.firing.get((rule, scope, model, self._day.label))
         if alert is None:
-            self._fire(self._day_alert("unpriced_model", scope, model, ts, value=Decimal(1), threshold=ZERO,
+            self._fire(self._day_alert(rule, scope, model, ts, value=Decimal(1), threshold=ZERO,
                                        unit="calls", model=model, call_ids=[call.id]))
         elif not alert.silent:
             alert.value += 1
