@@ -26,7 +26,12 @@ Beyond the token parts, a response may say more about the bill:
   the input and of the cache reads (Gemini prices audio above text);
 - ``service_tier``: the tier the response names (``flex``, ``priority``,
   ``batch``...), priced from the row's tier rates;
-- ``web_search_requests``: server-side searches, billed per request;
+- ``web_search_requests``: server-side searches, billed per request (or,
+  where the price row says so, once per call that searched: Gemini 2.x
+  grounding);
+- ``search_context_size``: ``low``/``medium``/``high`` from the request's
+  ``web_search_options`` (OpenAI search-preview chat models price the
+  search by it);
 - ``charged_usd``: what the provider says it charged (OpenRouter
   ``usage.cost``): that is the cost, whatever the token price says.
 """
@@ -66,6 +71,7 @@ class Usage:
     cache_read_audio_tokens: int | None = None
     service_tier: str | None = None
     web_search_requests: int | None = None
+    search_context_size: str | None = None
     charged_usd: Decimal | None = None
     # A count was reported but is not a plausible one (negative, absurd, not
     # a number): it reads as not reported, and the call must not be priced

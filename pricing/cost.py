@@ -15,7 +15,10 @@ The bill, in order:
   takes the row's tier rates; a tier the row has no rates for (or
   ``default``/``standard``/``auto``) is priced at the standard rates;
 - audio input is priced at the row's audio rates where it has them;
-- per-request fees (web searches) are added at the row's $ per 1,000.
+- per-request fees (web searches) are added at the row's $ per 1,000: per
+  search, or once per call that searched where the row's unit is
+  ``prompt`` (Gemini 2.x grounding), at the request's search context size
+  where the row prices sizes apart (OpenAI search-preview models).
 """
 
 from __future__ import annotations
@@ -97,9 +100,11 @@ def _parts_cost(parts: TokenParts, row: PriceRow, usage: Usage) -> Decimal:
 
 def request_fees(usage: Usage, row: PriceRow) -> Decimal:
     """Per-request charges (web searches), in USD."""
-    if usage.web_search_requests and row.web_search_per_1000 is not None:
-        return usage.web_search_requests * row.web_search_per_1000 / THOUSAND
-    return Decimal(0)
+    rate = row.web_search_rate(usage.search_context_size)
+    if not usage.web_search_requests or rate is None:
+        return Decimal(0)
+    billed = 1 if row.web_search_unit == "prompt" else usage.web_search_requests
+    return billed * rate / THOUSAND
 
 
 def compute_cost(usage: Usage, row: PriceRow) -> Decimal | None:

@@ -79,6 +79,15 @@ OPENAI_WEB_SEARCH_PER_1000 = Decimal("10")
 # Anthropic bills web search at $10 per 1,000 searches on every Claude model
 # (docs: web search tool pricing); LiteLLM has it only on some entries.
 ANTHROPIC_WEB_SEARCH_PER_1000 = Decimal("10")
+# OpenAI's Batch API bills input, output and cached input at half the
+# standard price (openai.com/api/pricing, "Batch"); LiteLLM carries
+# *_batches keys for only some OpenAI models.
+OPENAI_BATCH = Decimal("0.5")
+# Grounding with Google Search on Gemini 2.x is billed per grounded prompt
+# ($35 per 1,000), on Gemini 3 per search query ($14 per 1,000); LiteLLM
+# marks the latter web_search_billing_unit "per_query".
+GEMINI_PER_QUERY_UNIT = "per_query"
+_DATED_SEARCH_PREVIEW = re.compile(r"^(.*-search-preview)-\d{4}-\d{2}-\d{2}$")
 # LiteLLM suffix -> our service tier name.
 SERVICE_TIER_SUFFIXES = {"flex": "flex", "priority": "priority", "batches": "batch"}
 
@@ -288,6 +297,9 @@ class Row:
     service_tiers: dict[str, dict[str, Decimal | None]] = field(default_factory=dict)
     web_search_per_1000: Decimal | None = None
     supports_web_search: bool = False
+    web_search_unit: str = "request"
+    # search_context_size -> USD per 1,000 (only where the sizes differ)
+    web_search_context: dict[str, Decimal] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -320,6 +332,10 @@ class Row:
                if self.service_tiers else {}),
             **({"web_search_per_1000": _fmt(self.web_search_per_1000)}
                if self.web_search_per_1000 is not None else {}),
+            **({"web_search_unit": self.web_search_unit}
+               if self.web_search_per_1000 is not None and self.web_search_unit != "request" else {}),
+            **({"web_search_context_per_1000": {k: _fmt(v) for k, v in sorted(self.web_search_context.items())}}
+               if self.web_search_context else {}),
         }
 
 
@@ -374,6 +390,13 @@ def _row_from_litellm(provider: str, model: str, entry: dict, source: str) -> Ro
     per_query = entry.get("search_context_cost_per_query")
     if isinstance(per_query, dict) and per_query.get("search_context_size_medium") is not None:
         row.web_search_per_1000 = _q(_d(per_query["search_context_size_medium"]) * 1000).normalize()
+        sizes = {size: _q(_d(per_query[f"search_context_size_{size}"]) * 1000).normalize()
+                 for size in ("low", "medium", "high") if per_query.get(f"search_context_size_{size}") is not None}
+        if len(set(sizes.values())) > 1:  # priced by search_context_size (OpenAI search-preview)
+            row.web_search_context = sizes
+        if provider == "google" and model.startswith("gemini") \
+                and entry.get("web_search_billing_unit") != GEMINI_PER_QUERY_UNIT:
+            row.web_search_unit = "prompt"
     row.supports_web_search = entry.get("supports_web_search") is True
 
     tiers: dict[int, dict[str, Decimal]] = {}
@@ -437,6 +460,13 @@ def _apply_bill_rules(row: Row) -> None:
     if row.provider == "anthropic" and is_claude(row.provider, row.model) and row.web_search_per_1000 is None:
         row.web_search_per_1000 = ANTHROPIC_WEB_SEARCH_PER_1000
         row.notes.append("web_search_per_1000=10 (Anthropic web search price)")
+    if row.provider == "openai" and "batch" not in row.service_tiers:
+        row.service_tiers["batch"] = {
+            "input": (row.input * OPENAI_BATCH).normalize(),
+            "output": (row.output * OPENAI_BATCH).normalize(),
+            "cache_read": None if row.cache_read is None else (row.cache_read * OPENAI_BATCH).normalize(),
+        }
+        row.notes.append("batch=0.5x (OpenAI Batch API rule)")
     if row.provider == "openai" and row.supports_web_search and row.web_search_per_1000 is None:
         row.web_search_per_1000 = OPENAI_WEB_SEARCH_PER_1000
         row.notes.append("web_search_per_1000=10 (OpenAI web search tool price)")
@@ -725,9 +755,24 @@ def build(src: Path, as_of: dict[str, str], report: list[str]) -> list[Row]:
         _apply_anthropic_rules(r)
         if r.effective_to is None:  # current prices only: the rules are today's
             _apply_bill_rules(r)
+    _inherit_search_fees(rows)
     _assign_dates(rows)
     rows.sort(key=lambda r: (r.provider, r.model.lower(), r.effective_from))
     return rows
+
+
+def _inherit_search_fees(rows: list[Row]) -> None:
+    """A dated search-preview snapshot (gpt-4o-search-preview-2025-03-11)
+    searches on every call like its family, but LiteLLM prices the search
+    only on the family's entry: the snapshot gets the family's fee."""
+    family = {(r.provider, r.model.lower()): r for r in rows if r.web_search_per_1000 is not None}
+    for r in rows:
+        m = _DATED_SEARCH_PREVIEW.match(r.model.lower())
+        base = family.get((r.provider, m.group(1))) if m and r.web_search_per_1000 is None else None
+        if base is not None:
+            r.web_search_per_1000 = base.web_search_per_1000
+            r.web_search_context = dict(base.web_search_context)
+            r.notes.append(f"web search fee of {base.model}")
 
 
 def _assign_dates(rows: list[Row]) -> None:

@@ -33,6 +33,11 @@ _PROVIDER_SYNONYMS = {
 
 _MEMO_LIMIT = 200_000
 
+# OpenAI's default web_search_options.search_context_size.
+DEFAULT_SEARCH_CONTEXT = "medium"
+SEARCH_CONTEXT_SIZES = ("low", "medium", "high")
+WEB_SEARCH_UNITS = ("request", "prompt")
+
 
 class PricingError(LumenError):
     """The price table or the user's override file cannot be used."""
@@ -78,6 +83,21 @@ class PriceRow:
     service_tiers: tuple[ServiceTierPrice, ...] = ()
     # USD per 1,000 server-side web search requests.
     web_search_per_1000: Decimal | None = None
+    # What one unit of that fee is: "request" (each search the response
+    # reports: Anthropic, the OpenAI tool, Gemini 3 per query) or "prompt"
+    # (Gemini 2.x grounding: one fee per call that searched, however many
+    # queries it ran).
+    web_search_unit: str = "request"
+    # USD per 1,000 by the request's search_context_size (low, medium, high):
+    # OpenAI's search-preview chat models.  Where empty, web_search_per_1000.
+    web_search_context_per_1000: tuple[tuple[str, Decimal], ...] = ()
+
+    def web_search_rate(self, context_size: str | None) -> Decimal | None:
+        """USD per 1,000 searches at the request's search context size."""
+        for size, rate in self.web_search_context_per_1000:
+            if size == (context_size or DEFAULT_SEARCH_CONTEXT):
+                return rate
+        return self.web_search_per_1000
 
     def service_tier(self, name: str | None) -> ServiceTierPrice | None:
         for tier in self.service_tiers:
@@ -131,6 +151,9 @@ def _row_from_json(r: dict) -> PriceRow:
             for name, t in sorted((r.get("service_tiers") or {}).items())
         ),
         web_search_per_1000=_dec(r.get("web_search_per_1000")),
+        web_search_unit=r.get("web_search_unit") or "request",
+        web_search_context_per_1000=tuple(
+            (size, _dec(rate)) for size, rate in sorted((r.get("web_search_context_per_1000") or {}).items())),
     )
 
 
@@ -138,7 +161,7 @@ _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write_5m", "cache_write
 _EXTRA_FIELDS = ("input_audio", "cache_read_audio", "web_search_per_1000")
 _SERVICE_TIER_KEYS = {"input", "output", "cache_read"}
 _ROW_KEYS = {"provider", "model", "effective_from", "effective_to", "tiers", "source", "service_tiers",
-             *_PRICE_FIELDS, *_EXTRA_FIELDS}
+             "web_search_unit", "web_search_context_per_1000", *_PRICE_FIELDS, *_EXTRA_FIELDS}
 _TIER_KEYS = {"above_input_tokens", *_PRICE_FIELDS}
 
 
@@ -228,6 +251,14 @@ def _parse_overrides(path: Path) -> tuple[list[PriceRow], dict[str, str]]:
             service_tiers.append(ServiceTierPrice(
                 tier_name.strip().lower(), *(_price(t.get(f), tw, f, f != "cache_read")
                                              for f in ("input", "output", "cache_read"))))
+        unit = e.get("web_search_unit", "request")
+        if unit not in WEB_SEARCH_UNITS:
+            raise PricingError(f"{where}: web_search_unit must be one of {', '.join(WEB_SEARCH_UNITS)}")
+        raw_context = e.get("web_search_context_per_1000", {})
+        if not isinstance(raw_context, dict) or set(raw_context) - set(SEARCH_CONTEXT_SIZES):
+            raise PricingError(f"{where}: web_search_context_per_1000 takes {', '.join(SEARCH_CONTEXT_SIZES)}")
+        context_rates = tuple((size, _price(rate, where, f"web_search_context_per_1000.{size}", True))
+                              for size, rate in sorted(raw_context.items()))
         provider, model = provider.strip().lower(), model.strip()
         rows.append(PriceRow(
             price_id=f"override:{provider}/{model}@{start.isoformat()}",
@@ -240,6 +271,8 @@ def _parse_overrides(path: Path) -> tuple[list[PriceRow], dict[str, str]]:
             source=str(e.get("source") or f"user override {path}"),
             **{f: _price(e.get(f), where, f, False) for f in _EXTRA_FIELDS},
             service_tiers=tuple(service_tiers),
+            web_search_unit=unit,
+            web_search_context_per_1000=context_rates,
         ))
 
     aliases_raw = doc.get("aliases", {})
