@@ -193,6 +193,7 @@ FIXTURE_CASES = [
             cache_write_1h_tokens=0,
             reasoning_tokens=35,
             input_audio_tokens=0,  # promptTokensDetails: TEXT only
+            web_search_requests=0,  # no groundingMetadata: no search, 0 not NULL
         ),
         id="gemini-stream",
     ),
@@ -454,7 +455,7 @@ def test_gemini_cached_and_tool_prompt():
                                         "toolUsePromptTokenCount": 120, "candidatesTokenCount": 50}})
     assert reader.result() == Usage(model="gemini-2.5-pro", input_tokens=5120, output_tokens=50,
                                     cache_read_tokens=4000, cache_write_tokens=0, cache_write_1h_tokens=0,
-                                    reasoning_tokens=0)
+                                    reasoning_tokens=0, web_search_requests=0)
 
 
 def test_gemini_omitted_zero_output():

@@ -7,6 +7,7 @@ it the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import uuid
 from collections.abc import Callable, Iterable
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from lumen_agent.pipeline.attribution import Attribution
+from lumen_agent.pipeline.batch_rows import BatchLineMemory, batch_call_id, count_batch_download
 from lumen_agent.pipeline.bounds import bounded_call, bounded_usage
 from lumen_agent.pipeline.call import Call, Outcome
 from lumen_agent.pipeline.connections import ConnectionTracker, TrackerResult
@@ -77,6 +79,7 @@ class Pipeline:
         self._tracker = ConnectionTracker(self.counters, capture_content=options.capture_content)
         self._last_ns = 0
         self._origins: dict[tuple[int, int], Origin] = {}
+        self._batch_seen = BatchLineMemory()
 
     @property
     def open_connections(self) -> int:
@@ -122,15 +125,37 @@ class Pipeline:
                 continue
             if exchange.body_problem:
                 self.counters.skip("response_body", exchange.body_problem)
+            lines = exchange.batch_lines()
+            if lines is not None:
+                self._emit_batch(exchange, lines)
+                continue
             call = self._to_call(exchange)
             self.counters.add("calls")
             if call.unpriced:
                 self.counters.add("calls.unpriced")
             self._on_call(call)
 
-    def _to_call(self, ex: Exchange) -> Call:
+    def _emit_batch(self, exchange: Exchange, lines) -> None:
+        """One row per billed line of a batch results download, none for the
+        download itself; a line already turned into a row (a re-download)
+        is counted and dropped."""
+        count_batch_download(self.counters, exchange)
+        for line in lines:
+            if not self._batch_seen.first_time(line.key):
+                self.counters.add("batch.lines_duplicate")
+                continue
+            call = self._to_call(exchange, line)
+            self.counters.add("calls")
+            if call.unpriced:
+                self.counters.add("calls.unpriced")
+            self._on_call(call)
+
+    def _to_call(self, ex: Exchange, line=None) -> Call:
+        """``line``: a billed line of a batch results download, the call this row is."""
         info = ex.info
-        usage = bounded_usage(ex.usage())
+        usage = bounded_usage(ex.usage() if line is None else line.usage)
+        if line is not None:
+            info = dataclasses.replace(info, endpoint=line.endpoint, request_model=usage.model)
         request = ex.request
         response = ex.response
         status = response.status if response is not None else None
@@ -150,7 +175,7 @@ class Pipeline:
         who = self._attribution.lookup(ex.pid)
         origin = self._origins.get((ex.pid, ex.conn))
         return bounded_call(Call(
-            id=uuid.uuid4().hex,
+            id=uuid.uuid4().hex if line is None else batch_call_id(line),
             ts_start=start,
             ts_end=end,
             latency_ms=(ts_end_ns - ex.ts_start_ns) / 1e6,
@@ -169,9 +194,10 @@ class Pipeline:
             request_model=info.request_model,
             model=model,
             streaming=info.streaming,
-            status_code=status,
-            outcome=Outcome.from_stream_exception(ex.stream_exception) or Outcome.from_status(status, ex.complete),
-            request_id=_first_header(response, REQUEST_ID_HEADERS),
+            status_code=status if line is None else line.status_code or status,
+            outcome=(Outcome.SUCCESS if line is not None  # a billed line succeeded, whatever became of the download
+                     else Outcome.from_stream_exception(ex.stream_exception) or Outcome.from_status(status, ex.complete)),
+            request_id=_first_header(response, REQUEST_ID_HEADERS) if line is None else line.request_id,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens,
@@ -189,8 +215,8 @@ class Pipeline:
             capture=(origin.capture if origin is not None
                      else (self._capture_of_conn and self._capture_of_conn(ex.conn)) or self._options.capture),
             http_version=ex.http_version,
-            request_body=ex.request_text(),
-            response_body=ex.response_text(),
+            request_body=ex.request_text() if line is None else None,
+            response_body=ex.response_text() if line is None else None,
             token_cost_usd=priced.token_cost_usd,
             charged_usd=priced.charged_usd,
             service_tier=usage.service_tier,

@@ -26,6 +26,7 @@ from lumen_agent.parsers.providers import (
     served_by,
     usage_reader,
 )
+from lumen_agent.parsers.providers.batch import BATCH_ENDPOINTS, BatchLine, BatchResultsReader
 from lumen_agent.parsers.providers.bedrock import event_objects
 from lumen_agent.parsers.sse import SseParser
 from lumen_agent.parsers.usage import Usage
@@ -46,6 +47,10 @@ MAX_STREAM_EVENTS = 500_000
 # One NDJSON object (Ollama's chunks are < 1 KiB; the final one of
 # /api/generate carries a context array of up to a few hundred KiB).
 MAX_NDJSON_LINE = 4 * 1024 * 1024
+# One line of a batch results file: a whole response body, and an embeddings
+# body of a 2,048-input request carries megabytes of vectors.  A longer line
+# is skipped and counted.
+MAX_BATCH_LINE = 32 * 1024 * 1024
 # Decoded bytes handed to the SSE/NDJSON parsers per step, so a compressed
 # body is never expanded by more than this before it is parsed and dropped.
 DECODE_STEP = 256 * 1024
@@ -60,6 +65,7 @@ _FINAL_SSE_EVENTS = frozenset({"message_stop", "response.completed", "response.i
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 _INCLUDE_USAGE_TRUE = re.compile(rb'"include_usage"\s*:\s*true')
+_SEARCH_CONTEXT_SIZE = re.compile(rb'"search_context_size"\s*:\s*"(low|medium|high)"')
 
 
 @dataclass(slots=True)
@@ -97,6 +103,10 @@ class Exchange:
     _ndjson_scanned: int = 0  # bytes of _body already searched for a newline
     _ndjson_skipping: bool = False  # inside a line too long to keep
     _stream_events: int = 0  # SSE events or NDJSON lines read so far
+    _line_limit: int = MAX_NDJSON_LINE
+    # NDJSON lines skipped: not JSON, or longer than the line limit.
+    bad_lines: int = 0
+    long_lines: int = 0
 
     # -- request ------------------------------------------------------------
 
@@ -158,6 +168,13 @@ class Exchange:
             self.body_problem = str(exc)
             return
         content_type = (head.header("content-type") or "").lower()
+        if self.info.endpoint in BATCH_ENDPOINTS:
+            # Batch results are JSONL whatever the content type says
+            # (OpenAI serves files as application/octet-stream); the
+            # content of the whole file is no one call's, so never kept.
+            self._mode = "ndjson"
+            self._line_limit = MAX_BATCH_LINE
+            return
         if "text/event-stream" in content_type:
             self._mode = "sse"
             self._sse = SseParser()
@@ -209,6 +226,16 @@ class Exchange:
         self.ts_end_ns = ts_ns
         self._finish_body()
         self.complete = self._stream_finished
+
+    def batch_lines(self) -> list[BatchLine] | None:
+        """The billed lines of a batch results download; None for any other call."""
+        if isinstance(self._reader, BatchResultsReader):
+            return self._reader.lines()
+        return None
+
+    @property
+    def batch_reader(self) -> BatchResultsReader | None:
+        return self._reader if isinstance(self._reader, BatchResultsReader) else None
 
     def usage(self) -> Usage:
         if self._reader is None:
@@ -297,6 +324,9 @@ class Exchange:
                 break
             if self._ndjson_skipping:
                 self._ndjson_skipping = False
+            elif end - start > self._line_limit:  # whole in one step, still too long
+                self.body_problem = "NDJSON line exceeds its line limit"
+                self.long_lines += 1
             else:
                 self._ndjson_line(buf[start:end])
             start = self._ndjson_scanned = end + 1
@@ -304,9 +334,10 @@ class Exchange:
             del buf[:start]
             self._ndjson_scanned -= start
         self._ndjson_scanned = max(self._ndjson_scanned, len(buf))
-        if len(buf) > MAX_NDJSON_LINE:
+        if len(buf) > self._line_limit:
             if not self._ndjson_skipping:
-                self.body_problem = "NDJSON line exceeds MAX_NDJSON_LINE"
+                self.body_problem = "NDJSON line exceeds its line limit"
+                self.long_lines += 1
             self._ndjson_skipping = True
             buf.clear()
             self._ndjson_scanned = 0
@@ -322,6 +353,7 @@ class Exchange:
             try:
                 obj = json.loads(line)
             except (ValueError, RecursionError):
+                self.bad_lines += 1
                 return
             self._reader.feed_ndjson(obj)
 
@@ -343,4 +375,6 @@ def _parse_request_json(body: bytearray, truncated: bool) -> Any | None:
         found["stream"] = True
     if _INCLUDE_USAGE_TRUE.search(body):
         found["stream_options"] = {"include_usage": True}
+    if match := _SEARCH_CONTEXT_SIZE.search(body):  # the enum only, never prompt text
+        found["web_search_options"] = {"search_context_size": match.group(1).decode()}
     return found or None

@@ -47,7 +47,8 @@ class RequestInfo:
     provider: str
     # chat.completions, completions, responses, embeddings, messages,
     # generateContent, streamGenerateContent, converse, converse-stream,
-    # invoke, invoke-with-response-stream, chat, generate, embed
+    # invoke, invoke-with-response-stream, chat, generate, embed; and the
+    # batch results downloads files.content, messages.batches.results
     endpoint: str
     request_model: str | None
     streaming: bool  # the request asked for a stream
@@ -55,6 +56,12 @@ class RequestInfo:
     # The host name (or an Azure deployment path) named the provider; when it
     # did not, the response headers may (served_by.py).
     host_named: bool = field(default=False, compare=False)
+    # Chat Completions web_search_options.search_context_size (low, medium,
+    # high; medium when the options leave it out): it prices the search of
+    # OpenAI's search-preview models.  Only this enum is read from the body.
+    search_context_size: str | None = None
+    # Batch results downloads: the file or batch id the URL names.
+    batch_ref: str | None = None
 
 
 @runtime_checkable

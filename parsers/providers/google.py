@@ -17,6 +17,12 @@ The service tier that served the call (``standard``, ``flex``, ``priority``)
 is the ``x-gemini-service-tier`` response header: a request for priority
 that exceeded its limit is served, and billed, at standard.
 
+Grounding with Google Search: a candidate's ``groundingMetadata`` lists the
+``webSearchQueries`` the model ran.  Their count is ``web_search_requests``
+(the latest chunk that lists any wins: a stream sends the list once, in a
+late chunk); the price row says whether Google bills each query (Gemini 3)
+or once per grounded prompt (Gemini 2.x).
+
 The model comes from ``modelVersion``, else from the URL (``models/NAME:...``).
 """
 
@@ -25,8 +31,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lumen_agent.parsers.providers.base import BaseReader, plus, service_tier, token_count
+from lumen_agent.parsers.providers.base import (
+    BaseReader,
+    decode_event_data,
+    dig,
+    plus,
+    service_tier,
+    token_count,
+)
 from lumen_agent.parsers.usage import Usage
+
+# Candidates looked at per chunk (candidateCount is at most 8) and queries
+# counted per candidate: past these a body is not a real response.
+MAX_CANDIDATES = 64
+MAX_SEARCH_QUERIES = 10_000
+
+
+def _search_queries(candidates: Any) -> int | None:
+    """The web search queries the chunk's candidates list; None when none
+    carries grounding metadata with queries."""
+    if not isinstance(candidates, list):
+        return None
+    total = None
+    for candidate in candidates[:MAX_CANDIDATES]:
+        queries = dig(candidate, "groundingMetadata", "webSearchQueries")
+        if isinstance(queries, list) and queries:
+            total = (total or 0) + min(len(queries), MAX_SEARCH_QUERIES)
+    return total
 
 
 def _modality_count(details: Any, modality: str) -> int | None:
@@ -53,10 +84,23 @@ class GeminiReader(BaseReader):
         if tier is not None:
             self._tier = tier.removeprefix("service_tier_")  # SERVICE_TIER_PRIORITY -> priority
 
+    def feed_sse(self, event: str | None, data: str) -> None:
+        # The base skips events without usage once the model is known; a
+        # chunk with the search queries must be read whatever else it has.
+        if isinstance(data, str) and "webSearchQueries" in data:
+            obj = decode_event_data(data)
+            if obj is not None:
+                self._take(obj)
+            return
+        super().feed_sse(event, data)
+
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
         self._note_identity(obj.get("modelVersion"), obj.get("responseId"))
+        searches = _search_queries(obj.get("candidates"))
+        if searches is not None:
+            self._note("web_search", searches)
         usage = obj.get("usageMetadata")
         if not isinstance(usage, dict):
             return
@@ -84,4 +128,5 @@ class GeminiReader(BaseReader):
             input_audio_tokens=self._get("prompt_audio"),
             cache_read_audio_tokens=self._get("cached_audio"),
             service_tier=self._tier,
+            web_search_requests=self._get("web_search"),
         )

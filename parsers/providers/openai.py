@@ -17,10 +17,17 @@ What the bill depends on besides tokens: ``service_tier`` (``default``,
 output items of type ``web_search_call`` are billed per call; OpenRouter's
 ``usage.cost`` is what it charged (credits in USD), which is the cost even
 when a server-side tool makes it far above the token price.
+
+The search-preview chat models (``gpt-4o-search-preview``,
+``gpt-4o-mini-search-preview`` and their snapshots) search the web on every
+completion: one search per call, priced by the request's
+``web_search_options.search_context_size`` (default ``medium``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 from lumen_agent.parsers.providers.base import BaseReader, charge, dig, service_tier
@@ -28,6 +35,15 @@ from lumen_agent.parsers.usage import Usage
 
 # More web search calls than this in one response is not a real bill.
 MAX_OUTPUT_ITEMS = 100_000
+
+# Chat models that run one web search per completion.
+_SEARCH_PREVIEW_MODEL = re.compile(r"-search-preview(?:-\d{4}-\d{2}-\d{2})?$", re.IGNORECASE)
+DEFAULT_SEARCH_CONTEXT = "medium"
+
+
+def searches_every_call(model: str | None) -> bool:
+    """The chat model performs one web search per completion."""
+    return bool(model) and _SEARCH_PREVIEW_MODEL.search(model) is not None
 
 
 def _output_with_reasoning(
@@ -50,12 +66,15 @@ class ChatCompletionsReader(BaseReader):
     ``usage_missing`` with no tokens: never estimated.
     """
 
-    __slots__ = ("_charged", "_tier")
+    __slots__ = ("_charged", "_request_model", "_search_context", "_tier")
 
-    def __init__(self, fallback_model: str | None = None) -> None:
+    def __init__(self, fallback_model: str | None = None, *, request_model: str | None = None,
+                 search_context_size: str | None = None) -> None:
         super().__init__(fallback_model)
         self._tier: str | None = None
         self._charged = None
+        self._request_model = request_model
+        self._search_context = search_context_size
 
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -82,7 +101,10 @@ class ChatCompletionsReader(BaseReader):
         prompt, completion = self._get("prompt"), self._get("completion")
         reasoning = self._get("reasoning")
         cached = self._get("cached")
-        return self._usage(
+        search = {}
+        if searches_every_call(self._model or self._request_model):
+            search = {"web_search_requests": 1, "search_context_size": self._search_context or DEFAULT_SEARCH_CONTEXT}
+        usage = self._usage(
             input_tokens=prompt,
             output_tokens=_output_with_reasoning(prompt, completion, reasoning, self._get("total")),
             cache_read_tokens=cached if cached is not None else self._get("deepseek_hit"),
@@ -91,7 +113,11 @@ class ChatCompletionsReader(BaseReader):
             reasoning_reported=True,
             service_tier=self._tier,
             charged_usd=self._charged,
+            **search,
         )
+        if search and usage.usage_missing:  # no usage, no evidence the call completed: no fee
+            return dataclasses.replace(usage, web_search_requests=None, search_context_size=None)
+        return usage
 
 
 class ResponsesReader(BaseReader):

@@ -21,8 +21,14 @@ gives the provider its proper name:
 A body that is only partly known (None, or just the ``model`` recovered from a
 truncated body) passes the shape checks: the path then decides alone.
 
-Everything else (GET requests, ``/v1/models``, unknown paths) is not an LLM
-call: ``identify`` returns None.  It never raises.
+Batch results downloads are GETs: ``.../files/ID/content`` (OpenAI-shaped
+batch output; any file, so only its lines can tell, parsers/providers/batch.py)
+and ``.../messages/batches/ID/results`` (Anthropic).  They are described with
+the endpoints ``files.content`` and ``messages.batches.results``; the rows are
+the billed lines inside, never the download.
+
+Everything else (other GET requests, ``/v1/models``, unknown paths) is not an
+LLM call: ``identify`` returns None.  It never raises.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lumen_agent.parsers.providers.base import RequestInfo, name
+from lumen_agent.parsers.providers.batch import ANTHROPIC_BATCH_RESULTS, OPENAI_FILE_CONTENT
 from lumen_agent.parsers.providers.bedrock import model_id as bedrock_model_id
 
 # Ollama's default port; anything listening there is taken to be Ollama.
@@ -84,6 +91,8 @@ def identify(
     ``body`` is the parsed JSON request body, or None when it could not be
     parsed (truncated, not JSON).
     """
+    if isinstance(method, str) and method.upper() == "GET" and isinstance(path, str):
+        return _batch_download(path, host, headers)
     if not isinstance(method, str) or method.upper() != "POST" or not isinstance(path, str):
         return None
     segments, url_host = _path_segments(path)
@@ -117,6 +126,46 @@ def identify(
         streaming=streaming,
         include_usage=include_usage,
         host_named=deployment is not None or host_provider is not None,
+        search_context_size=_search_context_size(body) if endpoint == "chat.completions" else None,
+    )
+
+
+_SEARCH_CONTEXT_SIZES = ("low", "medium", "high")
+
+
+def _search_context_size(body: Any) -> str | None:
+    """``web_search_options.search_context_size`` of a chat request: None
+    without web_search_options, ``medium`` (OpenAI's default) when the
+    options leave it out or name no known size."""
+    options = body.get("web_search_options") if isinstance(body, dict) else None
+    if not isinstance(options, dict):
+        return None
+    size = options.get("search_context_size")
+    return size if size in _SEARCH_CONTEXT_SIZES else "medium"
+
+
+def _batch_download(path: str, host: str | None, headers: Mapping[str, str]) -> RequestInfo | None:
+    """A GET that may download batch results, or None."""
+    s, url_host = _path_segments(path)
+    if len(s) < 3:
+        return None
+    if s[-3] == "files" and s[-1] == "content":
+        family, endpoint = "openai", OPENAI_FILE_CONTENT
+    elif len(s) >= 4 and s[-4:-2] == ["messages", "batches"] and s[-1] == "results":
+        family, endpoint = "anthropic", ANTHROPIC_BATCH_RESULTS
+    else:
+        return None
+    if not isinstance(host, str) or not host:
+        host = url_host or _header(headers, "host") or _header(headers, ":authority") or ""
+    host_provider = _host_provider(*_authority(host))
+    return RequestInfo(
+        provider=host_provider or _DEFAULT_PROVIDER[family],
+        endpoint=endpoint,
+        request_model=None,
+        streaming=False,
+        include_usage=None,
+        host_named=host_provider is not None,
+        batch_ref=name(unquote(s[-2])),
     )
 
 
