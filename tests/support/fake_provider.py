@@ -86,6 +86,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+try:
+    from support.fake_batches import batch_download
+except ImportError:  # run as a script: tests/support itself is on sys.path
+    from fake_batches import batch_download
+
 # --------------------------------------------------------------------------------------
 # Deterministic token counts
 # --------------------------------------------------------------------------------------
@@ -878,6 +883,9 @@ def build_reply(method: str, target: str, headers: Any, body: bytes) -> Reply:
     """The whole answer to one request (pure apart from fresh ids)."""
     url = urlsplit(target)
     query = parse_qs(url.query)
+    download = batch_download(method, url.path, headers.get("host") or "localhost")  # GET, fake_batches.py
+    if download is not None:
+        return Reply(200, download[0], [download[1]], info={"batch_download": True})
     routed = route(method, url.path)
     if routed is None:
         return Reply(200, [("Content-Type", "text/plain; charset=utf-8")], [b"ok\n"], info={"non_llm": True})
