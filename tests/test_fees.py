@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -419,3 +420,39 @@ def test_gemini_grounding_streamed(prices, model, cost):
                    {"contents": [], "tools": [{"google_search": {}}]}, body, content_type="text/event-stream",
                    chunked=True, piece=7)
     assert [(c.web_search_requests, c.output_tokens, c.cost_usd) for c in calls] == [(2, 150, cost)]
+
+
+def test_override_file_carries_search_unit_and_context_rates(tmp_path: Path):
+    overrides = tmp_path / "prices.toml"
+    overrides.write_text('''
+[[price]]
+provider = "openai"
+model = "my-search-model-search-preview"
+input = "1.00"
+output = "2.00"
+web_search_context_per_1000 = { low = "10", medium = "20", high = "40" }
+
+[[price]]
+provider = "google"
+model = "gemini-2.5-flash"
+effective_from = 2026-01-01
+input = "0.30"
+output = "2.50"
+web_search_per_1000 = "35"
+web_search_unit = "prompt"
+''')
+    table = PriceTable.load(overrides)
+    body = search_preview_body("my-search-model-search-preview", 100, 100)
+    calls, _ = run(table, "POST", CHAT, {"model": "my-search-model-search-preview", "messages": [],
+                                         "web_search_options": {"search_context_size": "high"}},
+                   json.dumps(body).encode())
+    # 100 x 1 + 100 x 2 = 300 / 1M = 0.0003; high $40 / 1000 = 0.04 -> 0.0403
+    assert [(c.price_id, c.cost_usd) for c in calls] == [
+        ("override:openai/my-search-model-search-preview@2000-01-01", Decimal("0.04030000"))]
+    row = table.lookup("gemini-2.5-flash", "google", date(2026, 6, 1))
+    assert (row.price_id, row.web_search_unit, row.web_search_rate(None)) == (
+        "override:google/gemini-2.5-flash@2026-01-01", "prompt", Decimal("35"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[price]]\nprovider = "x"\nmodel = "y"\ninput = "1"\noutput = "1"\nweb_search_unit = "call"\n')
+    with pytest.raises(Exception, match="web_search_unit must be one of request, prompt"):
+        PriceTable.load(bad)
