@@ -456,3 +456,27 @@ web_search_unit = "prompt"
     bad.write_text('[[price]]\nprovider = "x"\nmodel = "y"\ninput = "1"\noutput = "1"\nweb_search_unit = "call"\n')
     with pytest.raises(Exception, match="web_search_unit must be one of request, prompt"):
         PriceTable.load(bad)
+
+
+def test_batch_retrieve_keeps_its_connection_but_is_no_row(prices):
+    # The anthropic SDK retrieves the batch (for results_url) and then downloads
+    # the results on the same keep-alive connection; on a host that names no
+    # provider, a connection whose first request were "not an LLM call" would
+    # be dropped before the download.
+    host = "http://gateway.internal:8080"
+    batch = {"id": "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d", "type": "message_batch", "processing_status": "ended",
+             "results_url": f"{host}/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d/results"}
+    retrieve = ("GET", f"{host}/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d", json.dumps(batch).encode(),
+                "application/json")
+    results = ("GET", batch["results_url"], ANTHROPIC_BATCH, "application/binary")
+    events = []
+    for method, url, body, content_type in (retrieve, results):
+        events += exchange_events(request_bytes(method, url, None), response_bytes(body, content_type=content_type))
+    calls = []
+    pipeline = Pipeline(prices, calls.append, salt=SALT)
+    pipeline.feed_all(events)
+    pipeline.close()
+    # The two succeeded lines, as priced above; nothing for the retrieval.
+    assert [c.cost_usd for c in calls] == [Decimal("0.00028650"), Decimal("0.00120000")]
+    assert pipeline.counters["connections.non_llm_connection"] == 0
+    assert identify("GET", "/v1/batches/batch_abc123", "gateway.internal", {}, None).endpoint == "batches.retrieve"

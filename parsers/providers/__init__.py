@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from lumen_agent.parsers.providers.anthropic import MessagesReader
 from lumen_agent.parsers.providers.base import NoUsageReader, RequestInfo, UsageError, UsageReader
-from lumen_agent.parsers.providers.batch import ANTHROPIC_BATCH_RESULTS, OPENAI_FILE_CONTENT, BatchResultsReader
+from lumen_agent.parsers.providers.batch import (
+    ANTHROPIC_BATCH_ENDPOINTS,
+    OPENAI_BATCH_ENDPOINTS,
+    BatchResultsReader,
+)
 from lumen_agent.parsers.providers.bedrock import ConverseReader, InvokeReader
 from lumen_agent.parsers.providers.google import GeminiReader
 from lumen_agent.parsers.providers.ollama import OllamaReader
@@ -22,9 +26,9 @@ __all__ = ["RequestInfo", "UsageError", "UsageReader", "identify", "served_by", 
 def usage_reader(info: RequestInfo) -> UsageReader:
     """A fresh reader for the response to the request ``info`` describes."""
     endpoint = info.endpoint
-    if endpoint == OPENAI_FILE_CONTENT:
+    if endpoint in OPENAI_BATCH_ENDPOINTS:
         return BatchResultsReader("openai", info.batch_ref)
-    if endpoint == ANTHROPIC_BATCH_RESULTS:
+    if endpoint in ANTHROPIC_BATCH_ENDPOINTS:
         return BatchResultsReader("anthropic", info.batch_ref)
     if endpoint in ("chat.completions", "completions"):
         return ChatCompletionsReader(request_model=info.request_model, search_context_size=info.search_context_size)

@@ -39,7 +39,15 @@ from lumen_agent.parsers.usage import Usage
 # Endpoints of the downloads (RequestInfo.endpoint).
 OPENAI_FILE_CONTENT = "files.content"
 ANTHROPIC_BATCH_RESULTS = "messages.batches.results"
-BATCH_ENDPOINTS = frozenset({OPENAI_FILE_CONTENT, ANTHROPIC_BATCH_RESULTS})
+# Retrieving the batch (for its output file id or results_url) comes first,
+# often on the same keep-alive connection: it is read too, so that the
+# connection is known to carry LLM API traffic (a connection whose first
+# request is not an LLM call is dropped), and it never has billed lines.
+OPENAI_BATCH_RETRIEVE = "batches.retrieve"
+ANTHROPIC_BATCH_RETRIEVE = "messages.batches.retrieve"
+OPENAI_BATCH_ENDPOINTS = frozenset({OPENAI_FILE_CONTENT, OPENAI_BATCH_RETRIEVE})
+ANTHROPIC_BATCH_ENDPOINTS = frozenset({ANTHROPIC_BATCH_RESULTS, ANTHROPIC_BATCH_RETRIEVE})
+BATCH_ENDPOINTS = OPENAI_BATCH_ENDPOINTS | ANTHROPIC_BATCH_ENDPOINTS
 
 # Billed lines kept per download: Anthropic allows 100,000 requests per
 # batch, OpenAI 50,000.  Past this a file is not one batch's results.

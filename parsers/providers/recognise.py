@@ -25,7 +25,10 @@ Batch results downloads are GETs: ``.../files/ID/content`` (OpenAI-shaped
 batch output; any file, so only its lines can tell, parsers/providers/batch.py)
 and ``.../messages/batches/ID/results`` (Anthropic).  They are described with
 the endpoints ``files.content`` and ``messages.batches.results``; the rows are
-the billed lines inside, never the download.
+the billed lines inside, never the download.  Retrieving the batch first
+(``.../batches/batch_ID``, ``.../messages/batches/ID``) is described too
+(``batches.retrieve``, ``messages.batches.retrieve``): it has no billed lines,
+so no row, but it marks its connection as one that carries LLM traffic.
 
 Everything else (other GET requests, ``/v1/models``, unknown paths) is not an
 LLM call: ``identify`` returns None.  It never raises.
@@ -38,7 +41,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lumen_agent.parsers.providers.base import RequestInfo, name
-from lumen_agent.parsers.providers.batch import ANTHROPIC_BATCH_RESULTS, OPENAI_FILE_CONTENT
+from lumen_agent.parsers.providers.batch import (
+    ANTHROPIC_BATCH_RESULTS,
+    ANTHROPIC_BATCH_RETRIEVE,
+    OPENAI_BATCH_RETRIEVE,
+    OPENAI_FILE_CONTENT,
+)
 from lumen_agent.parsers.providers.bedrock import model_id as bedrock_model_id
 
 # Ollama's default port; anything listening there is taken to be Ollama.
@@ -150,9 +158,13 @@ def _batch_download(path: str, host: str | None, headers: Mapping[str, str]) -> 
     if len(s) < 3:
         return None
     if s[-3] == "files" and s[-1] == "content":
-        family, endpoint = "openai", OPENAI_FILE_CONTENT
+        family, endpoint, ref = "openai", OPENAI_FILE_CONTENT, s[-2]
     elif len(s) >= 4 and s[-4:-2] == ["messages", "batches"] and s[-1] == "results":
-        family, endpoint = "anthropic", ANTHROPIC_BATCH_RESULTS
+        family, endpoint, ref = "anthropic", ANTHROPIC_BATCH_RESULTS, s[-2]
+    elif s[-3:-1] == ["messages", "batches"]:
+        family, endpoint, ref = "anthropic", ANTHROPIC_BATCH_RETRIEVE, s[-1]
+    elif s[-2] == "batches" and s[-1].startswith("batch_"):
+        family, endpoint, ref = "openai", OPENAI_BATCH_RETRIEVE, s[-1]
     else:
         return None
     if not isinstance(host, str) or not host:
@@ -165,7 +177,7 @@ def _batch_download(path: str, host: str | None, headers: Mapping[str, str]) -> 
         streaming=False,
         include_usage=None,
         host_named=host_provider is not None,
-        batch_ref=name(unquote(s[-2])),
+        batch_ref=name(unquote(ref)),
     )
 
 
