@@ -480,3 +480,18 @@ def test_batch_retrieve_keeps_its_connection_but_is_no_row(prices):
     assert [c.cost_usd for c in calls] == [Decimal("0.00028650"), Decimal("0.00120000")]
     assert pipeline.counters["connections.non_llm_connection"] == 0
     assert identify("GET", "/v1/batches/batch_abc123", "gateway.internal", {}, None).endpoint == "batches.retrieve"
+
+
+def test_openai_batch_output_over_http2(prices):
+    from h2_builders import H2Conversation
+
+    conv = H2Conversation()
+    sid = conv.request("/v1/files/file-9GaXQ7cvMvsS5Pe5ZjYBCB/content", None, method="GET")
+    conv.respond(sid, OPENAI_BATCH, content_type="application/octet-stream", piece=500)
+    calls = []
+    pipeline = Pipeline(prices, calls.append, salt=SALT)
+    pipeline.feed_all(conv.events(step=300))
+    pipeline.close()
+    # The same four billed lines and costs as over HTTP/1.1 (worked out above).
+    assert [(c.http_version, c.endpoint, c.cost_usd) for c in calls] == [
+        ("2", e[1], e[-1]) for e in OPENAI_EXPECTED]
