@@ -495,3 +495,17 @@ def test_openai_batch_output_over_http2(prices):
     # The same four billed lines and costs as over HTTP/1.1 (worked out above).
     assert [(c.http_version, c.endpoint, c.cost_usd) for c in calls] == [
         ("2", e[1], e[-1]) for e in OPENAI_EXPECTED]
+
+
+def test_gemini_grounding_chunk_without_usage_is_still_read():
+    from lumen_agent.parsers.providers.google import GeminiReader
+
+    # Once the model is known, SSE chunks without usage are skipped unread
+    # (base.py); a chunk with only the grounding metadata must not be.
+    reader = GeminiReader(fallback_model="gemini-3-pro-preview")
+    reader.feed_sse(None, json.dumps({"candidates": [{"content": {"parts": [{"text": "a"}]}, "index": 0}],
+                                      "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 1},
+                                      "modelVersion": "gemini-3-pro-preview"}))
+    reader.feed_sse(None, json.dumps({"candidates": [{"index": 0, "groundingMetadata": GROUNDING}],
+                                      "modelVersion": "gemini-3-pro-preview"}))
+    assert (reader.result().web_search_requests, reader.result().input_tokens) == (2, 5)
