@@ -85,7 +85,7 @@ def test_sdk_batch_downloads_one_row_per_billed_line(agent, server, certs):
     rows = agent.wait_rows("pid = ?", [r.pid], count=len(EXPECTED), settle=2.0)
     got = sorted(((row["request_id"], row["provider"], row["endpoint"], row["model"], row["input_tokens"],
                    row["output_tokens"], row["cost_usd"]) for row in rows), key=lambda g: (g[1], g[0] or ""))
-    assert got == sorted(EXPECTED, key=lambda g: (g[1], g[0] or "")), agent.log_tail(2500)
+    assert got == sorted(EXPECTED, key=lambda g: (g[1], g[0] or "")), f"{rows}\n{agent.log_tail(2500)}"
     assert {(row["service_tier"], row["outcome"], row["streaming"], row["server_port"]) for row in rows} == {
         ("batch", "success", False, server.port)}
     # The Anthropic row's id comes from the batch id and custom_id: the same on every download.

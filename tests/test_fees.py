@@ -509,3 +509,15 @@ def test_gemini_grounding_chunk_without_usage_is_still_read():
     reader.feed_sse(None, json.dumps({"candidates": [{"index": 0, "groundingMetadata": GROUNDING}],
                                       "modelVersion": "gemini-3-pro-preview"}))
     assert (reader.result().web_search_requests, reader.result().input_tokens) == (2, 5)
+
+
+def test_batch_download_without_its_response_is_no_row(prices):
+    # The connection ends before any response: an ordinary call would be a
+    # cancelled row; a download is never a row of its own.
+    calls = []
+    pipeline = Pipeline(prices, calls.append, salt=SALT)
+    pipeline.feed_all(exchange_events(request_bytes("GET", ANTHROPIC_RESULTS, None), b"", close=True))
+    pipeline.feed_all(exchange_events(request_bytes("GET", OPENAI_FILE, None), b"HTTP/1.1 200 OK\r\n", conn=7,
+                                      close=True))
+    pipeline.close()
+    assert calls == []

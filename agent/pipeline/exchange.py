@@ -228,9 +228,14 @@ class Exchange:
         self.complete = self._stream_finished
 
     def batch_lines(self) -> list[BatchLine] | None:
-        """The billed lines of a batch results download; None for any other call."""
+        """The billed lines of a batch results download; None for any other call.
+
+        A download whose response never came (or could not be read) has none:
+        the download itself is never a row."""
         if isinstance(self._reader, BatchResultsReader):
             return self._reader.lines()
+        if self.info is not None and self.info.endpoint in BATCH_ENDPOINTS:
+            return []
         return None
 
     @property
