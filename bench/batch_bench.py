@@ -5,9 +5,10 @@ read in 16 KiB TLS-record-sized events as a client downloads it) is fed
 through the pipeline; each billed line becomes a priced row.  The baseline,
 measured in the same run: the same number of ordinary non-streaming chat
 calls with the same usage (one exchange per call, ten per connection).
-Prints rows/s for both, their ratio, and the peak RSS growth of each phase
-(the download is read line by line: memory grows with the rows kept, not
-the file).  Run:
+Prints rows/s for both, their ratio, and the peak RSS growth while each
+phase feeds the pipeline, each phase in a process of its own (the download
+is read line by line: memory grows with the rows kept, not the file; the
+synthetic events themselves are built before the measurement).  Run:
 
     flock /tmp/lumen-bench.lock .venv/bin/python bench/batch_bench.py [--lines 50000] [--rounds 3]
 """
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -77,38 +79,44 @@ def run(prices, events) -> tuple[float, int]:
     return time.perf_counter() - t0, rows
 
 
+def phase(name: str, lines: int, rounds: int) -> dict:
+    """One phase in this process: its own peak RSS (ru_maxrss is a high-water mark)."""
+    prices = PriceTable.load()
+    if name == "batch":
+        events, size = batch_events(lines)
+    else:
+        events, size = call_events(lines), 0
+    rss0 = maxrss_mib()
+    rates = []
+    for _ in range(rounds):
+        seconds, rows = run(prices, events)
+        assert rows == lines, rows
+        rates.append(lines / seconds)
+    return {"rate": max(rates), "rss_growth_mib": maxrss_mib() - rss0, "file_mib": size / 2**20}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--phase", choices=("batch", "calls"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    prices = PriceTable.load()
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.lines, args.rounds)))
+        return 0
     print(f"load: {os.getloadavg()[0]:.2f} (1-min), lines {args.lines}, rounds {args.rounds}")
-
-    base_events = call_events(args.lines)
-    rss0 = maxrss_mib()
-    base = []
-    for _ in range(args.rounds):
-        seconds, rows = run(prices, base_events)
-        assert rows == args.lines, rows
-        base.append(args.lines / seconds)
-    rss_base = maxrss_mib() - rss0
-    del base_events
-
-    events, size = batch_events(args.lines)
-    rss1 = maxrss_mib()
-    batch = []
-    for _ in range(args.rounds):
-        seconds, rows = run(prices, events)
-        assert rows == args.lines, rows
-        batch.append(args.lines / seconds)
-    rss_batch = maxrss_mib() - rss1
-
-    best_base, best_batch = max(base), max(batch)
-    print(f"ordinary calls : {best_base:10.0f} rows/s (best of {args.rounds}), peak RSS growth {rss_base:.0f} MiB")
-    print(f"batch download : {best_batch:10.0f} rows/s (best of {args.rounds}), file {size / 2**20:.1f} MiB, "
-          f"peak RSS growth {rss_batch:.0f} MiB")
-    print(f"ratio batch/ordinary: {best_batch / best_base:.2f}x")
+    got = {}
+    for name in ("calls", "batch"):
+        out = subprocess.run([sys.executable, __file__, "--phase", name, "--lines", str(args.lines),
+                              "--rounds", str(args.rounds)], check=True, capture_output=True, text=True).stdout
+        got[name] = json.loads(out)
+    base, batch = got["calls"], got["batch"]
+    print(f"ordinary calls : {base['rate']:10.0f} rows/s (best of {args.rounds}), "
+          f"peak RSS growth while feeding {base['rss_growth_mib']:.0f} MiB")
+    print(f"batch download : {batch['rate']:10.0f} rows/s (best of {args.rounds}), file {batch['file_mib']:.1f} MiB, "
+          f"peak RSS growth while feeding {batch['rss_growth_mib']:.0f} MiB")
+    print(f"ratio batch/ordinary: {batch['rate'] / base['rate']:.2f}x")
+    print(f"load after: {os.getloadavg()[0]:.2f} (1-min)")
     return 0
 
 
