@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from lumen_agent.parsers.providers.batch import BatchLine
 from lumen_agent.pipeline.attribution import Attribution
 from lumen_agent.pipeline.batch_rows import BatchLineMemory, batch_call_id, count_batch_download
 from lumen_agent.pipeline.bounds import bounded_call, bounded_usage
@@ -135,7 +136,7 @@ class Pipeline:
                 self.counters.add("calls.unpriced")
             self._on_call(call)
 
-    def _emit_batch(self, exchange: Exchange, lines) -> None:
+    def _emit_batch(self, exchange: Exchange, lines: list[BatchLine]) -> None:
         """One row per billed line of a batch results download, none for the
         download itself; a line already turned into a row (a re-download)
         is counted and dropped."""
@@ -150,7 +151,7 @@ class Pipeline:
                 self.counters.add("calls.unpriced")
             self._on_call(call)
 
-    def _to_call(self, ex: Exchange, line=None) -> Call:
+    def _to_call(self, ex: Exchange, line: BatchLine | None = None) -> Call:
         """``line``: a billed line of a batch results download, the call this row is."""
         info = ex.info
         usage = bounded_usage(ex.usage() if line is None else line.usage)
