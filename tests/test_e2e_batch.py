@@ -24,9 +24,7 @@ from decimal import Decimal
 
 import pytest
 from ebpf_env import ebpf_skip_reason  # noqa: E402
-from support import certs as certs_mod
 from support import clients
-from support import fake_provider as fp
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow]
 
@@ -36,7 +34,7 @@ if _reason:
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 
-from e2e_agent import AgentProcess  # noqa: E402
+from e2e_agent import running_agent  # noqa: E402
 
 # (request_id, provider, endpoint, model, input, output, cost), in line order
 EXPECTED = [
@@ -52,25 +50,8 @@ EXPECTED = [
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> certs_mod.Certs:
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def server(certs, tmp_path_factory):
-    proc = fp.spawn(certs, workdir=tmp_path_factory.mktemp("fake-provider"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def agent(server, tmp_path_factory):
-    a = AgentProcess.start(tmp_path_factory.mktemp("agent"))
-    try:
-        a.wait_ready(need_node=False, timeout=60, margin=0.5)
-        yield a
-    finally:
-        a.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), need_node=False)
 
 
 def test_sdk_batch_downloads_one_row_per_billed_line(agent, server, certs):
