@@ -80,8 +80,9 @@ OPENAI_WEB_SEARCH_PER_1000 = Decimal("10")
 # (docs: web search tool pricing); LiteLLM has it only on some entries.
 ANTHROPIC_WEB_SEARCH_PER_1000 = Decimal("10")
 # OpenAI's Batch API bills input, output and cached input at half the
-# standard price (openai.com/api/pricing, "Batch"); LiteLLM carries
-# *_batches keys for only some OpenAI models.
+# standard price (openai.com/api/pricing, "Batch"), as does Azure OpenAI's
+# global batch ("50% less cost than global standard"); LiteLLM carries
+# *_batches keys for only some of their models.
 OPENAI_BATCH = Decimal("0.5")
 # Grounding with Google Search on Gemini 2.x is billed per grounded prompt
 # ($35 per 1,000), on Gemini 3 per search query ($14 per 1,000); LiteLLM
@@ -460,13 +461,13 @@ def _apply_bill_rules(row: Row) -> None:
     if row.provider == "anthropic" and is_claude(row.provider, row.model) and row.web_search_per_1000 is None:
         row.web_search_per_1000 = ANTHROPIC_WEB_SEARCH_PER_1000
         row.notes.append("web_search_per_1000=10 (Anthropic web search price)")
-    if row.provider == "openai" and "batch" not in row.service_tiers:
+    if row.provider in ("openai", "azure") and "batch" not in row.service_tiers:
         row.service_tiers["batch"] = {
             "input": (row.input * OPENAI_BATCH).normalize(),
             "output": (row.output * OPENAI_BATCH).normalize(),
             "cache_read": None if row.cache_read is None else (row.cache_read * OPENAI_BATCH).normalize(),
         }
-        row.notes.append("batch=0.5x (OpenAI Batch API rule)")
+        row.notes.append(f"batch=0.5x ({'Azure OpenAI' if row.provider == 'azure' else 'OpenAI'} Batch API rule)")
     if row.provider == "openai" and row.supports_web_search and row.web_search_per_1000 is None:
         row.web_search_per_1000 = OPENAI_WEB_SEARCH_PER_1000
         row.notes.append("web_search_per_1000=10 (OpenAI web search tool price)")

@@ -521,3 +521,16 @@ def test_batch_download_without_its_response_is_no_row(prices):
                                       close=True))
     pipeline.close()
     assert calls == []
+
+
+def test_azure_openai_batch_output(prices):
+    url = "https://my-resource.openai.azure.com/openai/files/file-a1b2c3/content?api-version=2024-10-21"
+    body = jsonl(openai_line("batch_req_az0001", "task-0", {
+        "id": "chatcmpl-az", "object": "chat.completion", "created": 1729000000, "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "..."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1100, "completion_tokens": 10, "total_tokens": 1110,
+                  "prompt_tokens_details": {"cached_tokens": 1024}}}, request_id="req_az"))
+    calls, _ = run(prices, "GET", url, None, body, content_type="application/octet-stream")
+    # Azure global batch, 50% of gpt-4o-2024-08-06 ($2.50 / $1.25 cached / $10):
+    #   (1100 - 1024) x 1.25 + 1024 x 0.625 + 10 x 5 = 95 + 640 + 50 = 785 / 1M
+    assert [(c.provider, c.service_tier, c.cost_usd) for c in calls] == [("azure", "batch", Decimal("0.00078500"))]
