@@ -534,3 +534,17 @@ def test_azure_openai_batch_output(prices):
     # Azure global batch, 50% of gpt-4o-2024-08-06 ($2.50 / $1.25 cached / $10):
     #   (1100 - 1024) x 1.25 + 1024 x 0.625 + 10 x 5 = 95 + 640 + 50 = 785 / 1M
     assert [(c.provider, c.service_tier, c.cost_usd) for c in calls] == [("azure", "batch", Decimal("0.00078500"))]
+
+
+def test_batch_download_past_its_byte_limit_keeps_the_lines_before(prices, monkeypatch):
+    import lumen_agent.pipeline.exchange as exchange_module
+
+    first_two = len(b"".join(OPENAI_BATCH.splitlines(keepends=True)[:2]))
+    # Read in 64-byte pieces: the piece that crosses the limit is refused
+    # whole, and it starts after the second line's end.
+    monkeypatch.setattr(exchange_module, "MAX_BATCH_DOWNLOAD_BYTES", first_two + 200)
+    calls, pipeline = run(prices, "GET", OPENAI_FILE, None, OPENAI_BATCH, content_type="application/octet-stream",
+                          piece=64)
+    # The two whole lines before the limit, priced as above; the rest is a counted skip.
+    assert [c.cost_usd for c in calls] == [Decimal("0.00000630"), Decimal("0.00043480")]
+    assert pipeline.counters["skipped.response_body"] == 1

@@ -51,6 +51,10 @@ MAX_NDJSON_LINE = 4 * 1024 * 1024
 # body of a 2,048-input request carries megabytes of vectors.  A longer line
 # is skipped and counted.
 MAX_BATCH_LINE = 32 * 1024 * 1024
+# A batch results file is read line by line, so its size costs time, not
+# memory.  OpenAI's files are up to 512 MB and an output file outgrows its
+# input; past 1 GiB a download is not one batch's results worth the CPU.
+MAX_BATCH_DOWNLOAD_BYTES = 1024 * 1024 * 1024
 # Decoded bytes handed to the SSE/NDJSON parsers per step, so a compressed
 # body is never expanded by more than this before it is parsed and dropped.
 DECODE_STEP = 256 * 1024
@@ -104,6 +108,7 @@ class Exchange:
     _ndjson_skipping: bool = False  # inside a line too long to keep
     _stream_events: int = 0  # SSE events or NDJSON lines read so far
     _line_limit: int = MAX_NDJSON_LINE
+    _stream_limit: int = MAX_STREAM_BYTES
     # NDJSON lines skipped: not JSON, or longer than the line limit.
     bad_lines: int = 0
     long_lines: int = 0
@@ -174,6 +179,7 @@ class Exchange:
             # content of the whole file is no one call's, so never kept.
             self._mode = "ndjson"
             self._line_limit = MAX_BATCH_LINE
+            self._stream_limit = MAX_BATCH_DOWNLOAD_BYTES
             return
         if "text/event-stream" in content_type:
             self._mode = "sse"
@@ -191,7 +197,7 @@ class Exchange:
     def on_response_body(self, data: bytes) -> None:
         if self._mode == "discard":
             return
-        limit = MAX_RESPONSE_BODY if self._mode == "json" else MAX_STREAM_BYTES
+        limit = MAX_RESPONSE_BODY if self._mode == "json" else self._stream_limit
         try:
             # Decoded a bounded step at a time, each parsed before the next.
             for plain in self._decoder.steps(data, limit - self._decoded_total, DECODE_STEP):
