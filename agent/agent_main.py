@@ -9,6 +9,7 @@ import platform
 from lumen_agent.config import Config
 from lumen_agent.errors import LumenError
 from lumen_agent.logs import setup_logging
+from lumen_agent.pipeline.attribution import ProcessIdentity
 from lumen_agent.runner import Agent, IngestOnly
 
 log = logging.getLogger("lumen_agent")
@@ -59,13 +60,19 @@ def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
 def _run_locked(config: Config, exclude_pids: set[int]) -> None:
     capture = choose_capture(config)
     # The sniffer learns of a process (its socket's owner) before its first
-    # bytes: it reads /proc then, through the agent's attribution, while the
-    # process surely runs.  The agent exists only after the capture is made.
+    # bytes, mostly with what its SYN thread read of it the moment it
+    # connected (a curl may have exited since); else attribution reads /proc
+    # now.  The agent exists only after the capture is made.
     built: list[Agent] = []
 
-    def observe(pid: int) -> None:
-        if built:
-            built[0].attribution.observe(pid)
+    def observe(pid: int, identity: ProcessIdentity | None = None) -> None:
+        if not built:
+            return
+        agent = built[0]
+        if identity is None:
+            agent.attribution.observe(pid)
+        elif agent.attribution.remember(identity) and agent.gate.forget(pid):
+            agent.capture.include_pid(pid)  # a new process on a reused pid: the filters decide afresh
 
     if capture == "ebpf":
         from lumen_agent.capture.ebpf import CaptureOptions, EbpfCapture

@@ -61,7 +61,7 @@ def test_owner_scans_are_rate_limited_and_not_repeated_for_old_packets():
         scans.append(wall[0])
         return dict(table)
 
-    owners = SocketOwners(scan=scan, clock=lambda: now[0], diag=lambda local, remote, candidates: None)
+    owners = SocketOwners(scan=scan, clock=lambda: now[0], diag=lambda pairs, candidates: [None] * len(pairs))
     owners._wall_ns = lambda: wall[0]
     assert owners.lookup(CLIENT, SERVER, seen_ns=999) == Owner(4242, True)
     # A remote client: the local server's side (inbound; the pipeline drops it).

@@ -34,6 +34,7 @@ from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 # pointer (the eBPF capture's SSL*), so the two never collide in one agent.
 CONN_ID_BASE = 1 << 56
 
+# (client, server, when the connection's first packet was captured) -> its local owner
 OwnerOf = Callable[[Endpoint, Endpoint, int], "Owner | None"]
 
 
@@ -66,6 +67,7 @@ class Conversations:
         self._decrypt = decrypt
         self._owner_of = owner_of
         self._owners: dict[int, Owner | None] = {}
+        self._first_ns: dict[int, int] = {}  # flow -> when its first packet was captured
         self._retried: set[int] = set()
         self.counters = {"unattributed_connections": 0}
 
@@ -77,6 +79,7 @@ class Conversations:
             # A new connection: find its process now, while it surely runs.
             flow = self.table.newest()
             if flow is not None:
+                self._first_ns[flow.flow_id] = segment.ts_ns
                 self._owners[flow.flow_id] = self._owner_of(flow.client, flow.server, segment.ts_ns)
         self._emit_all(out, emit)
 
@@ -101,7 +104,8 @@ class Conversations:
             # Not found at the first packet (a server's accepted socket does
             # not exist yet at SYN time): one more look at the first bytes.
             self._retried.add(fid)
-            owner = self._owners[fid] = self._owner_of(event.client, event.server, event.ts_ns)
+            owner = self._owners[fid] = self._owner_of(event.client, event.server,
+                                                       self._first_ns.get(fid, event.ts_ns))
             if owner is None:
                 self.counters["unattributed_connections"] += 1
         return owner
@@ -116,6 +120,7 @@ class Conversations:
             conn = CONN_ID_BASE + event.flow_id
             if isinstance(event, StreamClosed):
                 self._owners.pop(event.flow_id, None)
+                self._first_ns.pop(event.flow_id, None)
                 self._retried.discard(event.flow_id)
                 emit(DataEvent(event.ts_ns, pid, pid, conn, Direction.SEND, b"", EventFlag.CLOSE))
                 continue

@@ -128,3 +128,21 @@ def ethernet_segment(frame: bytes, ts_ns: int) -> Segment | str | None:
     if data > end:
         return "bad_length"
     return Segment(ts_ns, Endpoint(src, sport), Endpoint(dst, dport), seq, offset_flags & 0x1FF, frame[data:end])
+
+
+def frame_segment(cls: type[Packet] | None, frame: bytes, ts_ns: int, *, fast: bool = True) -> Segment | str:
+    """The TCP segment of one frame read from a packet socket whose link layer is ``cls``.
+
+    Ethernet frames (lo too) are read directly when ``fast``; anything else
+    is dissected by scapy.  A reason to skip, never an exception.
+    """
+    segment = ethernet_segment(frame, ts_ns) if cls is Ether and fast else None
+    if segment is None:
+        if cls is None:
+            return "undissectable"
+        try:
+            packet = cls(frame)
+        except Exception:  # noqa: BLE001 - scapy on a malformed frame: a reason to skip
+            return "undissectable"
+        segment = to_segment(packet, ts_ns)
+    return segment

@@ -14,7 +14,11 @@ the filter's ``inbound`` keeps one copy, as tcpdump does.
 
 Packets are read in the run loop's turns (``poll``), non-blocking, at most
 ``MAX_PACKETS_PER_POLL`` a turn, and go through ``Conversations`` (TCP
-reassembly, socket owner) to the pipeline as DataEvents.
+reassembly, socket owner) to the pipeline as DataEvents.  A thread of the
+sniffer's own (``syn_watch``) reads the SYNs of new connections from a second
+filtered socket per interface and finds each one's process the moment it
+connects, so a short-lived client is attributed even when the run loop reads
+its packets after it has exited.
 
     cap = PlainHttpCapture(on_event, ports={11434, 8000})
     cap.start()
@@ -36,8 +40,10 @@ from typing import Any
 
 from lumen_agent.capture.conversations import Conversations
 from lumen_agent.capture.socket_owner import SocketOwners
+from lumen_agent.capture.syn_watch import SYN_SNAPLEN, SYN_SOCKET_BUFFER_BYTES, SynWatcher, syn_filter
 from lumen_agent.capture.tcp_reassembly import Endpoint
 from lumen_agent.errors import LumenError
+from lumen_agent.pipeline.attribution import ProcessIdentity
 from lumen_agent.pipeline.events import DataEvent
 
 log = logging.getLogger("lumen_agent")
@@ -60,8 +66,8 @@ HOUSEKEEPING_S = 1.0
 INTERFACE_RESCAN_S = 10.0
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
 SOL_PACKET, PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>
-# Processes already handed to ``on_process`` (most recent kept).
-MAX_KNOWN_PIDS = 4096
+# Processes, (pid, start time), already handed to ``on_process`` (most recent kept).
+MAX_KNOWN_PROCESSES = 4096
 
 
 class SniffError(LumenError):
@@ -75,8 +81,8 @@ def port_filter(ports: Iterable[int], *, loopback: bool) -> str:
     return f"inbound and ({expr})" if loopback else expr
 
 
-def attach_filter(sock: socket.socket, expression: str, iface: str) -> None:
-    """Compile ``expression`` with libpcap (through scapy) and attach it, keeping SNAPLEN bytes.
+def attach_filter(sock: socket.socket, expression: str, iface: str, snaplen: int = SNAPLEN) -> None:
+    """Compile ``expression`` with libpcap (through scapy) and attach it, keeping ``snaplen`` bytes.
 
     Replaces the filter scapy attached (which keeps 65535 bytes a packet).
     """
@@ -88,19 +94,19 @@ def attach_filter(sock: socket.socket, expression: str, iface: str) -> None:
     try:
         for i in range(program.bf_len):
             insn = program.bf_insns[i]
-            if insn.code == 0x06 and insn.k:  # BPF_RET|BPF_K with a length: keep SNAPLEN
-                insn.k = SNAPLEN
+            if insn.code == 0x06 and insn.k:  # BPF_RET|BPF_K with a length: keep snaplen
+                insn.k = snaplen
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, sock_fprog(program.bf_len, program.bf_insns))
     finally:
         free_filter(program)
 
 
-def _set_receive_buffer(sock: socket.socket) -> None:
+def _set_receive_buffer(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
     # SO_RCVBUFFORCE (root) passes net.core.rmem_max, which is a few hundred KiB by default.
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def kernel_drops(sock: socket.socket) -> int:
@@ -140,18 +146,25 @@ class PlainHttpCapture:
         *,
         interfaces: Iterable[str] | None = None,
         owners: SocketOwners | None = None,
-        on_process: Callable[[int], None] | None = None,
+        on_process: Callable[[int, ProcessIdentity | None], None] | None = None,
         fast: bool = True,
+        early_owners: bool = True,
     ) -> None:
-        """``on_process(pid)``: a process just found owning a connection; learn
-        about it now, while it runs (a curl may be gone by its first bytes)."""
+        """``on_process(pid, identity)``: a process just found owning a connection,
+        and who it was when found (None: not read; learn about it now, while
+        it runs -- a curl may be gone by its first bytes).
+
+        ``early_owners``: a thread of its own reads each new connection's SYN
+        and finds its owner at once (``syn_watch``); off, the run loop looks
+        when it reads the SYN."""
         self._on_event = on_event
         self._on_process = on_process
         self.fast = fast  # read Ethernet/IP/TCP headers directly (False: scapy dissects every packet)
-        self._known_pids: OrderedDict[int, None] = OrderedDict()
+        self._known_processes: OrderedDict[tuple[int, float | None], None] = OrderedDict()
         self.ports = tuple(sorted(set(ports)))
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._owners = owners or SocketOwners()
+        self._watcher = SynWatcher(self._owners) if early_owners else None
         self._conversations = Conversations(frozenset(self.ports), owner_of=self._owner_of)
         self._sockets: list[Any] = []
         self._by_fd: dict[int, Any] = {}
@@ -181,10 +194,14 @@ class PlainHttpCapture:
         errors = self._open(names)
         self._next_interface_scan = time.monotonic() + INTERFACE_RESCAN_S
         if not self._sockets:
+            if self._watcher is not None:
+                self._watcher.close()
             raise SniffError("plain-HTTP capture cannot open a packet socket (" + "; ".join(errors) + ")",
                              "run as root (CAP_NET_RAW) with libpcap installed (apt install libpcap0.8)")
         for error in errors:
             log.warning("plain-HTTP capture skips an interface: %s", error)
+        if self._watcher is not None:
+            self._watcher.start()
         log.info("plain-HTTP capture interfaces=%s ports=%s", ",".join(self.attached),
                  ",".join(map(str, self.ports)))
 
@@ -194,11 +211,7 @@ class PlainHttpCapture:
         for name in names:
             expression = port_filter(self.ports, loopback=name == "lo")
             try:
-                sock = self._listen_socket(iface=name, filter=expression)
-                attach_filter(sock.ins, expression, name)
-                _set_receive_buffer(sock.ins)
-                sock.ins.setblocking(False)
-                _drain(sock.ins)
+                sock = self._filtered_socket(name, expression, SNAPLEN, SOCKET_BUFFER_BYTES)
             except self._socket_errors as exc:
                 errors.append(f"{name}: {exc}")
                 continue
@@ -206,7 +219,27 @@ class PlainHttpCapture:
             self._by_fd[sock.ins.fileno()] = sock
             self._iface_of[sock.ins.fileno()] = name
             self.attached.append(name)
+            if self._watcher is not None:
+                try:
+                    syns = self._filtered_socket(name, syn_filter(self.ports, loopback=name == "lo"),
+                                                 SYN_SNAPLEN, SYN_SOCKET_BUFFER_BYTES)
+                except self._socket_errors as exc:  # the run loop still looks owners up, later
+                    log.warning("plain-HTTP capture reads no SYNs on %s: %s", name, exc)
+                else:
+                    self._watcher.watch(name, syns)
         return errors
+
+    def _filtered_socket(self, name: str, expression: str, snaplen: int, buffer_bytes: int) -> Any:
+        sock = self._listen_socket(iface=name, filter=expression)
+        try:
+            attach_filter(sock.ins, expression, name, snaplen)
+            _set_receive_buffer(sock.ins, buffer_bytes)
+            sock.ins.setblocking(False)
+            _drain(sock.ins)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _follow_interfaces(self) -> None:
         """Sniff interfaces that came up since the start (containers, VPNs); drop those gone."""
@@ -220,6 +253,8 @@ class PlainHttpCapture:
                 del self._iface_of[fd]
                 self._sockets.remove(sock)
                 self.attached.remove(name)
+                if self._watcher is not None:
+                    self._watcher.unwatch(name)
                 try:
                     sock.close()
                 except OSError:
@@ -278,6 +313,8 @@ class PlainHttpCapture:
             "plain.unattributed_connections": self._conversations.counters["unattributed_connections"],
         }
         out.update({f"plain.{k}": v for k, v in self._owners.counters.items()})
+        if self._watcher is not None:
+            out.update({f"plain.{k}": v for k, v in self._watcher.counters.items()})
         out.update({f"plain.skipped.{k}": v for k, v in self._skipped.items()})
         return out
 
@@ -287,6 +324,8 @@ class PlainHttpCapture:
         return [f"plain HTTP on {','.join(self.attached)} ports {','.join(map(str, self.ports))}"]
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
         self._conversations.close(time.time_ns(), self._emit)
         for sock in self._sockets:
             try:
@@ -300,9 +339,7 @@ class PlainHttpCapture:
     # -- internals ------------------------------------------------------------
 
     def _read(self, sock: Any, budget: int, deadline: float) -> int:
-        from scapy.layers.l2 import Ether
-
-        from lumen_agent.capture.packets import ethernet_segment, to_segment
+        from lumen_agent.capture.packets import frame_segment
 
         n = 0
         while n < budget:
@@ -319,14 +356,7 @@ class PlainHttpCapture:
             if cls is None or data is None:
                 continue
             ts_ns = int(ts * 1_000_000_000) if ts else time.time_ns()
-            segment = ethernet_segment(data, ts_ns) if cls is Ether and self.fast else None
-            if segment is None:
-                try:
-                    packet = cls(data)
-                except Exception:  # noqa: BLE001 - scapy on a malformed frame: count it, go on
-                    self._skip("undissectable")
-                    continue
-                segment = to_segment(packet, ts_ns)
+            segment = frame_segment(cls, data, ts_ns, fast=self.fast)
             if isinstance(segment, str):
                 self._skip(segment)
                 continue
@@ -338,11 +368,14 @@ class PlainHttpCapture:
 
     def _owner_of(self, client: Endpoint, server: Endpoint, seen_ns: int):
         owner = self._owners.lookup(client, server, seen_ns=seen_ns)
-        if owner is not None and self._on_process is not None and owner.pid not in self._known_pids:
-            self._known_pids[owner.pid] = None
-            if len(self._known_pids) > MAX_KNOWN_PIDS:
-                self._known_pids.popitem(last=False)
-            self._on_process(owner.pid)
+        if owner is None or self._on_process is None:
+            return owner
+        key = (owner.pid, owner.identity.start if owner.identity is not None else None)
+        if key not in self._known_processes:
+            self._known_processes[key] = None
+            if len(self._known_processes) > MAX_KNOWN_PROCESSES:
+                self._known_processes.popitem(last=False)
+            self._on_process(owner.pid, owner.identity)
         return owner
 
     def _emit(self, event: DataEvent) -> None:

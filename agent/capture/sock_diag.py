@@ -8,6 +8,11 @@ and those that owned earlier connections), so a short call -- a curl that
 lives three milliseconds -- is still found while it runs.  Any failure
 returns None and the caller falls back to psutil's full scan.
 
+Batches (the SYNs of one packet read) share one netlink socket and one walk
+of /proc.  Each socket is still asked for by its exact four-tuple: a dump of
+every socket on the sniffed ports would return each TIME_WAIT left behind by
+earlier calls, thousands on a busy port, to answer for a handful.
+
 No Python library wraps inet_diag (pyroute2 does, as a large dependency for
 one request), hence the few structs below (linux/inet_diag.h, linux/sock_diag.h).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterable, Sequence
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -42,38 +48,68 @@ def _address(ip: str) -> tuple[int, bytes]:
     return socket.AF_INET, socket.inet_pton(socket.AF_INET, ip).ljust(16, b"\0")
 
 
-def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """The inode of the TCP socket bound to ``local`` and connected to ``remote``, or None."""
-    try:
-        family, src = _address(local[0])
-        remote_family, dst = _address(remote[0])
-    except OSError:
-        return None
-    if family != remote_family:
-        return None
+def _request(family: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int) -> bytes:
     body = (_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, ALL_STATES)
-            + _SOCKID.pack(local[1], remote[1], src, dst, 0)
+            + _SOCKID.pack(sport, dport, src, dst, 0)
             + _COOKIE.pack(INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE))
-    message = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + body
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-            nl.settimeout(TIMEOUT_S)
-            nl.sendto(message, (0, 0))
-            reply = nl.recv(8192)
-    except OSError:
-        return None
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + body
+
+
+def _inode_of(reply: bytes) -> int | None:
     if len(reply) < _NLMSGHDR.size + _MSG.size:
         return None  # an NLMSG_ERROR (ENOENT: no such socket) is shorter
     _length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(reply)
     if kind != SOCK_DIAG_BY_FAMILY:
         return None
     *_, inode = _MSG.unpack_from(reply, _NLMSGHDR.size)
-    return inode or None
+    return inode or None  # 0: a socket no process holds any more (TIME_WAIT, orphaned)
 
 
-def pid_of_inode(inode: int, candidates: list[int], proc: str = "/proc") -> int | None:
-    """The process holding socket ``inode``: ``candidates`` first, then every pid, newest first."""
-    target = f"socket:[{inode}]"
+def socket_inodes(pairs: Sequence[tuple[tuple[str, int], tuple[str, int]]]) -> list[int | None]:
+    """The inode of each TCP socket bound to ``local`` and connected to ``remote`` (None: none).
+
+    One netlink socket answers them all: a request costs one round trip into
+    the kernel, the socket's setup is paid once per batch.
+    """
+    found: list[int | None] = [None] * len(pairs)
+    try:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except OSError:
+        return found
+    with nl:
+        nl.settimeout(TIMEOUT_S)
+        for i, (local, remote) in enumerate(pairs):
+            try:
+                family, src = _address(local[0])
+                remote_family, dst = _address(remote[0])
+            except OSError:
+                continue
+            if family != remote_family:
+                continue
+            try:
+                nl.sendto(_request(family, src, dst, local[1], remote[1], i + 1), (0, 0))
+                found[i] = _inode_of(nl.recv(8192))
+            except OSError:
+                return found
+    return found
+
+
+def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The inode of the TCP socket bound to ``local`` and connected to ``remote``, or None."""
+    return socket_inodes([(local, remote)])[0]
+
+
+def pids_of_inodes(inodes: Iterable[int], candidates: Iterable[int], proc: str = "/proc") -> dict[int, int]:
+    """inode -> the process holding it, for as many of ``inodes`` as are held.
+
+    One walk for the whole batch: ``candidates`` first (recent owners), then
+    every pid, newest first (a new connection is most often a new process),
+    stopping as soon as every inode is placed.
+    """
+    wanted = {f"socket:[{inode}]": inode for inode in inodes}
+    found: dict[int, int] = {}
+    if not wanted:
+        return found
     seen: set[int] = set()
     try:
         everyone = sorted((int(name) for name in os.listdir(proc) if name.isdigit()), reverse=True)
@@ -90,8 +126,16 @@ def pid_of_inode(inode: int, candidates: list[int], proc: str = "/proc") -> int 
             continue
         for name in names:
             try:
-                if os.readlink(f"{fd_dir}/{name}") == target:
-                    return pid
+                inode = wanted.pop(os.readlink(f"{fd_dir}/{name}"), None)
             except OSError:
                 continue
-    return None
+            if inode is not None:
+                found[inode] = pid
+                if not wanted:
+                    return found
+    return found
+
+
+def pid_of_inode(inode: int, candidates: list[int], proc: str = "/proc") -> int | None:
+    """The process holding socket ``inode``: ``candidates`` first, then every pid, newest first."""
+    return pids_of_inodes([inode], candidates, proc).get(inode)

@@ -1,4 +1,4 @@
-"""Which local process owns one end of a TCP connection.
+"""Which local process owns one end of a TCP connection, and who that process is.
 
 First the fast path (``sock_diag``): the kernel names the socket's inode from
 its four-tuple, and the inode is looked for in the likely processes' file
@@ -9,20 +9,35 @@ host, more on a busy one.  So one scan answers for every connection open at
 that moment (all are cached), and scans are rate-limited: a SYN flood on a
 sniffed port cannot turn into a flood of /proc walks.  A connection that
 misses the budget is counted and stays unattributed (pid 0).
+
+The sniffer's SYN thread (``syn_watch``) calls :meth:`SocketOwners.resolve_new`
+the moment a connection opens, while the run loop may be busy with a
+database flush; the run loop's :meth:`SocketOwners.lookup` then finds the
+answer cached.  When the fast path finds a process it reads who the process
+is (comm, exe, user, unit: ``ProcessIdentity``) there and then, so a row
+needs no /proc once a short-lived client has exited.  Both threads share one
+instance; a lock keeps them from doing the same lookup twice.
+
+Every cached answer carries the time it was found: it answers only for a
+connection first seen before then.  A four-tuple reused by a later
+connection (another process, another ephemeral port cycle) is looked up
+afresh, never taken from an older connection's answer.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import psutil
 
-from lumen_agent.capture.sock_diag import pid_of_inode, socket_inode
+from lumen_agent.capture.sock_diag import pids_of_inodes, socket_inodes
 from lumen_agent.capture.tcp_reassembly import Endpoint, normalise_ip
+from lumen_agent.pipeline.attribution import Attribution, ProcessIdentity
 
 log = logging.getLogger("lumen_agent")
 
@@ -30,24 +45,39 @@ log = logging.getLogger("lumen_agent")
 MAX_SCANS_PER_S = 20
 # Owners remembered at once (local endpoint, remote endpoint) -> pid.
 MAX_CACHED_SOCKETS = 65536
-# Fast-path lookups allowed per second (two netlink requests each; a SYN
-# flood on a sniffed port must not become a flood of them either).
+# Fast-path lookups allowed per second (a netlink request each, and a walk
+# of /proc per batch; a SYN flood on a sniffed port must not become a flood
+# of them either).
 MAX_DIAGS_PER_S = 2000
 # Recent owners tried first when looking for a socket's process.
 MAX_CANDIDATES = 16
 # How long the host's own addresses are trusted before they are read again.
 ADDRESSES_TTL_S = 30.0
 
+Pair = tuple[Endpoint, Endpoint]  # (local, remote) of one socket
+# ``diag(pairs, candidates)``: the pid holding each socket, or None.
+Diag = Callable[[Sequence[Pair], list[int]], list["int | None"]]
+
 
 @dataclass(frozen=True, slots=True)
 class Owner:
     pid: int
     is_client: bool  # the owner is the client end of the connection
+    # What the process was, read when its socket was found (None: not read,
+    # e.g. found by the psutil scan).  Not part of equality: it describes the pid.
+    identity: ProcessIdentity | None = field(default=None, compare=False)
 
 
-def scan_sockets() -> dict[tuple[Endpoint, Endpoint], int]:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    pid: int  # 0: looked for and not there (the socket, or its process, was gone)
+    identity: ProcessIdentity | None
+    found_ns: int  # wall clock when it was looked up
+
+
+def scan_sockets() -> dict[Pair, int]:
     """(local, remote) -> pid for every connected TCP socket of this network namespace."""
-    owners: dict[tuple[Endpoint, Endpoint], int] = {}
+    owners: dict[Pair, int] = {}
     for c in psutil.net_connections(kind="tcp"):
         if not c.raddr or not c.pid:
             continue
@@ -57,81 +87,148 @@ def scan_sockets() -> dict[tuple[Endpoint, Endpoint], int]:
     return owners
 
 
-def diag_owner(local: Endpoint, remote: Endpoint, candidates: list[int]) -> int | None:
-    """The pid holding the socket ``local`` -> ``remote``, by sock_diag and a look at the fds."""
-    inode = socket_inode((local.ip, local.port), (remote.ip, remote.port))
-    return None if inode is None else pid_of_inode(inode, candidates)
+def diag_owners(pairs: Sequence[Pair], candidates: list[int]) -> list[int | None]:
+    """The pid holding each socket ``local`` -> ``remote``: sock_diag, then one look through the fds."""
+    inodes = socket_inodes([((local.ip, local.port), (remote.ip, remote.port)) for local, remote in pairs])
+    pids = pids_of_inodes([i for i in inodes if i is not None], candidates)
+    return [None if inode is None else pids.get(inode) for inode in inodes]
 
 
 class SocketOwners:
-    def __init__(self, scan: Callable[[], dict[tuple[Endpoint, Endpoint], int]] = scan_sockets,
+    def __init__(self, scan: Callable[[], dict[Pair, int]] = scan_sockets,
                  clock: Callable[[], float] = time.monotonic,
-                 diag: Callable[[Endpoint, Endpoint, list[int]], int | None] | None = None) -> None:
-        """``diag(local, remote, candidates)``: the fast path's pid for one socket (None: sock_diag)."""
+                 diag: Diag | None = None,
+                 identify: Callable[[int], ProcessIdentity | None] | None = None) -> None:
+        """``diag(pairs, candidates)``: the fast path's pids (None: sock_diag);
+        ``identify(pid)``: who a process is (None: read from /proc)."""
         self._scan = scan
         self._clock = clock
-        self._diag = diag or diag_owner
+        self._diag = diag or diag_owners
+        self._identify = identify or Attribution().identify
+        self._lock = threading.Lock()
         self._diag_budget = float(MAX_DIAGS_PER_S)
         self._diag_refilled = clock()
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._addresses: set[str] = set()
         self._addresses_expire = 0.0
-        self._cache: OrderedDict[tuple[Endpoint, Endpoint], int] = OrderedDict()
+        self._cache: OrderedDict[Pair, _Answer] = OrderedDict()
         self._budget = float(MAX_SCANS_PER_S)
         self._refilled = clock()
         self._wall_ns = time.time_ns
         self._last_scan_ns = 0
-        self.counters = {"owner_fast": 0, "owner_scans": 0, "owner_scans_refused": 0}
+        self.counters = {"owner_fast": 0, "owner_early": 0, "owner_misses": 0, "owner_diags_refused": 0,
+                         "owner_scans": 0, "owner_scans_refused": 0}
 
     def lookup(self, client: Endpoint, server: Endpoint, *, seen_ns: int) -> Owner | None:
         """The client's process if it is local, else the server's, else None.
 
-        ``seen_ns``: when a packet of the connection was captured (wall clock).
-        A scan that started after it and found nothing is the answer: the
-        socket existed then, so it is gone (or in another network namespace)
-        and another scan would not find it either.
+        ``seen_ns``: when the connection's first packet was captured (wall
+        clock).  A scan that started after it and found nothing is the
+        answer: the socket existed then, so it is gone (or in another network
+        namespace) and another scan would not find it either.
         """
-        owner = self._cached(client, server)
-        if owner is None:
-            owner = self._fast(client, server)
-        if owner is None and self._last_scan_ns < seen_ns and self._take_budget():
-            self._rescan()
-            owner = self._cached(client, server)
-        if owner is not None:
-            self._recent[owner.pid] = None
-            self._recent.move_to_end(owner.pid)
-            if len(self._recent) > MAX_CANDIDATES:
-                self._recent.popitem(last=False)
-        return owner
+        with self._lock:
+            owner, final = self._cached(client, server, seen_ns)
+            if owner is None and not final:
+                owner = self._fast(client, server)
+            if owner is None and not final and self._last_scan_ns < seen_ns and self._take_budget():
+                self._rescan()
+                owner, _ = self._cached(client, server, seen_ns)
+            return owner
 
-    def _fast(self, client: Endpoint, server: Endpoint) -> Owner | None:
+    def resolve_new(self, flows: Sequence[tuple[Endpoint, Endpoint, int]]) -> None:
+        """Find the owners of connections that are just opening: (client, server, seen_ns) each.
+
+        Called by the sniffer's SYN thread for the SYNs of one read, all in
+        one netlink socket and one walk of /proc.  Only local clients: a
+        server's socket for the connection does not exist before the
+        handshake ends (the run loop looks for it at the first bytes).
+        """
+        with self._lock:
+            todo: dict[Pair, None] = {}
+            for client, server, seen_ns in flows:
+                if self._is_local(client.ip) and self._cached(client, server, seen_ns) == (None, False):
+                    todo[(client, server)] = None
+            pairs = self._within_budget(list(todo))
+            for pid in self._find(pairs):
+                if pid:
+                    self.counters["owner_early"] += 1
+                else:
+                    self.counters["owner_misses"] += 1
+
+    # -- internals (the caller holds self._lock) ---------------------------
+
+    def _within_budget(self, pairs: list[Pair]) -> list[Pair]:
         now = self._clock()
         self._diag_budget = min(float(MAX_DIAGS_PER_S),
                                 self._diag_budget + (now - self._diag_refilled) * MAX_DIAGS_PER_S)
         self._diag_refilled = now
-        if self._diag_budget < 1:
-            return None
-        self._diag_budget -= 1
-        candidates = list(reversed(self._recent))
+        allowed = min(len(pairs), int(self._diag_budget))
+        self._diag_budget -= allowed
+        self.counters["owner_diags_refused"] += len(pairs) - allowed
+        return pairs[:allowed]
+
+    def _find(self, pairs: list[Pair]) -> list[int]:
+        """The fast path for ``pairs``: cache each answer (0: not found) with its process."""
+        if not pairs:
+            return []
+        found_ns = self._wall_ns()
+        try:
+            pids = self._diag(pairs, list(reversed(self._recent)))
+        except OSError as exc:
+            log.warning("socket owner lookup failed error=%s", exc)
+            return [0] * len(pairs)
+        out = []
+        for pair, pid in zip(pairs, pids, strict=True):
+            identity = None
+            if pid:
+                self.counters["owner_fast"] += 1
+                identity = self._identify(pid)
+                self._note_recent(pid)
+            self._store(pair, _Answer(pid or 0, identity, found_ns))
+            out.append(pid or 0)
+        return out
+
+    def _fast(self, client: Endpoint, server: Endpoint) -> Owner | None:
         sides = [(client, server, True)]
         if not self._is_local(client.ip):
             sides.append((server, client, False))
         for local, remote, is_client in sides:
-            pid = self._diag(local, remote, candidates)
-            if pid is not None:
-                self.counters["owner_fast"] += 1
-                self._cache[(local, remote)] = pid
-                return Owner(pid, is_client)
+            if not self._within_budget([(local, remote)]):
+                return None
+            pid = self._find([(local, remote)])[0]
+            if pid:
+                return Owner(pid, is_client, self._cache[(local, remote)].identity)
+            if is_client and self._is_local(client.ip):
+                self.counters["owner_misses"] += 1  # a local client, gone already
         return None
 
-    def _cached(self, client: Endpoint, server: Endpoint) -> Owner | None:
-        pid = self._cache.get((client, server))
-        if pid is not None:
-            return Owner(pid, True)
-        pid = self._cache.get((server, client))
-        if pid is not None and not self._is_local(client.ip):
-            return Owner(pid, False)
-        return None
+    def _cached(self, client: Endpoint, server: Endpoint, seen_ns: int) -> tuple[Owner | None, bool]:
+        """(owner, final) from answers found after ``seen_ns``; ``final``: looked for, gone."""
+        answer = self._cache.get((client, server))
+        if answer is not None and answer.found_ns >= seen_ns:
+            if answer.pid:
+                self._note_recent(answer.pid)
+                return Owner(answer.pid, True, answer.identity), True
+            if self._is_local(client.ip):
+                return None, True  # the local client's socket was gone when looked for: so it stays
+        answer = self._cache.get((server, client))
+        if answer is not None and answer.pid and answer.found_ns >= seen_ns and not self._is_local(client.ip):
+            self._note_recent(answer.pid)
+            return Owner(answer.pid, False, answer.identity), True
+        return None, False
+
+    def _note_recent(self, pid: int) -> None:
+        self._recent[pid] = None
+        self._recent.move_to_end(pid)
+        if len(self._recent) > MAX_CANDIDATES:
+            self._recent.popitem(last=False)
+
+    def _store(self, pair: Pair, answer: _Answer) -> None:
+        self._cache[pair] = answer
+        self._cache.move_to_end(pair)
+        while len(self._cache) > MAX_CACHED_SOCKETS:
+            self._cache.popitem(last=False)
 
     def _is_local(self, ip: str) -> bool:
         """An address of this host: its client is a local process, even one gone already.
@@ -171,12 +268,4 @@ class SocketOwners:
             log.warning("cannot list sockets error=%s", exc)
             return
         for key, pid in found.items():
-            self._cache[key] = pid
-            self._cache.move_to_end(key)
-        while len(self._cache) > MAX_CACHED_SOCKETS:
-            self._cache.popitem(last=False)
-
-    def forget(self, client: Endpoint, server: Endpoint) -> None:
-        """The connection closed: its endpoints may be reused by another process."""
-        self._cache.pop((client, server), None)
-        self._cache.pop((server, client), None)
+            self._store(key, _Answer(pid, None, self._last_scan_ns))

@@ -4,7 +4,8 @@ Looked up from /proc once per process and cached.  A cached entry is keyed
 by (pid, start time) so a recycled pid is never mistaken for the process
 that had it before; a process that has already exited keeps whatever was
 learnt about it while it ran (capture sources call ``observe`` early, at
-exec or first event, for exactly that reason).
+exec or first event, for exactly that reason, or read the process where
+they find it and hand it in: ``remember``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ class ProcessInfo:
 UNKNOWN = ProcessInfo()
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """A process as read while it ran: ``pid`` and ``start`` name it (pids are reused)."""
+
+    pid: int
+    start: float  # psutil's create_time
+    info: ProcessInfo
+
+
 class Attribution:
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self._proc = proc
@@ -58,6 +68,23 @@ class Attribution:
         if len(self._by_pid) > MAX_PROCESSES:
             self._by_pid.popitem(last=False)
         return info
+
+    def identify(self, pid: int) -> ProcessIdentity | None:
+        """``observe`` and the start time with it; None if ``pid`` is gone."""
+        info = self.observe(pid)
+        start = self._by_pid[pid][0]
+        return None if start is None else ProcessIdentity(pid, start, info)
+
+    def remember(self, identity: ProcessIdentity) -> bool:
+        """What a capture source read of a process while it ran (perhaps on
+        another thread, before the process exited): later lookups of its pid
+        need no /proc.  True if another process had this pid before."""
+        before = self._by_pid.get(identity.pid)
+        self._by_pid[identity.pid] = (identity.start, identity.info)
+        self._by_pid.move_to_end(identity.pid)
+        if len(self._by_pid) > MAX_PROCESSES:
+            self._by_pid.popitem(last=False)
+        return before is not None and before[0] != identity.start
 
     def lookup(self, pid: int) -> ProcessInfo:
         """What is known about ``pid``: the cache first, /proc if it is new."""
