@@ -211,3 +211,15 @@ def test_syn_thread_finds_a_client_that_exits_before_the_run_loop_reads_its_pack
                                                           os.path.realpath(sys.executable))
     assert {e.pid for e in events} == {child.pid}
     assert events[0].data == b"POST /v1/chat/completions HTTP/1.1\r\n\r\n"
+
+
+def test_proc_walk_looks_at_the_newest_processes_first_across_a_pid_wrap(tmp_path):
+    from lumen_agent.capture.sock_diag import newest_first
+
+    (tmp_path / "sys" / "kernel").mkdir(parents=True)
+    (tmp_path / "sys" / "kernel" / "pid_max").write_text("32768\n")
+    # Pids wrapped: the last handed out is 120, so 118 and 100 are newer than 32000.
+    (tmp_path / "sys" / "kernel" / "ns_last_pid").write_text("120\n")
+    assert newest_first([1, 100, 118, 32000, 32767, 500], str(tmp_path)) == [118, 100, 1, 32767, 32000, 500]
+    # No such files (another kernel): highest pid first.
+    assert newest_first([1, 100, 500], str(tmp_path / "nowhere")) == [500, 100, 1]

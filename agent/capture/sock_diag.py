@@ -112,7 +112,7 @@ def pids_of_inodes(inodes: Iterable[int], candidates: Iterable[int], proc: str =
         return found
     seen: set[int] = set()
     try:
-        everyone = sorted((int(name) for name in os.listdir(proc) if name.isdigit()), reverse=True)
+        everyone = newest_first([int(name) for name in os.listdir(proc) if name.isdigit()], proc)
     except OSError:
         everyone = []
     for pid in [*candidates, *everyone]:
@@ -134,6 +134,23 @@ def pids_of_inodes(inodes: Iterable[int], candidates: Iterable[int], proc: str =
                 if not wanted:
                     return found
     return found
+
+
+def newest_first(pids: list[int], proc: str = "/proc") -> list[int]:
+    """``pids``, the most recently started first: counting back from the last pid handed out.
+
+    Pids are handed out upwards and wrap at pid_max (32768 by default), so
+    after a wrap the newest processes have the smallest numbers; sorting by
+    number alone would look at every older process before a new curl.
+    """
+    try:
+        with open(f"{proc}/sys/kernel/ns_last_pid") as f:
+            last = int(f.read())
+        with open(f"{proc}/sys/kernel/pid_max") as f:
+            pid_max = int(f.read())
+    except (OSError, ValueError):
+        return sorted(pids, reverse=True)
+    return sorted(pids, key=lambda pid: (last - pid) % pid_max)
 
 
 def pid_of_inode(inode: int, candidates: list[int], proc: str = "/proc") -> int | None:

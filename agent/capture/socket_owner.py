@@ -131,10 +131,18 @@ class SocketOwners:
             owner, final = self._cached(client, server, seen_ns)
             if owner is None and not final:
                 owner = self._fast(client, server)
-            if owner is None and not final and self._last_scan_ns < seen_ns and self._take_budget():
-                self._rescan()
-                owner, _ = self._cached(client, server, seen_ns)
-            return owner
+            if owner is not None or final or self._last_scan_ns >= seen_ns or not self._take_budget():
+                return owner
+            self.counters["owner_scans"] += 1
+            scan_ns = self._last_scan_ns = self._wall_ns()
+        # The scan takes milliseconds (more on a busy host): the SYN thread must not wait for it.
+        found = self._scan_all()
+        with self._lock:
+            for key, pid in found.items():
+                answer = self._cache.get(key)
+                if answer is None or not answer.pid or answer.found_ns < scan_ns:  # never over a newer owner
+                    self._store(key, _Answer(pid, None, scan_ns))
+            return self._cached(client, server, seen_ns)[0]
 
     def resolve_new(self, flows: Sequence[tuple[Endpoint, Endpoint, int]]) -> None:
         """Find the owners of connections that are just opening: (client, server, seen_ns) each.
@@ -259,13 +267,9 @@ class SocketOwners:
         self._budget -= 1
         return True
 
-    def _rescan(self) -> None:
-        self.counters["owner_scans"] += 1
-        self._last_scan_ns = self._wall_ns()
+    def _scan_all(self) -> dict[Pair, int]:
         try:
-            found = self._scan()
+            return self._scan()
         except (psutil.Error, OSError) as exc:
             log.warning("cannot list sockets error=%s", exc)
-            return
-        for key, pid in found.items():
-            self._store(key, _Answer(pid, None, self._last_scan_ns))
+            return {}

@@ -112,11 +112,11 @@ class Attribution:
         # drops the " (deleted)" mark of a replaced binary, and it has no
         # cgroup at all.
         base = self._proc / str(pid)
-        process = _read_text(base / "comm")
-        try:
+        try:  # first: a process that is exiting loses its exe link before its comm
             exe = str((base / "exe").readlink())
         except OSError:
             exe = None
+        process = _read_text(base / "comm")
         user = self._user(pid)
         unit, container = _cgroup_facts(_read_text(base / "cgroup") or "")
         return ProcessInfo(process, exe, user, unit, container)
