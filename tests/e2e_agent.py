@@ -66,8 +66,9 @@ class AgentProcess:
 
     @classmethod
     def start(cls, workdir: str | os.PathLike[str], *, db_name: str = "x.duckdb",
-              args: Sequence[str] = (), wrap: Sequence[str] = ()) -> AgentProcess:
-        """``wrap``: a command prefix that execs the agent (e.g. a new mount namespace)."""
+              args: Sequence[str] = (), wrap: Sequence[str] = (), lumen: str = LUMEN) -> AgentProcess:
+        """``wrap``: a command prefix that execs the agent (e.g. a new mount namespace);
+        ``lumen``: another build's ``lumen-agent`` (a benchmark's baseline)."""
         workdir = Path(workdir)
         for sub in ("state", "run", "config"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ class AgentProcess:
         log_path = workdir / "agent.log"
         log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
         t0 = time.monotonic()
-        proc = subprocess.Popen([*wrap, LUMEN, "run", "--db", str(db), *args], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*wrap, lumen, "run", "--db", str(db), *args], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         return cls(proc, workdir, db, env, log_path, t0)
