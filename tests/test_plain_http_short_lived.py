@@ -24,7 +24,6 @@ from decimal import Decimal
 
 import pytest
 from e2e_agent import AgentProcess
-from support import certs as certs_mod
 from support import clients
 from support import fake_provider as fp
 
@@ -90,11 +89,6 @@ def finish_all(running):
 
 def updated(agent):
     return (agent.status_file() or {}).get("updated", 0)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return certs_mod.ensure_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")
