@@ -204,12 +204,12 @@ def measure(args: argparse.Namespace, lumen: str) -> dict:
         bulk_srv.close()
         bulk_srv2.close()
     return {"idle": idle, "unsniffed": unsniffed, "sniffed": sniffed, "mb1": mb1, "mb2": mb2,
-            "results": results, "status": status}
+            "results": results, "status": status, "load": os.getloadavg()}
 
 
 def report(name: str, m: dict) -> None:
     idle = m["idle"]
-    print(f"== {name} (load {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    print(f"== {name} (load average at its end {' '.join(f'{x:.2f}' for x in m['load'])})")
     print(f"idle agent CPU:                 {idle:6.2f}% of a core (baseline)")
     print(f"bulk {m['mb1']:6.1f} MB/s unsniffed port: {m['unsniffed']:6.2f}% of a core  "
           f"(+{m['unsniffed'] - idle:.2f} vs idle)")
