@@ -223,3 +223,33 @@ def test_proc_walk_looks_at_the_newest_processes_first_across_a_pid_wrap(tmp_pat
     assert newest_first([1, 100, 118, 32000, 32767, 500], str(tmp_path)) == [118, 100, 1, 32767, 32000, 500]
     # No such files (another kernel): highest pid first.
     assert newest_first([1, 100, 500], str(tmp_path / "nowhere")) == [500, 100, 1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="packet sockets need root (CAP_NET_RAW)")
+def test_syn_thread_follows_interfaces_and_stops_with_the_capture(monkeypatch):
+    from lumen_agent.capture import sniff
+
+    up = ["lo"]
+    monkeypatch.setattr(sniff, "host_interfaces", lambda: list(up))
+    capture = sniff.PlainHttpCapture(lambda event: None, [11434])
+    capture.start()
+    watcher = capture._watcher
+
+    def sockets_held(n):
+        deadline = time.monotonic() + 5
+        while len(watcher._sockets) != n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(watcher._sockets)
+
+    try:
+        assert watcher._thread.is_alive() and sockets_held(1) == 1
+        up.clear()
+        capture._follow_interfaces()
+        assert sockets_held(0) == 0  # the thread closed lo's SYN socket
+        up.append("lo")
+        capture._follow_interfaces()
+        assert sockets_held(1) == 1
+    finally:
+        capture.close()
+    assert not watcher._thread.is_alive() and watcher._sockets == {}
+    capture.close()  # twice: harmless
