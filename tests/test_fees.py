@@ -14,6 +14,8 @@ and a gpt-4o-search-preview chat completion (``annotations`` of type
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import uuid
 from datetime import date
@@ -152,6 +154,26 @@ def test_openai_batch_redownload_adds_no_rows(prices):
                           pipeline=pipeline)
     assert (len(first), len(again)) == (4, 0)
     assert pipeline.counters["batch.lines_duplicate"] == 4
+
+
+def test_batch_redownload_after_a_restart_is_not_stored_twice(prices, tmp_path: Path):
+    """A new agent (a fresh pipeline with no memory) downloads the same results
+    again: the store finds the rows by their line-derived ids and keeps the
+    first copy only; a row of an ordinary call in the same flush is stored."""
+    db = tmp_path / "lumen.duckdb"
+    first, _ = run(prices, "GET", OPENAI_FILE, None, OPENAI_BATCH, content_type="application/octet-stream")
+    with CallStore(db) as store:
+        store.add_many(first)
+    again, _ = run(prices, "GET", OPENAI_FILE, None, OPENAI_BATCH, content_type="application/octet-stream")
+    assert len(again) == 4
+    ordinary = dataclasses.replace(first[0], id=uuid.uuid4().hex, service_tier=None)
+    with CallStore(db) as store:
+        store.add_many([*again, ordinary])
+        assert store.flush() == 1
+    # 581.18 / 1M once, plus the ordinary copy of the gpt-4o-mini line at its batch price (6.3 / 1M)
+    assert run_sql(db, "SELECT count(*), count(DISTINCT id), sum(cost_usd) FROM llm_calls").rows == [
+        (5, 5, Decimal("0.00058748"))]
+    assert run_sql(db, "SELECT value FROM lumen_counters WHERE name = 'batch_lines_already_stored'").rows == [(4,)]
 
 
 def test_openai_batch_byte_by_byte_gzip_same_rows(prices):

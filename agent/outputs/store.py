@@ -89,6 +89,26 @@ def _add_counters(con: duckdb.DuckDBPyConnection, totals: dict[str, int]) -> Non
     )
 
 
+def _without_stored_batch_lines(con: duckdb.DuckDBPyConnection, batch: list[Call],
+                                totals: dict[str, int]) -> list[Call]:
+    """``batch`` less the batch-results rows already in the file.
+
+    A billed batch line's row id is the same on every download
+    (pipeline/batch_rows.py), so results downloaded again after a restart
+    are found here by id and counted, not stored twice.  Ordinary rows have
+    random ids and never meet this check."""
+    ids = [c.id for c in batch if c.service_tier == "batch"]
+    if not ids:
+        return batch
+    stored = {r[0] for r in con.execute(
+        f"SELECT id FROM {CALLS_TABLE} WHERE service_tier = 'batch' AND id IN (SELECT unnest(?::VARCHAR[]))",
+        [ids]).fetchall()}
+    if not stored:
+        return batch
+    totals["batch_lines_already_stored"] = totals.get("batch_lines_already_stored", 0) + len(stored)
+    return [c for c in batch if c.id not in stored]
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return (text or type(exc).__name__)[:500]
@@ -263,8 +283,7 @@ class CallStore(Output):
             try:
                 while True:
                     try:
-                        ms = self._write(batch, counts)
-                        written = len(batch)
+                        ms, written = self._write(batch, counts)
                         break
                     except Exception as exc:  # noqa: BLE001 - sorted below
                         if not is_lock_error(exc):
@@ -315,20 +334,20 @@ class CallStore(Output):
             )
             self._dropped_logged = dropped
 
-    def _write(self, batch: list[Call], counts: dict[str, int]) -> float:
-        """One open-append-close cycle; returns its duration in ms."""
+    def _write(self, batch: list[Call], counts: dict[str, int]) -> tuple[float, int]:
+        """One open-append-close cycle; returns its duration in ms and the rows written."""
         started = time.perf_counter()
         con = self._connect()
         try:
             con.execute("BEGIN TRANSACTION")
             try:
-                if batch:
-                    appender = con.appender(CALLS_TABLE, columns=list(CALL_COLUMNS))
-                    appender.append_rows([_to_row(c) for c in batch])
-                    appender.flush()
                 totals = dict(counts)
-                if batch:
-                    totals["rows_written"] = totals.get("rows_written", 0) + len(batch)
+                rows = _without_stored_batch_lines(con, batch, totals)
+                if rows:
+                    appender = con.appender(CALLS_TABLE, columns=list(CALL_COLUMNS))
+                    appender.append_rows([_to_row(c) for c in rows])
+                    appender.flush()
+                    totals["rows_written"] = totals.get("rows_written", 0) + len(rows)
                 if totals:
                     _add_counters(con, totals)
                 con.execute("COMMIT")
@@ -340,7 +359,7 @@ class CallStore(Output):
                 con.close()
             except duckdb.Error as exc:  # committed already: the rows are stored
                 log.warning("closing %s after a flush: %s", self.path, exc)
-        return (time.perf_counter() - started) * 1000.0
+        return (time.perf_counter() - started) * 1000.0, len(rows)
 
     def _write_isolated(self, batch: list[Call], counts: dict[str, int],
                         first_error: BaseException) -> tuple[float, int]:

@@ -5,11 +5,10 @@ A row's id is derived from the line's key (OpenAI's ``batch_req_`` id;
 Anthropic's batch id + ``custom_id``), so the same billed request always
 gets the same id.  The pipeline remembers the keys it turned into rows and
 drops a line it sees again (a client that downloads the results twice).
-That memory is per agent process and bounded: a re-download after a restart,
-or after more than ``MAX_REMEMBERED_BATCH_LINES`` newer lines, adds rows again
--- with the same ids, so ``count(DISTINCT id)`` (or ``DISTINCT ON (id)``)
-still counts each request once.  The store has no key to dedupe on (the
-``id`` column is deliberately not a PRIMARY KEY, outputs/schema.py).
+That memory is per agent process and bounded by
+``MAX_REMEMBERED_BATCH_LINES``; a re-download after a restart is caught by
+the store, which leaves out batch rows whose id the file already holds
+(outputs/store.py).
 """
 
 from __future__ import annotations
