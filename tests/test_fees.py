@@ -15,7 +15,6 @@ and a gpt-4o-search-preview chat completion (``annotations`` of type
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import uuid
 from datetime import date
