@@ -352,4 +352,4 @@ def _plain_http_rows(capture: dict[str, Any]) -> list[tuple[str, Any]]:
     if "plain.packets" not in capture:
         return []
     return [(f"plain_{name}", capture.get(f"plain.{name}", 0))
-            for name in ("packets", "bytes", "connections", "reorder_drops")]
+            for name in ("packets", "bytes", "connections", "reorder_drops", "unattributed_connections")]

@@ -80,6 +80,7 @@ def test_status_names_the_sniffer(session):
     assert final["plain_connections"] == 3
     assert final["plain_packets"] > 0 and final["plain_bytes"] > 0
     assert final["plain_reorder_drops"] == 0
+    assert final["plain_unattributed_connections"] == 0  # each call has its client
 
 
 def test_three_calls_three_rows(session):
