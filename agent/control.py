@@ -58,6 +58,9 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 
 # How often wait_idle looks at the sockets.
 IDLE_POLL_S = 0.05
+# How often an idle socket thread wakes to look for a stop request.  close()
+# does not wait for it: it connects to the socket to end the wait at once.
+SERVE_POLL_S = 5.0
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -108,6 +111,16 @@ def peer_credentials_full(sock: socket.socket) -> tuple[int, int, int] | None:
     return pid, uid, gid
 
 
+def _poke(address: str) -> None:
+    """Connect to our own socket and hang up: a serving thread's select returns."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(address)
+    except OSError:
+        pass
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -144,6 +157,8 @@ class ControlServer:
         self._bound: dict[Path, tuple[int, int]] = {}  # path -> (st_dev, st_ino) of our socket
         self.ingested = 0
         self.bad_lines = 0
+        # Called (on a socket thread) after an ingested event is queued: wakes the run loop.
+        self.on_queued: Callable[[], None] | None = None
 
     @property
     def control_path(self) -> Path:
@@ -185,8 +200,15 @@ class ControlServer:
             time.sleep(IDLE_POLL_S)
 
     def close(self) -> None:
+        stoppers = []
         for server in self._servers:
-            server.shutdown()
+            stopper = threading.Thread(target=server.shutdown, daemon=True)
+            stopper.start()
+            stoppers.append((server, stopper))
+        for server, stopper in stoppers:
+            while stopper.is_alive():
+                _poke(server.server_address)  # ends the thread's select; it then sees the request
+                stopper.join(0.05)
             server.server_close()
         for path, identity in self._bound.items():
             # Only the socket we bound: a path taken over by another agent
@@ -219,7 +241,7 @@ class ControlServer:
         os.chmod(path, mode)
         st = path.stat()
         self._bound[path] = (st.st_dev, st.st_ino)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": SERVE_POLL_S},
                                   name=f"lumen-{path.name}", daemon=True)
         thread.start()
         self._servers.append(server)
@@ -295,6 +317,8 @@ class ControlServer:
             if pid is not None and event.pid != pid:
                 event = replace(event, pid=pid)
             self.events.put((event, origin))
+            if self.on_queued is not None:
+                self.on_queued()
             count += 1
         self.ingested += count
 

@@ -1,21 +1,27 @@
 """The agent's run loop: capture -> pipeline -> store, until told to stop.
 
 One thread owns the pipeline and does everything in short turns: drain the
-capture (at most ``POLL_MS`` of waiting) and the events that hooked
-processes hand in over the ingest socket, then once a second expire idle
-connections, flush the store when due and publish the status.  SIGTERM and
-SIGINT end the loop; the capture is detached first so nothing new arrives,
-then every open exchange is closed out and the store flushed.
+capture and the events that hooked processes hand in over the ingest socket,
+then once a second expire idle connections, flush the store when due and
+publish the status.  SIGTERM and SIGINT end the loop; the capture is detached
+first so nothing new arrives, then every open exchange is closed out and the
+store flushed.
+
+An idle agent sleeps: the capture waits in one epoll_wait on its ring
+buffer, the sniffer's sockets and a wake-up pipe (signals, ingested events),
+for as long as nothing is due (the next housekeeping, a source's own
+deadline from ``next_due_s``), instead of waking every ``POLL_MS``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
+import select
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +43,7 @@ from lumen_agent.recording import Recorder, open_private
 
 log = logging.getLogger("lumen_agent")
 
-POLL_MS = 100
+POLL_MS = 100  # longest wait of a capture that cannot wait on the wake-up pipe
 HOUSEKEEPING_S = 1.0
 # A status file older than this means the agent is gone or stuck.
 STATUS_STALE_S = 5.0
@@ -60,13 +66,18 @@ class IngestOnly:
     """No capture of our own: events come only from hooks over the ingest socket."""
 
     def __init__(self) -> None:
-        self._wake = threading.Event()
+        self._fds: list[int] = []
 
     def start(self) -> None:
         pass
 
     def poll(self, timeout_ms: int = POLL_MS) -> None:
-        time.sleep(timeout_ms / 1000)
+        # The wake-up pipe ends the wait (an ingested event, a signal).
+        select.select(self._fds, [], [], timeout_ms / 1000)
+
+    def watch_fds(self, fds: set[int]) -> bool:
+        self._fds = sorted(fds)
+        return True
 
     def ignore_connection(self, pid: int, conn: int) -> None:
         pass
@@ -111,6 +122,12 @@ class Agent:
         self.control = ControlServer(config.runtime_dir, ingest_group=config.ingest_group)
         self.control.register("status", lambda _request: self._status)
         self.capture = make_capture(self._on_event, self._on_exec)
+        # Written to wake the run loop: by the signal machinery and when an
+        # ingested event is queued (one byte until the loop drains it).
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_pending = False
+        self._waits_on_wake = False  # the capture's wait ends on _wake_r
+        self.control.on_queued = self._wake
 
     # -- extension points -----------------------------------------------------
 
@@ -168,6 +185,29 @@ class Agent:
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the run loop's wait (any thread)."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"w")
+            except (BlockingIOError, OSError):
+                pass  # full (it is woken anyway) or closed (stopping)
+
+    def _wait_ms(self, next_housekeeping: float) -> int:
+        """How long the capture may wait for data: until something is due."""
+        if not self.control.events.empty():
+            return 0
+        wait = next_housekeeping - time.monotonic()
+        if not self._waits_on_wake:
+            wait = min(wait, POLL_MS / 1000)
+        next_due = getattr(self.capture, "next_due_s", None)
+        due = next_due() if next_due is not None else POLL_MS / 1000
+        if due is not None:
+            wait = min(wait, due)
+        return max(0, math.ceil(wait * 1000))
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         # Before anything is captured: a database that cannot take rows ends
@@ -185,6 +225,8 @@ class Agent:
         signal.signal(signal.SIGINT, self.request_stop)
         try:
             self.capture.start()
+            watch = getattr(self.capture, "watch_fds", None)
+            self._waits_on_wake = bool(watch is not None and watch({self._wake_r}))
             self.control.start()
             self.ready_at = time.time()
             self._housekeeping()
@@ -196,7 +238,7 @@ class Agent:
                     log.exception("ready listener failed")
             next_housekeeping = time.monotonic() + HOUSEKEEPING_S
             while not self._stop:
-                self.capture.poll(POLL_MS)
+                self.capture.poll(self._wait_ms(next_housekeeping))
                 self._drain_ingest()
                 now = time.monotonic()
                 if now >= next_housekeeping:
@@ -206,6 +248,12 @@ class Agent:
             self.shutdown()
 
     def _drain_ingest(self) -> None:
+        if self._wake_pending:
+            self._wake_pending = False  # before draining: an event queued after this wakes us again
+            try:
+                os.read(self._wake_r, 4096)
+            except (BlockingIOError, OSError):
+                pass
         events = self.control.events
         for _ in range(MAX_INGEST_PER_TURN):
             try:
@@ -248,6 +296,11 @@ class Agent:
             if self._record_file is not None:
                 self._record_file.close()
             self._remove_status()
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             log.info("stopped rows_written=%d shutdown_s=%.2f",
                      self.store.stats().get("rows_written", 0), time.monotonic() - started)
 

@@ -1,9 +1,11 @@
 """Two capture sources in one agent: eBPF for TLS, the sniffer for plain HTTP.
 
-The run loop polls one source; this one polls the primary with a short
-timeout, then drains the secondary without waiting, so neither starves.
-A secondary that cannot start (no libpcap, no CAP_NET_RAW) is logged and
-left out: the primary still runs.
+The run loop polls one source.  This one has the primary wait on the
+secondary's sockets too (``watch_fds``: one epoll_wait for both, so an idle
+agent sleeps the whole timeout), then drains the secondary without waiting.
+A primary that cannot watch fds is polled with a short timeout instead, so
+neither starves.  A secondary that cannot start (no libpcap, no
+CAP_NET_RAW) is logged and left out: the primary still runs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class CombinedCapture:
         self._secondary_name = secondary_name
         self.secondary_error: str | None = None
         self.secondary_faults = 0
+        self._watching: frozenset | None = None  # the secondary's sockets the primary waits on
+        self._extra: set[int] = set()  # the caller's fds (watch_fds)
 
     def start(self) -> None:
         self.primary.start()
@@ -40,7 +44,7 @@ class CombinedCapture:
             self.secondary = None
 
     def poll(self, timeout_ms: int = 100) -> None:
-        self.primary.poll(min(timeout_ms, PRIMARY_POLL_MS))
+        self.primary.poll(timeout_ms if self._watch_secondary() else min(timeout_ms, PRIMARY_POLL_MS))
         if self.secondary is not None:
             try:
                 self.secondary.poll(0)
@@ -48,6 +52,39 @@ class CombinedCapture:
                 self.secondary_faults += 1
                 if self.secondary_faults == 1 or self.secondary_faults % 1000 == 0:
                     log.exception("%s capture failed faults=%d", self._secondary_name, self.secondary_faults)
+
+    def watch_fds(self, fds: set[int]) -> bool:
+        """End the wait also when one of ``fds`` is readable (see EbpfCapture.watch_fds)."""
+        if getattr(self.primary, "watch_fds", None) is None:
+            return False
+        self._extra = set(fds)
+        self._watching = None
+        return self._watch_secondary()
+
+    def _watch_secondary(self) -> bool:
+        """Have the primary's wait end on the secondary's packets; False when it cannot."""
+        watch = getattr(self.primary, "watch_fds", None)
+        if watch is None:
+            return self.secondary is None
+        fds = getattr(self.secondary, "fds", None)
+        if self.secondary is not None and fds is None:
+            return False
+        now = fds() if fds is not None else frozenset()
+        if now != self._watching:
+            if not watch({fd for fd, _identity in now} | self._extra):
+                return False
+            self._watching = now
+        return True
+
+    def next_due_s(self) -> float | None:
+        dues = []
+        for src in (self.primary, self.secondary):
+            if src is not None:
+                due = getattr(src, "next_due_s", None)
+                # A source that cannot say is polled as often as before.
+                dues.append(PRIMARY_POLL_MS / 1000 if due is None else due())
+        dues = [d for d in dues if d is not None]
+        return min(dues) if dues else None
 
     def ignore_connection(self, pid: int, conn: int) -> None:
         if not self._secondary_conn(conn):

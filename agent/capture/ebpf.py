@@ -69,6 +69,10 @@ MAX_CALL_BYTES_LIMIT = 4 * 1024 * 1024
 # is emitted TRUNCATED after this long.
 PARTIAL_TIMEOUT_S = 1.0
 
+# While a background search (executables at start, a Go/Bun binary) runs,
+# poll at least this often so its result is attached soon after it is in.
+BACKGROUND_POLL_S = 0.1
+
 # (symbol, entry program, return program or None)
 PROBES: tuple[tuple[str, str, str | None], ...] = (
     ("SSL_write", "probe_write_enter", "probe_rw_return"),
@@ -464,6 +468,30 @@ class EbpfCapture:
         payload = ct.string_at(data + HDR_SIZE, n) if n and size >= HDR_SIZE + n else b""
         self._records.append((hdr, payload))
         return 0
+
+    def watch_fds(self, fds: set[int]) -> bool:
+        """End :meth:`poll`'s wait also when one of ``fds`` is readable; False
+        when this capture cannot (bcc's reader), and the caller must take turns."""
+        if self._reader is None:
+            return False
+        self._reader.watch(fds)
+        return True
+
+    def next_due_s(self) -> float | None:
+        """Seconds until :meth:`poll` has work even if no record comes (a rescan
+        of a new process, a call whose chunks stopped, a background search to
+        pick up); None when nothing is scheduled, so an idle agent can sleep."""
+        if self._bpf is None:
+            return None
+        if self._exe_scan is not None or self.runtimes.busy():
+            return BACKGROUND_POLL_S
+        now = time.monotonic()
+        due = self.tracker.next_rescan()
+        due = None if due is None else due - now
+        if self._partials:
+            oldest = min(p.started for p in self._partials.values()) + PARTIAL_TIMEOUT_S - now
+            due = oldest if due is None else min(due, oldest)
+        return None if due is None else max(due, 0.0)
 
     def _sync_clock(self) -> None:
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; re-read so NTP steps follow.

@@ -82,11 +82,33 @@ class RingBufferReader:
         self._data_start = page
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
+        self._watched: set[int] = set()
         self.wakeups = 0  # epoll reports (kernel wake-ups seen)
         self.reads = 0  # read() calls that found records
         self.records = 0
 
     # -- waiting ------------------------------------------------------------
+
+    def watch(self, fds: set[int]) -> None:
+        """Also end :meth:`wait` when one of ``fds`` is readable (level-triggered).
+
+        So one thread blocks in one epoll_wait for everything it serves (the
+        plain-HTTP sniffer's sockets, say) instead of taking turns with short
+        timeouts: an idle agent then does not wake at all.
+        """
+        # All again: a closed fd leaves the epoll set by itself, and its
+        # number may come back as another socket's.
+        for fd in self._watched:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        for fd in fds:
+            try:
+                self._epoll.register(fd, select.EPOLLIN)
+            except FileExistsError:
+                self._epoll.modify(fd, select.EPOLLIN)
+        self._watched = set(fds)
 
     def pending_bytes(self) -> int:
         return self._producer_pos[0] - self._consumer_pos[0]

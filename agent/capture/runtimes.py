@@ -174,17 +174,28 @@ class RuntimeAnalyser:
         while True:
             path = self._queue.get()
             try:
-                res = analyse_file(path, self.cache)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the worker
-                log.debug("runtime analysis failed path=%s error=%s", path, exc)
-                continue
-            self.analysed += 1
-            if res is None:
-                continue
-            if res.build_id and res.probes:
-                self.cache[res.build_id] = res
-            with self._lock:
-                self._results.append(res)
+                self._analyse(path)
+            finally:
+                # After the result is in: busy() never sees neither.
+                self._queue.task_done()
+
+    def _analyse(self, path: str) -> None:
+        try:
+            res = analyse_file(path, self.cache)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the worker
+            log.debug("runtime analysis failed path=%s error=%s", path, exc)
+            return
+        self.analysed += 1
+        if res is None:
+            return
+        if res.build_id and res.probes:
+            self.cache[res.build_id] = res
+        with self._lock:
+            self._results.append(res)
+
+    def busy(self) -> bool:
+        """Files queued or being analysed, or results not yet taken."""
+        return bool(self._results) or self._queue.unfinished_tasks > 0
 
     def take(self) -> list[RuntimeResult]:
         if not self._results:

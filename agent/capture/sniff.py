@@ -287,6 +287,27 @@ class PlainHttpCapture:
                 self._follow_interfaces()
             self._conversations.tick(time.time_ns(), self._emit)
 
+    def fds(self) -> frozenset[tuple[int, int]]:
+        """The packet sockets, as (fd, identity of the socket object), for a
+        caller that waits on them with other things (a closed socket's fd
+        number may come back as another's)."""
+        return frozenset((fd, id(sock)) for fd, sock in self._by_fd.items())
+
+    def next_due_s(self) -> float | None:
+        """Seconds until :meth:`poll` has work with no packet: expiring open
+        conversations (every second while there are any), looking for new
+        interfaces; the kernel's drop counters are read then too."""
+        if not self._sockets:
+            return None
+        now = time.monotonic()
+        due = None
+        if len(self._conversations.table):
+            due = self._next_housekeeping - now
+        if self._interfaces is None:
+            scan = max(self._next_interface_scan, self._next_housekeeping) - now
+            due = scan if due is None else min(due, scan)
+        return None if due is None else max(due, 0.0)
+
     def ignore_connection(self, pid: int, conn: int) -> None:
         self._conversations.ignore(conn)
 

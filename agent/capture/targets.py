@@ -414,6 +414,10 @@ class TargetTracker:
                     new.append(t)
         return new
 
+    def next_rescan(self) -> float | None:
+        """Monotonic time of the next scheduled rescan, None when none is."""
+        return min(t for t, _pid in self._rescans) if self._rescans else None
+
     def due_rescans(self, now: float | None = None) -> list[int]:
         now = time.monotonic() if now is None else now
         due = [pid for t, pid in self._rescans if t <= now]
