@@ -206,8 +206,11 @@ class Http1Parser:
         buf += data
         pattern = REQUEST_LINE if self.kind is MessageKind.REQUEST else STATUS_LINE
         # A start line ends in the new bytes, so it begins at most one
-        # line's length before them: never rescan the whole buffer.
-        match = pattern.search(buf, max(0, self._hunt_scanned - _MAX_START_LINE))
+        # line's length before them, and after the last line end of the old
+        # bytes (a line that ended there was searched already): never rescan
+        # the whole buffer, nor 8 KiB of it per small chunk of a body.
+        scanned = self._hunt_scanned
+        match = pattern.search(buf, max(0, scanned - _MAX_START_LINE, buf.rfind(b"\n", 0, scanned) + 1))
         self._hunt_scanned = len(buf)
         if match is None:
             # Keep a tail that may hold the beginning of a start line.
