@@ -45,9 +45,11 @@ AGENT_UMASK = 0o077
 
 
 def run_agent(config: Config, *, exclude_pids: set[int] = frozenset()) -> None:
+    from lumen_agent.heap import limit_arenas
     from lumen_agent.instance import InstanceLock
     from lumen_agent.outputs.dbcheck import check_folder
 
+    limit_arenas()  # before the threads that would each take an arena start
     os.umask(AGENT_UMASK)
     setup_logging(config.log_level)
     # Before anything is built or bound: a second agent on this database

@@ -17,3 +17,19 @@ def release_free_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+# glibc's M_ARENA_MAX (malloc.h): at most this many malloc arenas.  By default
+# every thread that mallocs may get one of its own (up to 8 per core), and a
+# thread's arena keeps its high-water mark: DuckDB's and bcc's threads left
+# a trail of them.  Two: the run loop's, and one for all other threads.
+M_ARENA_MAX = -8
+MAX_ARENAS = 2
+
+
+def limit_arenas(arenas: int = MAX_ARENAS) -> None:
+    """mallopt(M_ARENA_MAX, arenas), as MALLOC_ARENA_MAX would at start; call early."""
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -56,6 +56,8 @@ DEFAULT_FLUSH_ROWS = 50_000
 DEFAULT_LOCK_RETRY = 10.0
 # Pause between attempts while waiting for a lock.
 LOCK_POLL_INTERVAL = 0.05
+# DuckDB threads while the agent writes (see _connect).
+STORE_THREADS = 1
 
 # The dead-letter file is for finding a bug, not a second database.
 MAX_DEAD_LETTER_BYTES = 64 * 1024 * 1024
@@ -406,6 +408,10 @@ class CallStore(Output):
         try:
             _keep_private(self.path)
             con.execute("SET TimeZone = 'UTC'")
+            # One thread: a flush is one appender and a commit, and each
+            # worker thread DuckDB starts per open gets its own malloc arena,
+            # which kept growing the agent's heap (+6 MB / 100k calls).
+            con.execute(f"SET threads = {STORE_THREADS}")
             prepare(con, self.path, adopt=self.adopt)
         except BaseException:
             con.close()
