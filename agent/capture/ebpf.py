@@ -223,7 +223,7 @@ class EbpfCapture:
         self._clock_offset = 0
         self._stats = dict(
             events=0, bytes=0, truncated=0, gaps=0, closes=0, execs=0, exits=0,
-            attach_errors=0, partial_dropped=0,
+            attach_errors=0, partial_dropped=0, execs_excluded=0,
         )
         self.last_attach_error = ""
         self._exe_scan: threading.Thread | None = None
@@ -619,6 +619,13 @@ class EbpfCapture:
         self._forget_pid(pid, close_ts=None)
         if self.on_exec is not None:
             self.on_exec(pid)
+        if pid in self.exclude:
+            # Filtered out (the gate decided in on_exec): its TLS is dropped
+            # in the kernel, so neither its executable nor its maps (three
+            # /proc rescans) can give us anything.  A library it loads that
+            # a captured process also uses is found in that one's maps.
+            self._stats["execs_excluded"] += 1
+            return
         new = self.tracker.on_exec(pid)
         if not new:
             self._consider_runtime(pid)
