@@ -17,6 +17,11 @@
 /* Payload bytes per small record: calls (or final chunks) up to this size
  * take a small reservation so short SSE chunks don't waste 16 KiB each. */
 #define LUMEN_SMALL_CHUNK 1024
+/* Payload bytes per tiny record: one SSE event of a streamed response (an
+ * OpenAI or Anthropic delta with its chunked framing is ~150-300 B) takes
+ * 368 ring bytes instead of a small record's 1,072, so the same ring holds
+ * three times the records while the reader is behind. */
+#define LUMEN_TINY_CHUNK 320
 
 /* Largest call copied whole.  Bytes past it are dropped and the call is
  * flagged LUMEN_F_TRUNCATED.  Overridable with -DLUMEN_MAX_CHUNKS=N. */
@@ -63,6 +68,11 @@ struct lumen_hdr {
 struct lumen_big_rec {
     struct lumen_hdr h;
     unsigned char data[LUMEN_CHUNK_SIZE];
+};
+
+struct lumen_tiny_rec {
+    struct lumen_hdr h;
+    unsigned char data[LUMEN_TINY_CHUNK];
 };
 
 struct lumen_small_rec {

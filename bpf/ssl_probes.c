@@ -110,7 +110,21 @@ static __always_inline void emit_data(struct call_args *a, u64 id, u64 total)
             break;
         u64 left = cap - off;
         u64 n = left > LUMEN_CHUNK_SIZE ? LUMEN_CHUNK_SIZE : left;
-        if (n <= LUMEN_SMALL_CHUNK) {
+        if (n <= LUMEN_TINY_CHUNK) {
+            struct lumen_tiny_rec *r = events.ringbuf_reserve(sizeof(struct lumen_tiny_rec));
+            if (!r) {
+                count(LUMEN_CNT_LOST);
+                gap_conns.update(&key, &one);
+                return;
+            }
+            u64 m = n; /* u64: a 32-bit copy would lose the verifier's bound */
+            barrier_var(m);
+            if (m > LUMEN_TINY_CHUNK)
+                m = LUMEN_TINY_CHUNK;
+            bpf_probe_read_user(r->data, m, (void *)(a->buf + off));
+            fill_data_hdr(&r->h, a, id, ts, total, off, m, flags);
+            events.ringbuf_submit(r, 0);
+        } else if (n <= LUMEN_SMALL_CHUNK) {
             struct lumen_small_rec *r = events.ringbuf_reserve(sizeof(struct lumen_small_rec));
             if (!r) {
                 count(LUMEN_CNT_LOST);
