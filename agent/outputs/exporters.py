@@ -17,17 +17,25 @@ def build_exporters(config: Config) -> list[Output]:
 
         exporters.append(ParquetExport(ParquetExporter(config.db, config.export_parquet, host=config.hostname),
                                        interval=config.export_parquet_interval_s))
+    # OTLP and Redis deliver from one exporter process of their own, so their
+    # per-call Python work does not share the capture process's GIL
+    # (export_process.py says why and how).
+    sinks: dict[str, dict] = {}
     if config.export_redis:
-        from lumen_agent.outputs.redis_stream import RedisStreamExport
-
-        exporters.append(RedisStreamExport(config.export_redis, stream=config.export_redis_stream,
-                                           maxlen=config.export_redis_maxlen,
-                                           per_tenant=config.export_redis_per_tenant))
+        sinks["redis"] = {"url": config.export_redis, "stream": config.export_redis_stream,
+                          "maxlen": config.export_redis_maxlen, "per_tenant": config.export_redis_per_tenant}
     if config.export_otlp or _otlp_from_environment():
-        from lumen_agent.outputs.otlp import OtlpExport
+        if config.export_otlp_protocol == "grpc":
+            _check_grpc_exporter()
+        sinks["otlp"] = {"endpoint": config.export_otlp, "protocol": config.export_otlp_protocol,
+                         "host": config.hostname, "headers": config.export_otlp_headers or None}
+    if sinks:
+        from lumen_agent.outputs import otlp, redis_stream
+        from lumen_agent.outputs.export_process import ExportProcess, ForwardedExport
 
-        exporters.append(OtlpExport(config.export_otlp, protocol=config.export_otlp_protocol,
-                                    host=config.hostname, headers=config.export_otlp_headers or None))
+        bounds = {"otlp": otlp.MAX_QUEUED, "redis": redis_stream.MAX_QUEUED}
+        process = ExportProcess(sinks, max_queued={name: bounds[name] for name in sinks})
+        exporters += [ForwardedExport(name, process) for name in sinks]
     return exporters
 
 
@@ -35,3 +43,14 @@ def _otlp_from_environment() -> bool:
     import os
 
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"))
+
+
+def _check_grpc_exporter() -> None:
+    """Say it here, not in the exporter process's log, when gRPC cannot work."""
+    import importlib.util
+
+    from lumen_agent.errors import LumenError
+
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is None:
+        raise LumenError("OTLP over gRPC needs the gRPC exporter package",
+                         "pip install 'lumen-agent[otlp-grpc]', or use protocol = \"http/protobuf\"")
