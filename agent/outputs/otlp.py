@@ -16,9 +16,19 @@ Metrics: ``gen_ai.client.token.usage`` (histogram by ``gen_ai.token.type``),
 ``lumen.cost`` (counter, USD).  Cumulative, so a collector that was down
 misses no spend: the next export carries the totals.
 
-Capture never waits on the collector: calls become records in a bounded
-queue that a worker thread exports in batches through the SDK's OTLP
-exporter.  A batch the collector did not take is kept and retried with
+Capture never waits on the collector: calls wait in a bounded queue that a
+worker thread exports in batches through the SDK's OTLP exporter.  (In the
+agent this runs in the exporter process, export_process.py.)
+
+Over HTTP the worker builds the ``ExportLogsServiceRequest`` itself from the
+official opentelemetry-proto classes and hands the bytes to the SDK
+exporter's HTTP client, which still does the endpoint and headers (also
+from ``OTEL_EXPORTER_OTLP_*``), compression, timeout and retries.  Why not
+one SDK ``LogRecord`` per call: the SDK checks and copies every attribute
+on emit and its encoder walks them again in Python, ~250 us of CPU per
+call, more than the whole pipeline spends on the call; the attributes here
+are already clean (our own types, no sequences, no user input as keys).
+gRPC keeps the SDK's record path.  A batch the collector did not take is kept and retried with
 backoff, so what arrived while it was down is delivered when it is back;
 records that find the queue full are dropped and counted (``status``).
 """
@@ -31,6 +41,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry._logs import LogRecord
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as LogRecordProto
+from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceProto
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
@@ -156,6 +171,11 @@ class OtlpExport(Output):
         self._exporter, metric_exporter = _exporters(endpoint, protocol, headers)
         resource = Resource.create({"service.name": "lumen-agent", "service.version": __version__,
                                     **({"host.name": host} if host else {})})
+        # HTTP: requests built here from the proto classes (see the module docstring).
+        self._direct = protocol != "grpc" and hasattr(self._exporter, "_client")
+        self._resource_proto = ResourceProto(attributes=[KeyValue(key=k, value=any_value(v))
+                                                         for k, v in resource.attributes.items()])
+        self._scope_proto = InstrumentationScope(name="lumen_agent", version=__version__)
         # The SDK builds its records (attribute limits, resource, scope) in
         # emit(); this processor just hands each one back to the worker.
         self._converted: list = []
@@ -195,35 +215,68 @@ class OtlpExport(Output):
     # -- the worker -----------------------------------------------------------
 
     def _records(self, calls: list[Call]) -> list:
-        """SDK log records for ``calls``; their metric points are recorded here, once."""
+        """Log records for ``calls`` (protos over HTTP, SDK records over gRPC);
+        their metric points are recorded here, once."""
         self._converted.clear()
+        records = []
         spend: dict[tuple, float] = {}
+        series: dict[tuple, dict[str, Any]] = {}
         for call in calls:
             attributes = call_attributes(call)
-            self._logger.emit(LogRecord(timestamp=int(call.ts_end.timestamp() * 1e9), event_name=EVENT_NAME,
-                                        body=f"{call.provider} {call.model or call.request_model}",
-                                        attributes=attributes))
-            dims = {k: attributes[k] for k in _METRIC_DIMENSIONS if k in attributes}
+            timestamp = int(call.ts_end.timestamp() * 1e9)
+            body = f"{call.provider} {call.model or call.request_model}"
+            if self._direct:
+                records.append(LogRecordProto(
+                    time_unix_nano=timestamp, observed_time_unix_nano=timestamp, event_name=EVENT_NAME,
+                    body=AnyValue(string_value=body),
+                    attributes=[KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()]))
+            else:
+                self._logger.emit(LogRecord(timestamp=timestamp, event_name=EVENT_NAME, body=body,
+                                            attributes=attributes))
+            # One attributes dict per series and batch: the SDK hashes what it is given on every point.
+            key = tuple(attributes.get(k) for k in _METRIC_DIMENSIONS)
+            dims = series.get(key)
+            if dims is None:
+                dims = series[key] = {k: attributes[k] for k in _METRIC_DIMENSIONS if k in attributes}
+                series[key + ("input",)] = {**dims, "gen_ai.token.type": "input"}
+                series[key + ("output",)] = {**dims, "gen_ai.token.type": "output"}
             if call.input_tokens is not None:
-                self._tokens.record(call.input_tokens, {**dims, "gen_ai.token.type": "input"})
+                self._tokens.record(call.input_tokens, series[key + ("input",)])
             if call.output_tokens is not None:
-                self._tokens.record(call.output_tokens, {**dims, "gen_ai.token.type": "output"})
+                self._tokens.record(call.output_tokens, series[key + ("output",)])
             if call.latency_ms is not None:
                 self._duration.record(call.latency_ms / 1000, dims)
             if call.cost_usd is not None:  # one counter point per series and batch
-                key = tuple(dims.items())
                 spend[key] = spend.get(key, 0.0) + float(call.cost_usd)
         for key, usd in spend.items():
-            self._cost.add(usd, dict(key))
-        return list(self._converted)
+            self._cost.add(usd, series[key])
+        return records if self._direct else list(self._converted)
+
+    def _export(self, records: list) -> bool:
+        if not self._direct:
+            return self._exporter.export(records) == LogRecordExportResult.SUCCESS
+        request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(
+            resource=self._resource_proto, scope_logs=[ScopeLogs(scope=self._scope_proto, log_records=records)])])
+        return self._exporter._client.export(request.SerializeToString()).success
 
     def _send(self, calls: Sequence[Call]) -> None:
         records = self._pending_records
         if len(records) < len(calls):
             records += self._records(calls[len(records):])
-        if self._exporter.export(records[:len(calls)]) != LogRecordExportResult.SUCCESS:
+        if not self._export(records[:len(calls)]):
             raise ConnectionError("the collector did not take the records")
         del records[:len(calls)]
+
+
+def any_value(value: Any) -> AnyValue:
+    # bool before int: a bool is an int in Python, not in OTLP.
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    return AnyValue(string_value=str(value))
 
 
 _METRIC_DIMENSIONS = ("gen_ai.provider.name", "gen_ai.operation.name", "gen_ai.request.model",
