@@ -226,10 +226,11 @@ class OtlpExport(Output):
             timestamp = int(call.ts_end.timestamp() * 1e9)
             body = f"{call.provider} {call.model or call.request_model}"
             if self._direct:
+                # Nested dicts: upb builds the messages in C, ~3x faster than an AnyValue object each.
                 records.append(LogRecordProto(
                     time_unix_nano=timestamp, observed_time_unix_nano=timestamp, event_name=EVENT_NAME,
-                    body=AnyValue(string_value=body),
-                    attributes=[KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()]))
+                    body={"string_value": body},
+                    attributes=[{"key": k, "value": _value(v)} for k, v in attributes.items()]))
             else:
                 self._logger.emit(LogRecord(timestamp=timestamp, event_name=EVENT_NAME, body=body,
                                             attributes=attributes))
@@ -266,6 +267,15 @@ class OtlpExport(Output):
         if not self._export(records[:len(calls)]):
             raise ConnectionError("the collector did not take the records")
         del records[:len(calls)]
+
+
+_VALUE_FIELD = {str: "string_value", bool: "bool_value", int: "int_value", float: "double_value"}
+
+
+def _value(value: Any) -> dict[str, Any]:
+    """An AnyValue as the dict upb takes (by exact type: a bool is no int in OTLP)."""
+    field = _VALUE_FIELD.get(type(value))
+    return {field: value} if field else {"string_value": str(value)}
 
 
 def any_value(value: Any) -> AnyValue:
