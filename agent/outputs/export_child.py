@@ -24,6 +24,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from typing import Any, BinaryIO
 
 from lumen_agent.errors import LumenError
@@ -62,8 +63,7 @@ class Reporter:
         if stats == self._last and not final:
             return
         self._last = stats
-        t = os.times()
-        self.send({"stats": stats, "cpu_s": t.user + t.system, "final": final})
+        self.send({"stats": stats, "cpu_s": time.process_time(), "final": final})
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(REPORT_INTERVAL_S):
@@ -95,8 +95,7 @@ def main() -> int:
         out.flush()
         return 2
     reporter = Reporter(out, outputs)
-    t = os.times()
-    reporter.send({"ready": os.getpid(), "cpu_s": t.user + t.system})
+    reporter.send({"ready": os.getpid(), "cpu_s": time.process_time()})
     stop = threading.Event()
     threading.Thread(target=reporter.run, args=(stop,), name="lumen-export-report", daemon=True).start()
     make_row = Row._make
