@@ -100,3 +100,26 @@ def test_collector_down_then_back_buffers_delivers_and_counts_the_overflow():
             receiver.stop()
     finally:
         export.close()
+
+
+def test_direct_proto_records_equal_the_sdk_records():
+    """Over HTTP the request is built from the proto classes, not from SDK
+    LogRecords (outputs/otlp.py says why): both give the collector the same record."""
+    receiver = Receiver()
+    try:
+        call = replace(make_call(7), cost_usd=Decimal("0.00123456"))
+        received = []
+        for direct in (True, False):
+            export = OtlpExport(receiver.url, host="web-1", metrics_interval_ms=600_000)
+            assert export._direct  # the installed SDK has the HTTP client this path needs
+            export._direct = direct
+            export.on_call(call)
+            export.close()
+            wait_for(lambda n=len(received): len(receiver.records) == n + 1)
+            received.append(receiver.records[-1])
+        direct_record, sdk_record = received
+        assert direct_record == sdk_record
+        assert direct_record["attributes"]["lumen.cost_usd_exact"] == "0.00123456"
+        assert direct_record["attributes"]["lumen.call.id"] == call.id
+    finally:
+        receiver.stop()

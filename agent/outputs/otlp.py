@@ -172,7 +172,10 @@ class OtlpExport(Output):
         resource = Resource.create({"service.name": "lumen-agent", "service.version": __version__,
                                     **({"host.name": host} if host else {})})
         # HTTP: requests built here from the proto classes (see the module docstring).
-        self._direct = protocol != "grpc" and hasattr(self._exporter, "_client")
+        # ``_client`` is the exporter's HTTP client (SDK >= 1.4x): private, so
+        # checked here and covered by the receiver tests; without it, the SDK path.
+        self._direct = protocol != "grpc" and callable(getattr(getattr(self._exporter, "_client", None),
+                                                               "export", None))
         self._resource_proto = ResourceProto(attributes=[KeyValue(key=k, value=any_value(v))
                                                          for k, v in resource.attributes.items()])
         self._scope_proto = InstrumentationScope(name="lumen_agent", version=__version__)
