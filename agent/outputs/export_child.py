@@ -102,7 +102,7 @@ def main() -> int:
     while True:
         try:
             batch = pickle.load(inp)
-        except EOFError:
+        except (EOFError, pickle.UnpicklingError, OSError):  # the agent stopped (or died mid-write)
             break
         for name, rows in batch.items():
             on_call = outputs[name].on_call
