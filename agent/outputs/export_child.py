@@ -9,6 +9,14 @@ Writes to the parent's pipe ``{"ready": pid}`` once started (or
 exporters' counters and its CPU time.  At end of input it closes the
 exporters (they drain their queues), reports once more and exits.
 
+Priority: it runs at ``EXPORTER_NICE``.  Capture must keep up with the
+kernel's events (what overflows the ring buffer is gone for good); exports
+can wait in their bounded queues.  On a host whose cores are busy, the
+scheduler then gives capture the CPU first, and the exporters catch up when
+there is CPU to spare.  It stays in the agent's session on purpose: with
+autogroup scheduling a session of its own would get an equal share, and
+its niceness would count for nothing against the agent.
+
 Signals: it ignores SIGINT and SIGTERM.  Ctrl-C or a service stop reaches
 the agent too, and the agent then closes our stdin; dying on the signal
 would lose what is still queued here.  When the agent itself is killed,
@@ -73,9 +81,14 @@ class Reporter:
                 return
 
 
+# Lower CPU priority than the agent (nice 0): a weight of ~1/10 when both want the CPU.
+EXPORTER_NICE = 10
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(EXPORTER_NICE)
     # Our stdout is the report pipe: keep it to ourselves, and send anything a
     # library prints to stderr (the agent's log) instead.
     out = os.fdopen(os.dup(1), "wb")

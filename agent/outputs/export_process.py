@@ -73,7 +73,7 @@ class _Child:
     def __init__(self, sinks: dict[str, dict[str, Any]]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lumen_agent.outputs.export_child"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, start_new_session=True)  # Ctrl-C and SIGTERM reach the agent, which drains us
+            stdout=subprocess.PIPE)
         self.started = time.monotonic()
         self.forwarded = dict.fromkeys(sinks, 0)
         self.report: dict[str, dict[str, Any]] = {name: {} for name in sinks}
