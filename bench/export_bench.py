@@ -9,6 +9,10 @@ and Redis a real redis-server started here (Debian's), both on 127.0.0.1;
 the Parquet export runs once at the end, as at stop.  Their CPU is printed
 as "far ends", apart from the agent's.
 
+"busy" is a control: no exporters, but a CPU-bound process at the exporter
+process's nice running beside capture, which shows what any concurrent work
+costs capture on the host itself.
+
 Figures: calls/s of the capture process (the pipeline with its outputs, the
 figure the <= 15 % aim is about), its ratio to "none", and CPU per call of
 ALL the agent's processes (capture process from start to fully delivered,
@@ -22,6 +26,7 @@ runs on another core when there is one; on a busy host it competes for CPU.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -119,7 +124,7 @@ def run(events, n: int, prices: PriceTable, workdir: Path, exporters, process) -
             "stats": stats}
 
 
-LABELS = ("none", "parquet", "redis", "otlp", "all")
+LABELS = ("none", "busy", "parquet", "redis", "otlp", "all")
 
 
 def main() -> None:
@@ -155,8 +160,18 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     work = Path(tmp)
                     exporters, process = make_exporters(label, work, otlp_url, redis_url)
+                    # The control: no exporters, but a process at the exporter's nice
+                    # spinning on the other core, to show what any concurrent CPU work
+                    # costs capture on this host (shared caches, a vCPU's sibling).
+                    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                              preexec_fn=lambda: os.nice(10)) if label == "busy" else None
                     far0 = far_end_cpu()
-                    result = run(events, args.calls, prices, work, exporters, process)
+                    try:
+                        result = run(events, args.calls, prices, work, exporters, process)
+                    finally:
+                        if burner is not None:
+                            burner.kill()
+                            burner.wait()
                     result["far_cpu"] = far_end_cpu() - far0
                     if round_ < 0:
                         continue
@@ -179,7 +194,7 @@ def main() -> None:
         print("ratio: best capture wall time against none's best (the aim for all: <= 1.15x); median: the\n"
               "same with medians.  capture CPU: the capture process while the pipeline ran (all its threads).\n"
               "all CPU: the capture process from start to everything delivered, plus the exporter process\n"
-              "(its start-up left out).  far ends: redis-server and the OTLP sink, not the agent's (on this\n"
+              "(its start-up left out).  busy: none, with a spinning process at nice 10 beside it.  far ends: redis-server and the OTLP sink, not the agent's (on this\n"
               "host they share its cores; in a fleet they run elsewhere).")
         print(f"exporter stats (all, best round): {best['all']['stats']}")
         if redis is None:
