@@ -110,11 +110,14 @@ def _run_locked(config: Config, exclude_pids: set[int]) -> None:
 def _with_plain_http(make_primary, config: Config, observe):
     """The primary capture and, beside it, the plain-HTTP sniffer on the configured ports."""
     from lumen_agent.capture.combined import CombinedCapture
+    from lumen_agent.capture.connect_owner import ConnectOwners
     from lumen_agent.capture.conversations import is_sniffed_conn
     from lumen_agent.capture.sniff import PlainHttpCapture
 
     def make_capture(on_event, on_exec):
-        sniffer = PlainHttpCapture(on_event, config.plain_http_ports, on_process=observe)
+        # eBPF is allowed here: the kernel records who connects to the sniffed ports.
+        sniffer = PlainHttpCapture(on_event, config.plain_http_ports, on_process=observe,
+                                   connect_owners=ConnectOwners(config.plain_http_ports))
         return CombinedCapture(make_primary(on_event, on_exec), sniffer,
                                secondary_name="plain-HTTP", secondary_conn=is_sniffed_conn)
 

@@ -149,6 +149,7 @@ class PlainHttpCapture:
         on_process: Callable[[int, ProcessIdentity | None], None] | None = None,
         fast: bool = True,
         early_owners: bool = True,
+        connect_owners: Any | None = None,
     ) -> None:
         """``on_process(pid, identity)``: a process just found owning a connection,
         and who it was when found (None: not read; learn about it now, while
@@ -156,7 +157,10 @@ class PlainHttpCapture:
 
         ``early_owners``: a thread of its own reads each new connection's SYN
         and finds its owner at once (``syn_watch``); off, the run loop looks
-        when it reads the SYN."""
+        when it reads the SYN.
+
+        ``connect_owners`` (a ``connect_owner.ConnectOwners``, eBPF only):
+        started with the sniffer, asked first for each connection's owner."""
         self._on_event = on_event
         self._on_process = on_process
         self.fast = fast  # read Ethernet/IP/TCP headers directly (False: scapy dissects every packet)
@@ -165,6 +169,7 @@ class PlainHttpCapture:
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._owners = owners or SocketOwners()
         self._watcher = SynWatcher(self._owners) if early_owners else None
+        self._connect_owners = connect_owners
         self._conversations = Conversations(frozenset(self.ports), owner_of=self._owner_of)
         self._sockets: list[Any] = []
         self._by_fd: dict[int, Any] = {}
@@ -200,10 +205,22 @@ class PlainHttpCapture:
                              "run as root (CAP_NET_RAW) with libpcap installed (apt install libpcap0.8)")
         for error in errors:
             log.warning("plain-HTTP capture skips an interface: %s", error)
+        self._start_connect_owners()
         if self._watcher is not None:
             self._watcher.start()
         log.info("plain-HTTP capture interfaces=%s ports=%s", ",".join(self.attached),
                  ",".join(map(str, self.ports)))
+
+    def _start_connect_owners(self) -> None:
+        if self._connect_owners is None:
+            return
+        try:
+            self._connect_owners.start()
+        except Exception as exc:  # noqa: BLE001 - owners are still looked up in /proc
+            log.warning("plain-HTTP capture records no owners at connect(): %s", exc)
+            self._connect_owners = None
+            return
+        self._owners.kernel = self._connect_owners.owner
 
     def _open(self, names: Iterable[str]) -> list[str]:
         """Open a filtered packet socket on each interface; the errors, one line each."""
@@ -348,6 +365,9 @@ class PlainHttpCapture:
         if self._watcher is not None:
             self._watcher.close()
         self._conversations.close(time.time_ns(), self._emit)
+        if self._connect_owners is not None:
+            self._owners.kernel = None
+            self._connect_owners.close()
         for sock in self._sockets:
             try:
                 sock.close()

@@ -57,6 +57,8 @@ ADDRESSES_TTL_S = 30.0
 Pair = tuple[Endpoint, Endpoint]  # (local, remote) of one socket
 # ``diag(pairs, candidates)``: the pid holding each socket, or None.
 Diag = Callable[[Sequence[Pair], list[int]], list["int | None"]]
+# ``kernel(client, server, seen_ns)``: the connecting process, or None.
+Kernel = Callable[[Endpoint, Endpoint, int], "ProcessIdentity | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +100,14 @@ class SocketOwners:
     def __init__(self, scan: Callable[[], dict[Pair, int]] = scan_sockets,
                  clock: Callable[[], float] = time.monotonic,
                  diag: Diag | None = None,
-                 identify: Callable[[int], ProcessIdentity | None] | None = None) -> None:
+                 identify: Callable[[int], ProcessIdentity | None] | None = None,
+                 kernel: Kernel | None = None) -> None:
         """``diag(pairs, candidates)``: the fast path's pids (None: sock_diag);
-        ``identify(pid)``: who a process is (None: read from /proc)."""
+        ``identify(pid)``: who a process is (None: read from /proc);
+        ``kernel(client, server, seen_ns)``: who connected, as recorded in the
+        kernel at connect() (``connect_owner``), asked before anything else."""
         self._scan = scan
+        self.kernel = kernel
         self._clock = clock
         self._diag = diag or diag_owners
         self._identify = identify or Attribution().identify
@@ -117,7 +123,7 @@ class SocketOwners:
         self._wall_ns = time.time_ns
         self._last_scan_ns = 0
         self.counters = {"owner_fast": 0, "owner_early": 0, "owner_misses": 0, "owner_diags_refused": 0,
-                         "owner_scans": 0, "owner_scans_refused": 0}
+                         "owner_scans": 0, "owner_scans_refused": 0, "owner_kernel": 0, "owner_kernel_misses": 0}
 
     def lookup(self, client: Endpoint, server: Endpoint, *, seen_ns: int) -> Owner | None:
         """The client's process if it is local, else the server's, else None.
@@ -129,6 +135,9 @@ class SocketOwners:
         """
         with self._lock:
             owner, final = self._cached(client, server, seen_ns)
+            if owner is None and self._is_local(client.ip):
+                owner = self._from_kernel(client, server, seen_ns)  # the SYN thread may have looked too early
+                final = final or owner is not None
             if owner is None and not final:
                 owner = self._fast(client, server)
             if owner is not None or final or self._last_scan_ns >= seen_ns or not self._take_budget():
@@ -156,7 +165,8 @@ class SocketOwners:
             todo: dict[Pair, None] = {}
             for client, server, seen_ns in flows:
                 if self._is_local(client.ip) and self._cached(client, server, seen_ns) == (None, False):
-                    todo[(client, server)] = None
+                    if self._from_kernel(client, server, seen_ns) is None:
+                        todo[(client, server)] = None
             pairs = self._within_budget(list(todo))
             for pid in self._find(pairs):
                 if pid:
@@ -165,6 +175,23 @@ class SocketOwners:
                     self.counters["owner_misses"] += 1
 
     # -- internals (the caller holds self._lock) ---------------------------
+
+    def _from_kernel(self, client: Endpoint, server: Endpoint, seen_ns: int) -> Owner | None:
+        """The connecting process as the kernel recorded it (cached with its identity), or None."""
+        if self.kernel is None:
+            return None
+        try:
+            identity = self.kernel(client, server, seen_ns)
+        except OSError as exc:
+            log.warning("kernel owner lookup failed error=%s", exc)
+            identity = None
+        if identity is None:
+            self.counters["owner_kernel_misses"] += 1
+            return None
+        self.counters["owner_kernel"] += 1
+        self._note_recent(identity.pid)
+        self._store((client, server), _Answer(identity.pid, identity, self._wall_ns()))
+        return Owner(identity.pid, True, identity)
 
     def _within_budget(self, pairs: list[Pair]) -> list[Pair]:
         now = self._clock()
