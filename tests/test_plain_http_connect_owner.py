@@ -1,0 +1,110 @@
+"""Owners recorded in the kernel at connect() (bpf/connect_owner.c): the map's keys, the
+lookup order in ``SocketOwners``, and the real BPF program naming a process that exited."""
+
+import ipaddress
+import os
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lumen_agent.capture.connect_owner import ConnectOwners, owner_keys
+from lumen_agent.capture.socket_owner import Owner, SocketOwners
+from lumen_agent.capture.tcp_reassembly import Endpoint
+from lumen_agent.pipeline.attribution import ProcessIdentity, ProcessInfo
+
+CLIENT = Endpoint("127.0.0.1", 50000)
+SERVER = Endpoint("127.0.0.1", 11434)
+
+
+def test_an_ipv4_connection_is_looked_for_as_ipv4_then_as_v4_mapped_ipv6():
+    v4, mapped = owner_keys(CLIENT, SERVER)
+    assert (v4.family, v4.sport, v4.dport) == (socket.AF_INET, 50000, 11434)
+    assert bytes(v4.saddr) == bytes([127, 0, 0, 1]) + bytes(12)
+    assert (mapped.family, mapped.sport, mapped.dport) == (socket.AF_INET6, 50000, 11434)
+    assert bytes(mapped.daddr) == ipaddress.IPv6Address("::ffff:127.0.0.1").packed
+    (v6,) = owner_keys(Endpoint("::1", 40000), Endpoint("::1", 8000))
+    assert (v6.family, bytes(v6.saddr), v6.sport) == (socket.AF_INET6, ipaddress.IPv6Address("::1").packed, 40000)
+
+
+def test_the_kernels_answer_comes_first_and_saves_the_proc_walk():
+    curl = ProcessIdentity(4242, 1000.0, ProcessInfo(process="curl"))
+    asked, diags = [], []
+
+    def kernel(client, server, seen_ns):
+        asked.append((client, server, seen_ns))
+        return curl if client == CLIENT else None
+
+    def diag(pairs, candidates):
+        diags.append(list(pairs))
+        return [None] * len(pairs)
+
+    owners = SocketOwners(scan=dict, diag=diag, identify=lambda pid: None, kernel=kernel)
+    other = Endpoint("127.0.0.1", 50001)
+    owners.resolve_new([(CLIENT, SERVER, 10), (other, SERVER, 11)])
+    assert diags == [[(other, SERVER)]]  # only the kernel's miss goes to sock_diag
+    assert owners.lookup(CLIENT, SERVER, seen_ns=10) == Owner(4242, True, curl)
+    assert owners.lookup(CLIENT, SERVER, seen_ns=10).identity.info.process == "curl"
+    assert owners.counters["owner_kernel"] == 1
+    assert owners.counters["owner_kernel_misses"] == 1
+    # The SYN thread's miss is not final while the kernel may still answer (the
+    # handshake ended after the SYN thread looked): the run loop asks again.
+    late = ProcessIdentity(4343, 1000.0, ProcessInfo(process="python3"))
+    kernel_table = {other: late}
+    owners.kernel = lambda client, server, seen_ns: kernel_table.get(client)
+    assert owners.lookup(other, SERVER, seen_ns=11) == Owner(4343, True, late)
+
+
+class Ok(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.ebpf
+@pytest.mark.skipif(os.geteuid() != 0, reason="BPF programs need root")
+def test_the_kernel_names_a_curl_that_has_exited_and_a_live_process_from_proc():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    table = ConnectOwners([port])
+    table.start()
+    try:
+        curl = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{local_port}", f"http://127.0.0.1:{port}/"],
+                                stdout=subprocess.PIPE, text=True)
+        local_port, _ = curl.communicate(timeout=30)
+        assert curl.returncode == 0
+        seen = time.time_ns()
+        client = Endpoint("127.0.0.1", int(local_port))
+        # curl has exited: pid and comm from the kernel, nothing else readable.
+        gone = table.owner(client, Endpoint("127.0.0.1", port), seen)
+        assert gone is not None
+        assert (gone.pid, gone.info.process, gone.info.exe, gone.info.user) == (curl.pid, "curl", None, None)
+        # A connection seen before the map's entry was written belongs to another connection.
+        assert table.owner(client, Endpoint("127.0.0.1", port), seen - 10**9) is None
+
+        # This process, alive, over IPv6 with a v4-mapped address: /proc fills in the rest.
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.connect(("::ffff:127.0.0.1", port))
+            me = table.owner(Endpoint("127.0.0.1", s6.getsockname()[1]), Endpoint("127.0.0.1", port), time.time_ns())
+        assert me is not None and me.pid == os.getpid()
+        assert me.info.exe == os.path.realpath(f"/proc/{os.getpid()}/exe") and me.info.user == "root"
+        # A port nobody asked for is not recorded.
+        with socket.create_connection(("127.0.0.1", server.server_address[1])) as s, \
+                socket.create_server(("127.0.0.1", 0)) as other:
+            with socket.create_connection(other.getsockname()) as o:
+                assert table.owner(Endpoint("127.0.0.1", o.getsockname()[1]),
+                                   Endpoint("127.0.0.1", other.getsockname()[1]), time.time_ns()) is None
+            assert table.owner(Endpoint("127.0.0.1", s.getsockname()[1]), Endpoint("127.0.0.1", port),
+                               time.time_ns()).pid == os.getpid()
+    finally:
+        table.close()
+        server.shutdown()
