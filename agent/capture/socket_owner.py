@@ -135,8 +135,10 @@ class SocketOwners:
         """
         with self._lock:
             owner, final = self._cached(client, server, seen_ns)
-            if owner is None and self._is_local(client.ip):
-                owner = self._from_kernel(client, server, seen_ns)  # the SYN thread may have looked too early
+            if (owner is None or owner.identity is None) and self._is_local(client.ip):
+                # The SYN thread may have looked before the kernel's entry was written,
+                # or found the pid but not who it was (the process exited in between).
+                owner = self._from_kernel(client, server, seen_ns) or owner
                 final = final or owner is not None
             if owner is None and not final:
                 owner = self._fast(client, server)
@@ -162,13 +164,18 @@ class SocketOwners:
         handshake ends (the run loop looks for it at the first bytes).
         """
         with self._lock:
-            todo: dict[Pair, None] = {}
+            todo: dict[Pair, int] = {}
             for client, server, seen_ns in flows:
                 if self._is_local(client.ip) and self._cached(client, server, seen_ns) == (None, False):
                     if self._from_kernel(client, server, seen_ns) is None:
-                        todo[(client, server)] = None
+                        todo.setdefault((client, server), seen_ns)
             pairs = self._within_budget(list(todo))
-            for pid in self._find(pairs):
+            for pair, pid in zip(pairs, self._find(pairs), strict=True):
+                if (not pid or self._cache[pair].identity is None) and self.kernel is not None:
+                    # The kernel's entry is written when the handshake ends, which on
+                    # another CPU may be just after this thread read the SYN: ask again.
+                    found = self._from_kernel(*pair, todo[pair])
+                    pid = found.pid if found is not None else pid
                 if pid:
                     self.counters["owner_early"] += 1
                 else:
