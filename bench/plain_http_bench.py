@@ -13,11 +13,17 @@ each phase the same length, traffic only to 127.0.0.1:
    new curl process each: calls/s into rows, and how many rows carry the
    client's pid (the SYN thread's work, syn_watch.py).
 
+``--capture ebpf`` runs the agent as ``run`` does by default, eBPF beside
+the sniffer: owners then come from the kernel's record of each connect()
+(connect_owner.py) first.  Rows are counted by ``capture = 'plain'`` (the TLS
+probes also see other processes' calls on a shared host).
+
 ``--baseline-agent PATH`` runs the same phases first with another build's
 ``lumen-agent`` (e.g. /work/main/.venv/bin/lumen-agent), so before and after
 come from one run.
 
     sudo .venv/bin/python bench/plain_http_bench.py [--seconds 5] [--rate 100] [--clients 4] [--baseline-agent PATH]
+        [--capture plain|ebpf]
 """
 
 from __future__ import annotations
@@ -174,7 +180,7 @@ def measure(args: argparse.Namespace, lumen: str) -> dict:
     (work / "config").mkdir()
     (work / "config" / "config.toml").write_text(
         f"[capture]\nplain_http_ports = [{bulk_sniffed}, {provider.port}]\n")
-    agent = AgentProcess.start(work, args=["--capture", "plain"], lumen=lumen)
+    agent = AgentProcess.start(work, args=["--capture", "plain"] if args.capture == "plain" else [], lumen=lumen)
     try:
         agent.wait_ready(need_node=False)
         time.sleep(1)
@@ -193,7 +199,7 @@ def measure(args: argparse.Namespace, lumen: str) -> dict:
             cpu_calls, wall, (made, pids) = phase(
                 agent, args.seconds, lambda c=clients_n, k=keep_alive, t=ttft, u=curl: calls(
                     provider.port, args.seconds, c, k, t, u))
-            rows = agent.wait_rows("true", count=len(seen) + made, timeout=60)
+            rows = agent.wait_rows("capture = 'plain'", count=len(seen) + made, timeout=60)
             new_rows = [r for r in rows if r["id"] not in seen]
             seen |= {r["id"] for r in rows}
             results[how] = (clients_n, cpu_calls, wall, made, new_rows, pids)
@@ -230,7 +236,8 @@ def report(name: str, m: dict) -> None:
           f"owner_scans={cap.get('plain.owner_scans')} refused={cap.get('plain.owner_scans_refused')} "
           f"reorder_drops={cap.get('plain.reorder_drops')} kernel_drops={cap.get('plain.kernel_drops')} "
           f"owner_fast={cap.get('plain.owner_fast')} owner_early={cap.get('plain.owner_early')} "
-          f"owner_misses={cap.get('plain.owner_misses')} syn_packets={cap.get('plain.syn_packets')} "
+          f"owner_misses={cap.get('plain.owner_misses')} owner_kernel={cap.get('plain.owner_kernel')} "
+          f"owner_kernel_misses={cap.get('plain.owner_kernel_misses')} syn_packets={cap.get('plain.syn_packets')} "
           f"unattributed={cap.get('plain.unattributed_connections')}")
     print("pipeline:", {k: v for k, v in pipe.items() if k.startswith(("calls", "skipped", "connections", "events"))})
 
@@ -241,12 +248,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100, help="MB/s of the bulk download")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--baseline-agent", help="another build's lumen-agent, measured first in the same run")
+    parser.add_argument("--capture", choices=("plain", "ebpf"), default="plain",
+                        help="plain: run --capture plain; ebpf: run's default, eBPF beside the sniffer")
     args = parser.parse_args()
 
     baseline = measure(args, args.baseline_agent) if args.baseline_agent else None
     this = measure(args, LUMEN)
     scapy_us, direct_us = dissect_cost()
-    print(f"phase seconds: {args.seconds}")
+    print(f"phase seconds: {args.seconds}; capture: {args.capture}")
     print(f"per packet: scapy dissection {scapy_us:.1f} us, direct header read {direct_us:.1f} us "
           f"({scapy_us / direct_us:.0f}x)")
     if baseline is not None:
