@@ -109,3 +109,19 @@ def test_the_kernel_names_a_curl_that_has_exited_and_a_live_process_from_proc():
     finally:
         table.close()
         server.shutdown()
+
+
+def test_an_exec_read_after_the_process_exited_keeps_what_a_capture_source_handed_in():
+    from lumen_agent.pipeline.attribution import Attribution
+
+    attribution = Attribution()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    # The sniffer handed in the curl it found at connect(); the eBPF exec record comes later.
+    attribution.remember(ProcessIdentity(gone.pid, 1000.0, ProcessInfo(process="curl")))
+    attribution.forget(gone.pid)
+    assert attribution.lookup(gone.pid).process == "curl"
+    # A live process that exec'd is read again from /proc.
+    attribution.remember(ProcessIdentity(os.getpid(), 1000.0, ProcessInfo(process="bash")))
+    attribution.forget(os.getpid())
+    assert attribution.lookup(os.getpid()).process == open("/proc/self/comm").read().strip()

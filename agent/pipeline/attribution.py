@@ -53,6 +53,9 @@ class Attribution:
         self._proc = proc
         self._by_pid: OrderedDict[int, tuple[float | None, ProcessInfo]] = OrderedDict()
         self._users: dict[int, str] = {}
+        # pids whose entry a capture source handed in (``remember``): read while
+        # the process ran, possibly before this run loop sees the process's exec.
+        self._handed_in: OrderedDict[int, None] = OrderedDict()
 
     def observe(self, pid: int) -> ProcessInfo:
         """Learn about ``pid`` now, while it runs; cheap when already known."""
@@ -84,6 +87,10 @@ class Attribution:
         self._by_pid.move_to_end(identity.pid)
         if len(self._by_pid) > MAX_PROCESSES:
             self._by_pid.popitem(last=False)
+        self._handed_in[identity.pid] = None
+        self._handed_in.move_to_end(identity.pid)
+        if len(self._handed_in) > MAX_PROCESSES:
+            self._handed_in.popitem(last=False)
         return before is not None and before[0] != identity.start
 
     def lookup(self, pid: int) -> ProcessInfo:
@@ -94,7 +101,16 @@ class Attribution:
         return self.observe(pid)
 
     def forget(self, pid: int) -> None:
+        """Drop what is known of ``pid`` (it exec'd: /proc will tell the new program).
+
+        Kept when a capture source handed it in and the process is gone: the
+        eBPF exec record of a curl can reach the run loop after the sniffer
+        handed in who that curl was at connect(), and /proc has nothing now.
+        """
+        if pid in self._handed_in and pid in self._by_pid and self._start_time(pid) is None:
+            return
         self._by_pid.pop(pid, None)
+        self._handed_in.pop(pid, None)
 
     def _start_time(self, pid: int) -> float | None:
         """When ``pid`` started: with the pid, names one process (pids are reused)."""
