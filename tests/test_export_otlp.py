@@ -93,6 +93,8 @@ def test_collector_down_then_back_buffers_delivers_and_counts_the_overflow():
         try:
             wait_for(lambda: len(receiver.records) == 20, timeout=40)
             assert [r["attributes"]["lumen.call.id"] for r in receiver.records] == [c.id for c in calls[:20]]
+            # The receiver holds the records a moment before the sender has its reply and counts them.
+            wait_for(lambda: export.stats()["sent"] == 20)
             assert export.stats() | {"failures": 0} == {"sent": 20, "queued": 0, "dropped": 10, "failures": 0,
                                                          "reconnects": 1, "connected": True}
         finally:

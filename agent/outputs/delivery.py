@@ -105,9 +105,9 @@ class DeliveryQueue(Generic[T]):
             with self._cond:
                 for _ in items:
                     self._queue.popleft()
-            self.sent += len(items)
             if not self.connected:
                 self.reconnects += 1
                 log.info("%s export: delivering again", self.name)
             self.connected = True
+            self.sent += len(items)  # last: a reader that sees the items sent sees the state they left
             backoff = BACKOFF_START_S
