@@ -124,6 +124,26 @@ def decode_event_data(data: Any) -> Any:
         return None
 
 
+# How an OpenAI-shaped stream chunk says it carries no usage: with
+# stream_options.include_usage every chunk but the last has ``"usage":null``
+# (the openai SDK's servers send it compact, json.dumps with a space).
+_NULL_USAGE = ('"usage":null', '"usage": null')
+
+
+def _may_carry_usage(data: str) -> bool:
+    """The event's text names usage other than as ``"usage": null``.
+
+    Substring counts only (no decoding): a text delta saying "usage" inside
+    a JSON string has its quotes escaped, so it never matches a null form and
+    the event is decoded, which is merely slower, never wrong."""
+    if "Usage" in data:  # any capitalised field naming usage: always decoded
+        return True
+    mentions = data.count("usage")
+    if not mentions:
+        return False
+    return mentions != data.count(_NULL_USAGE[0]) + data.count(_NULL_USAGE[1])
+
+
 def service_tier(value: Any) -> str | None:
     """A service tier name as the response gives it (lowercase), or None."""
     if isinstance(value, str) and 0 < len(value) <= 32:
@@ -184,7 +204,7 @@ class BaseReader:
     def feed_sse(self, event: str | None, data: str) -> None:
         # The event name is not needed: every provider repeats the event type
         # inside the data (Anthropic "type", OpenAI Responses "type").
-        if self._model is not None and isinstance(data, str) and "usage" not in data and "Usage" not in data:
+        if self._model is not None and isinstance(data, str) and not _may_carry_usage(data):
             # Once the model is known, only events that carry usage matter
             # (every provider names it so); skipping the JSON decoding of
             # the text deltas makes long streams several times cheaper.
