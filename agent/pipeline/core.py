@@ -8,8 +8,8 @@ it the same way.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -176,7 +176,7 @@ class Pipeline:
         who = self._attribution.lookup(ex.pid)
         origin = self._origins.get((ex.pid, ex.conn))
         return bounded_call(Call(
-            id=uuid.uuid4().hex if line is None else batch_call_id(line),
+            id=new_call_id() if line is None else batch_call_id(line),
             ts_start=start,
             ts_end=end,
             latency_ms=(ts_end_ns - ex.ts_start_ns) / 1e6,
@@ -227,6 +227,17 @@ class Pipeline:
             usage_implausible=usage.usage_implausible,
             sender_uid=origin.sender_uid if origin is not None else None,
         ))
+
+
+def new_call_id() -> str:
+    """A random row id, the 32 hex digits of a version-4 UUID.
+
+    The same bits as ``uuid.uuid4().hex``, without building a ``UUID`` object
+    (a third of the cost; it is made once per call)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def _first_header(head, names: tuple[str, ...]) -> str | None:
