@@ -82,8 +82,13 @@ def _run_locked(config: Config, exclude_pids: set[int]) -> None:
         options = CaptureOptions(attach_mode=config.attach, exclude_pids=set(exclude_pids),
                                  max_call_bytes=config.max_call_bytes)
 
+        def identify(pid: int) -> ProcessIdentity | None:
+            return built[0].attribution.identify(pid) if built else None
+
         def make_capture(on_event, on_exec):
-            return EbpfCapture(on_event, options, on_exec=on_exec)
+            # The kernel names each process in its EXEC or first PROC record:
+            # a curl gone before the loop reads its records keeps its name.
+            return EbpfCapture(on_event, options, on_exec=on_exec, on_process=observe, identify=identify)
         if config.plain_http_ports:
             make_capture = _with_plain_http(make_capture, config, observe)
     elif capture == "plain":

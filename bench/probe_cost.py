@@ -18,6 +18,12 @@ delivered during `ours` (each SSL call is one event).
     sudo .venv/bin/python bench/probe_cost.py --runtime go  [--calls 20000]
     sudo .venv/bin/python bench/probe_cost.py --runtime bun [--bun PATH]
 
+    sudo .venv/bin/python bench/probe_cost.py --compare-bpf main [--repeat 5]
+
+`ours` with this tree's BPF programs against `ours` with those of a git ref
+(same user space, same run, alternated --repeat times): what a change to the
+probes costs per SSL call.
+
 The same for runtimes without a shared libssl, at the points we probe them:
 Go's crypto/tls ((*Conn).Write entry, (*Conn).Read entry and every RET; a
 Go worker in bench/go_tls_worker, built here) and Bun's static BoringSSL
@@ -123,7 +129,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="bytes per call")
     ap.add_argument("--runtime", choices=["openssl", "go", "bun"], default="openssl")
     ap.add_argument("--bun", default=None, help="bun executable (default: $PATH, then the tests' npm cache)")
+    ap.add_argument("--compare-bpf", metavar="REF", default=None,
+                    help="time `ours` with the BPF sources of git REF against this tree's")
+    ap.add_argument("--repeat", type=int, default=5, help="alternations for --compare-bpf")
     args = ap.parse_args()
+    if args.compare_bpf:
+        compare_bpf(args.compare_bpf, args.calls, args.size, args.repeat)
+        return
     if args.runtime != "openssl":
         runtime_main(args)
         return
@@ -184,6 +196,43 @@ def main() -> None:
     tp = throughput(cap_factory=lambda cb: EbpfCapture(cb, CaptureOptions(scan_executables=False)),
                     cert=cert, key=key)
     print(f"  max drain: {tp[0]:,.0f} events/s ({tp[1] / 1e6:.1f} MB/s) with 4 KiB calls, lost={tp[2]}")
+
+
+def compare_bpf(ref: str, n: int, size: int, repeat: int) -> None:
+    """``ours`` per SSL call with git ``ref``'s bpf/ sources and with this tree's, alternated."""
+    from lumen_agent.capture import ebpf
+
+    tmp = Path(tempfile.mkdtemp())
+    cert, key = make_cert(tmp)
+    here = ebpf.bpf_source_dir()
+    base_dir = tmp / "bpf-base"
+    base_dir.mkdir()
+    for name in ("events.h", *ebpf.BPF_SOURCES):
+        text = subprocess.run(["git", "-C", str(here), "show", f"{ref}:bpf/{name}"],
+                              check=True, capture_output=True).stdout
+        (base_dir / name).write_bytes(text)
+    real = ebpf.bpf_source_dir
+    times: dict[str, list[float]] = {ref: [], "this tree": []}
+    none = run_worker(cert, key, n, size)
+    try:
+        for _ in range(repeat):
+            for label, folder in ((ref, base_dir), ("this tree", here)):
+                ebpf.bpf_source_dir = lambda folder=folder: folder
+                cap = EbpfCapture(lambda ev: None, CaptureOptions(scan_executables=False))
+                cap.start()
+                try:
+                    with Drainer(cap):
+                        times[label].append(run_worker(cert, key, n, size))
+                finally:
+                    cap.close()
+    finally:
+        ebpf.bpf_source_dir = real
+    print(f"{n} rounds of SSL_write_ex+SSL_read_ex, {size} B each, {os.cpu_count()} CPUs; none {none:.2f} us/call")
+    for label, values in times.items():
+        print(f"  {label:10s} " + " ".join(f"{v:6.2f}" for v in values)
+              + f"   median {sorted(values)[len(values) // 2]:6.2f} us/call")
+    a, b = (sorted(v)[len(v) // 2] for v in times.values())
+    print(f"  this tree / {ref}: x{b / a:.3f} ({b - a:+.2f} us per SSL call, medians)")
 
 
 def _run_ignored(cap, cert, key, n, size) -> float:

@@ -35,6 +35,9 @@
 #define LUMEN_EV_CLOSE 2
 #define LUMEN_EV_EXEC 3
 #define LUMEN_EV_EXIT 4
+/* A process's name, sent once per process before its first DATA record
+ * (EXEC records carry it too): the agent names a process gone from /proc. */
+#define LUMEN_EV_PROC 5
 
 /* direction */
 #define LUMEN_DIR_SEND 0
@@ -78,6 +81,14 @@ struct lumen_tiny_rec {
 struct lumen_small_rec {
     struct lumen_hdr h;
     unsigned char data[LUMEN_SMALL_CHUNK];
+};
+
+/* EXEC and PROC: the kernel's comm (TASK_COMM_LEN), chunk_len = LUMEN_COMM_LEN */
+#define LUMEN_COMM_LEN 16
+
+struct lumen_proc_rec {
+    struct lumen_hdr h;
+    char comm[LUMEN_COMM_LEN];
 };
 
 /* key of the per-connection maps (ignored, gap) */

@@ -7,6 +7,8 @@
  *   ignored_conns  (tgid, SSL*) user space decided are not LLM traffic
  * SSL_shutdown / SSL_free emit a CLOSE record and forget the connection.
  * sched_process_exec / sched_process_exit tell user space about processes.
+ * A process's name (comm) goes out once: in its EXEC record, or in a PROC
+ * record before its first DATA record (`announced`), never in DATA records.
  *
  * Loaded by lumen_agent/capture/ebpf.py with -I pointing at this folder.
  */
@@ -36,6 +38,12 @@ BPF_TABLE("lru_hash", struct lumen_conn_key, u8, ignored_conns, 65536);
 BPF_TABLE("lru_hash", struct lumen_conn_key, u8, gap_conns, 16384);
 BPF_HASH(active, u64, struct call_args, 16384);
 BPF_PERCPU_ARRAY(counters, u64, LUMEN_NUM_COUNTERS);
+/* tgids whose comm user space has (EXEC or PROC record).  LRU: an evicted
+ * process is only named once more. */
+#ifndef LUMEN_ANNOUNCED
+#define LUMEN_ANNOUNCED 16384
+#endif
+BPF_TABLE("lru_hash", u32, u8, announced, LUMEN_ANNOUNCED);
 
 static __always_inline void count(int idx)
 {
@@ -83,9 +91,45 @@ static __always_inline void fill_data_hdr(struct lumen_hdr *h, struct call_args 
     h->direction = a->dir;
 }
 
+/* An EXEC or PROC record: the current task's comm.  0 if the ring was full. */
+static __always_inline int emit_proc(u8 kind, u64 id)
+{
+    struct lumen_proc_rec *r = events.ringbuf_reserve(sizeof(struct lumen_proc_rec));
+    if (!r) {
+        count(LUMEN_CNT_LOST);
+        return 0;
+    }
+    bpf_get_current_comm(r->comm, sizeof(r->comm));
+    r->h.ts_ns = bpf_ktime_get_ns();
+    r->h.conn = 0;
+    r->h.pid = id >> 32;
+    r->h.tid = (u32)id;
+    r->h.total_len = 0;
+    r->h.offset = 0;
+    r->h.chunk_len = LUMEN_COMM_LEN;
+    r->h.flags = 0;
+    r->h.kind = kind;
+    r->h.direction = 0;
+    events.ringbuf_submit(r, 0);
+    return 1;
+}
+
+/* Name the process once, before its first DATA record: it may have exited
+ * (and left /proc) by the time the agent reads the record. */
+static __always_inline void announce(u64 id)
+{
+    u32 tgid = id >> 32;
+    if (announced.lookup(&tgid))
+        return;
+    u8 one = 1;
+    if (emit_proc(LUMEN_EV_PROC, id))
+        announced.update(&tgid, &one);
+}
+
 /* Copy `total` bytes at a->buf as DATA records of at most LUMEN_CHUNK_SIZE. */
 static __always_inline void emit_data(struct call_args *a, u64 id, u64 total)
 {
+    announce(id);
     struct lumen_conn_key key = {};
     key.tgid = id >> 32;
     key.ssl = a->ssl;
@@ -241,7 +285,14 @@ int probe_close(struct pt_regs *ctx)
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u64 id = bpf_get_current_pid_tgid();
-    return emit_simple(LUMEN_EV_EXEC, id >> 32, (u32)id, 0, 0);
+    u32 tgid = id >> 32;
+    u8 one = 1;
+    /* comm is the new program's here (set before the tracepoint fires) */
+    if (emit_proc(LUMEN_EV_EXEC, id))
+        announced.update(&tgid, &one);
+    else
+        announced.delete(&tgid); /* lost: the first DATA record names it */
+    return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
@@ -250,5 +301,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     active.delete(&id); /* a thread killed inside SSL_read leaves its args */
     if ((u32)id != (u32)(id >> 32))
         return 0; /* only the thread group leader ends the process */
+    u32 tgid = id >> 32;
+    announced.delete(&tgid);
     return emit_simple(LUMEN_EV_EXIT, id >> 32, (u32)id, 0, 0);
 }

@@ -26,12 +26,12 @@ import ipaddress
 import logging
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from lumen_agent.capture.kernel_comm import KernelIdentities
 from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.tcp_reassembly import Endpoint
-from lumen_agent.pipeline.attribution import ProcessIdentity, ProcessInfo
+from lumen_agent.pipeline.attribution import ProcessIdentity
 
 log = logging.getLogger("lumen_agent")
 
@@ -41,9 +41,6 @@ CONNECT_OWNERS = 16384
 # a later connection on the same four-tuple (clock read skew between the
 # kernel's monotonic clock and the packet's wall-clock stamp is microseconds).
 REUSE_SLACK_NS = 100_000_000
-# Identities made for processes already gone, by pid (one per process, so
-# its later connections name the same (pid, start)).
-MAX_GONE_IDENTITIES = 4096
 SOURCE = "connect_owner.c"
 
 
@@ -83,7 +80,7 @@ class ConnectOwners:
         self._identify = identify
         self._bpf = None
         self._table = None
-        self._gone: OrderedDict[int, ProcessIdentity] = OrderedDict()
+        self._identities: KernelIdentities | None = None
 
     def start(self) -> None:
         from lumen_agent.capture.ebpf import _import_bcc, bpf_source_dir
@@ -105,6 +102,7 @@ class ConnectOwners:
             from lumen_agent.pipeline.attribution import Attribution
 
             self._identify = Attribution().identify
+        self._identities = KernelIdentities(self._identify)
 
     def owner(self, client: Endpoint, server: Endpoint, seen_ns: int) -> ProcessIdentity | None:
         """Who connected ``client`` to ``server``, for a connection first seen at ``seen_ns`` (wall clock)."""
@@ -122,21 +120,11 @@ class ConnectOwners:
         return None
 
     def _identity(self, pid: int, comm: str, connect_wall_ns: int) -> ProcessIdentity:
-        live = self._identify(pid) if self._identify is not None else None
-        if live is not None and live.info.process == comm:
-            return live
-        # Gone (or the pid is another process's now): what the kernel saw.  The
-        # start time is not readable after exit; the first connection seen of
-        # the process stands in for it, the same for all of its connections.
-        known = self._gone.get(pid)
-        if known is not None and known.info.process == comm:
-            self._gone.move_to_end(pid)
-            return known
-        identity = ProcessIdentity(pid, connect_wall_ns / 1e9, ProcessInfo(process=comm))
-        self._gone[pid] = identity
-        if len(self._gone) > MAX_GONE_IDENTITIES:
-            self._gone.popitem(last=False)
-        return identity
+        # Gone (or the pid is another process's now): what the kernel saw, the
+        # first connection seen of the process standing in for its start time.
+        if self._identities is None:
+            self._identities = KernelIdentities(self._identify)
+        return self._identities.identity(pid, comm, connect_wall_ns)
 
     def close(self) -> None:
         bpf, self._bpf, self._table = self._bpf, None, None

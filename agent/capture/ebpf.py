@@ -43,11 +43,13 @@ from pathlib import Path
 import psutil
 
 from lumen_agent.capture import kernel_setup
+from lumen_agent.capture.kernel_comm import KernelIdentities, comm_text
 from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.ringbuf import RingBufferReader
 from lumen_agent.capture.runtimes import RuntimeAnalyser, RuntimeResult
 from lumen_agent.capture.targets import TargetTracker, TlsTarget, find_tls_executables
 from lumen_agent.heap import release_free_heap
+from lumen_agent.pipeline.attribution import ProcessIdentity
 from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 
 __all__ = ["CaptureError", "CaptureOptions", "EbpfCapture", "AttachedTarget"]
@@ -59,7 +61,7 @@ HDR = struct.Struct(HDR_FORMAT)
 HDR_CHUNK_LEN = 6  # index of chunk_len in the unpacked header
 assert HDR_SIZE == 40
 CHUNK_SIZE = 16384
-EV_DATA, EV_CLOSE, EV_EXEC, EV_EXIT = 1, 2, 3, 4
+EV_DATA, EV_CLOSE, EV_EXEC, EV_EXIT, EV_PROC = 1, 2, 3, 4, 5
 DIR_SEND, DIR_RECV = 0, 1
 CNT_LOST, CNT_ARGS_FULL, CNT_TRUNCATED, CNT_IGNORED = 0, 1, 2, 3
 
@@ -191,10 +193,18 @@ class EbpfCapture:
         on_event: Callable[[DataEvent], None],
         options: CaptureOptions | None = None,
         on_exec: Callable[[int], None] | None = None,
+        on_process: Callable[[int, ProcessIdentity | None], None] | None = None,
+        identify: Callable[[int], ProcessIdentity | None] | None = None,
     ) -> None:
+        """``on_process(pid, identity)``: who a process is, from the comm the
+        kernel put in its EXEC or PROC record (read before its first call),
+        for when it has left /proc by the time its records are read;
+        ``identify(pid)``: who a live process is, from /proc (None: gone)."""
         self.on_event = on_event
         self.options = options or CaptureOptions()
         self.on_exec = on_exec
+        self.on_process = on_process
+        self._names = KernelIdentities(identify)
         if self.options.attach_mode not in ("global", "per-process"):
             raise CaptureError(
                 f"unknown attach mode {self.options.attach_mode!r}", "use 'global' or 'per-process'"
@@ -222,7 +232,7 @@ class EbpfCapture:
         self._ignored: dict[int, set[int]] = {}  # pid -> conns in the kernel ignore map
         self._clock_offset = 0
         self._stats = dict(
-            events=0, bytes=0, truncated=0, gaps=0, closes=0, execs=0, exits=0,
+            events=0, bytes=0, truncated=0, gaps=0, closes=0, execs=0, exits=0, process_names=0,
             attach_errors=0, partial_dropped=0, execs_excluded=0,
         )
         self.last_attach_error = ""
@@ -522,8 +532,10 @@ class EbpfCapture:
                     self._on_data(hdr, payload)
                 elif kind == EV_CLOSE:
                     self._on_close(hdr[2], hdr[3], hdr[1], hdr[0])
+                elif kind == EV_PROC:
+                    self._on_proc(hdr[2], payload, hdr[0])
                 elif kind == EV_EXEC:
-                    self._on_exec(hdr[2])
+                    self._on_exec(hdr[2], payload, hdr[0])
                 elif kind == EV_EXIT:
                     self._on_exit(hdr[2], hdr[0])
 
@@ -613,8 +625,21 @@ class EbpfCapture:
             opened.discard(conn)
             self._close_event(pid, tid, conn, ts)
 
-    def _on_exec(self, pid: int) -> None:
+    def _on_proc(self, pid: int, comm: bytes, ts: int) -> None:
+        """A process's first call follows: hand in who it is (its comm if it is gone)."""
+        if self.on_process is None or not comm:
+            return
+        self._stats["process_names"] += 1
+        self.on_process(pid, self._names.identity(pid, comm_text(comm), ts + self._clock_offset))
+
+    def _on_exec(self, pid: int, comm: bytes = b"", ts: int = 0) -> None:
         self._stats["execs"] += 1
+        if self.on_process is not None and comm:
+            # Before on_exec: it forgets what was known of the pid but keeps an
+            # identity handed in for a process gone from /proc (this one, if
+            # it exited before its records were read); a live one is read anew.
+            self._names.exited(pid)  # a new program: a new stand-in start time
+            self.on_process(pid, self._names.gone(pid, comm_text(comm), ts + self._clock_offset))
         # An exec replaces the image: old SSL* values mean nothing now.
         self._forget_pid(pid, close_ts=None)
         if self.on_exec is not None:
@@ -665,6 +690,7 @@ class EbpfCapture:
 
     def _on_exit(self, pid: int, ts: int) -> None:
         self._stats["exits"] += 1
+        self._names.exited(pid)
         self._forget_pid(pid, close_ts=ts)
         self.tracker.on_exit(pid)
         if self.options.attach_mode == "per-process":
