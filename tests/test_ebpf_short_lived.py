@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from decimal import Decimal
 
 import pytest
@@ -35,7 +34,7 @@ if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
 from e2e_agent import AgentProcess  # noqa: E402
-from test_plain_http_short_lived import STUCK_AFTER_S, PipeReader, finish_all, updated  # noqa: E402
+from held_agent import PipeReader, calls_while_held  # noqa: E402
 
 # The stall is kept short: the probes are global, and every TLS call on the
 # host (another engineer's load generator, a package download) fills the
@@ -62,26 +61,13 @@ def session(tmp_path_factory, certs):
             for result in sequential:
                 assert result.ok, result.describe()
 
-            # Hold up the run loop: its recording's reader stops; a few calls fill the pipe.
-            reader.reading.clear()
-            priming = []
-            deadline = time.monotonic() + 60
-            while time.time() - updated(agent) < STUCK_AFTER_S:
-                assert time.monotonic() < deadline, "the agent's run loop never blocked on its recording"
-                priming += finish_all([one_call(server.url, certs)])
-                time.sleep(0.3)
-            stuck_at = updated(agent)
-            burst = finish_all([one_call(server.url, certs) for _ in range(BURST)])
-            late = [one_call(server.url, certs).finish() for _ in range(STALLED_SEQUENTIAL)]
-            for result in late:
-                assert result.ok, result.describe()
-            # Every curl of the stall has exited (and left /proc), and the run loop has not moved.
-            stalled = burst + late
+            stall = calls_while_held(agent, reader, lambda: one_call(server.url, certs),
+                                     burst=BURST, sequential=STALLED_SEQUENTIAL)
+            stalled = stall.stalled
+            # Every curl of the stall has exited (and left /proc), and the run loop had not moved.
             gone = not any(os.path.exists(f"/proc/{r.pid}") for r in stalled)
-            still_stuck = updated(agent) == stuck_at
-            reader.reading.set()
-
-            calls = sequential + priming + stalled
+            still_stuck = stall.still_stuck
+            calls = sequential + stall.priming + stalled
             pids = {r.pid for r in calls}
             rows = agent.wait_rows(f"pid IN ({','.join(map(str, pids))})", count=len(calls), timeout=60, settle=1.5)
             status = agent.status_file() or {}

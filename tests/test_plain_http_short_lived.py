@@ -14,16 +14,13 @@ process name ``curl``: the sniffer's SYN thread found each socket's owner
 while the curl ran and read who it was there and then.
 """
 
-import fcntl
 import os
-import select
 import shutil
-import threading
-import time
 from decimal import Decimal
 
 import pytest
 from e2e_agent import AgentProcess
+from held_agent import PipeReader, calls_while_held
 from support import clients
 from support import fake_provider as fp
 
@@ -41,54 +38,8 @@ SEQUENTIAL, BURST, STALLED_SEQUENTIAL = 100, 50, 20
 # often).  What this test pins down is the run loop's side: every curl of the
 # stall has exited before the loop reads its packets.
 SLOW = {"x-fake-ttft-ms": "200"}
-F_SETPIPE_SZ = 1031  # <linux/fcntl.h>: the smallest pipe (a page) fills after a few calls' events
-# The run loop writes its status every second; older than this, it is stuck.
-STUCK_AFTER_S = 2.5
-
-
-class PipeReader:
-    """Reads the agent's recording from a FIFO, and stops reading while told to (the agent then blocks)."""
-
-    def __init__(self, path):
-        os.mkfifo(path, 0o600)
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # before the agent opens it for writing
-        fcntl.fcntl(self.fd, F_SETPIPE_SZ, 4096)
-        self.reading = threading.Event()
-        self.reading.set()
-        self.stopped = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stopped:
-            if not self.reading.wait(0.1):
-                continue
-            if select.select([self.fd], [], [], 0.1)[0]:
-                try:
-                    os.read(self.fd, 65536)
-                except BlockingIOError:
-                    pass
-
-    def close(self):
-        self.reading.set()
-        self.stopped = True
-        self.thread.join(5)
-        os.close(self.fd)
-
-
 def one_call(url, certs):
     return clients.start_curl(url, certs, "openai.chat", headers=SLOW)
-
-
-def finish_all(running):
-    results = [r.finish() for r in running]
-    for result in results:
-        assert result.ok, result.describe()
-    return results
-
-
-def updated(agent):
-    return (agent.status_file() or {}).get("updated", 0)
 
 
 @pytest.fixture(scope="module")
@@ -105,30 +56,15 @@ def session(tmp_path_factory, certs):
             for result in sequential:
                 assert result.ok, result.describe()
 
-            # Hold up the run loop: its recording's reader stops; a few calls fill the pipe.
-            reader.reading.clear()
-            priming = []
-            deadline = time.monotonic() + 60
-            while time.time() - updated(agent) < STUCK_AFTER_S:
-                assert time.monotonic() < deadline, "the agent's run loop never blocked on its recording"
-                priming += finish_all([one_call(server.url, certs)])
-                time.sleep(0.3)
-            stuck_at = updated(agent)
-            burst = finish_all([one_call(server.url, certs) for _ in range(BURST)])
-            late = [one_call(server.url, certs).finish() for _ in range(STALLED_SEQUENTIAL)]
-            for result in late:
-                assert result.ok, result.describe()
-            # Every curl of the stall has exited, and the run loop has not moved.
-            still_stuck = updated(agent) == stuck_at
-            reader.reading.set()
-
-            calls = sequential + priming + burst + late
+            stall = calls_while_held(agent, reader, lambda: one_call(server.url, certs),
+                                     burst=BURST, sequential=STALLED_SEQUENTIAL)
+            calls = sequential + stall.priming + stall.stalled
             rows = agent.wait_rows("true", count=len(calls), timeout=60, settle=1.5)
             status = agent.status_file() or {}
         finally:
             assert agent.stop() == 0, agent.log_tail()
             reader.close()
-    return {"calls": calls, "stalled": burst + late, "rows": rows, "still_stuck": still_stuck,
+    return {"calls": calls, "stalled": stall.stalled, "rows": rows, "still_stuck": stall.still_stuck,
             "status": status}
 
 

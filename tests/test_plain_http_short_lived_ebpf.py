@@ -15,14 +15,13 @@ each owner found in the kernel's map (``plain.owner_kernel``).
 
 import os
 import shutil
-import time
 from decimal import Decimal
 
 import pytest
 from e2e_agent import AgentProcess
+from held_agent import PipeReader, calls_while_held, finish_all
 from support import clients
 from support import fake_provider as fp
-from test_plain_http_short_lived import STUCK_AFTER_S, PipeReader, finish_all, updated
 
 pytestmark = [
     pytest.mark.ebpf,
@@ -53,22 +52,9 @@ def session(tmp_path_factory, certs):
                 assert result.ok, result.describe()
             concurrent = finish_all([one_call(server.url, certs) for _ in range(CONCURRENT)])
 
-            reader.reading.clear()
-            priming = []
-            deadline = time.monotonic() + 60
-            while time.time() - updated(agent) < STUCK_AFTER_S:
-                assert time.monotonic() < deadline, "the agent's run loop never blocked on its recording"
-                priming += finish_all([one_call(server.url, certs)])
-                time.sleep(0.3)
-            stuck_at = updated(agent)
-            burst = finish_all([one_call(server.url, certs) for _ in range(STALLED_BURST)])
-            late = [one_call(server.url, certs).finish() for _ in range(STALLED_SEQUENTIAL)]
-            for result in late:
-                assert result.ok, result.describe()
-            still_stuck = updated(agent) == stuck_at
-            reader.reading.set()
-
-            calls = sequential + concurrent + priming + burst + late
+            stall = calls_while_held(agent, reader, lambda: one_call(server.url, certs),
+                                     burst=STALLED_BURST, sequential=STALLED_SEQUENTIAL)
+            calls = sequential + concurrent + stall.priming + stall.stalled
             # The TLS probes see every process's calls (other tests on this host): plain rows only.
             rows = agent.wait_rows("capture = 'plain'", count=len(calls), timeout=90, settle=1.5)
             status = agent.status_file() or {}
@@ -76,7 +62,7 @@ def session(tmp_path_factory, certs):
         finally:
             assert agent.stop() == 0, agent.log_tail()
             reader.close()
-    return {"calls": calls, "stalled": burst + late, "rows": rows, "still_stuck": still_stuck,
+    return {"calls": calls, "stalled": stall.stalled, "rows": rows, "still_stuck": stall.still_stuck,
             "status": status, "log": log}
 
 
