@@ -179,9 +179,12 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3, help="HTTP/1.1 vs HTTP/2 rounds (best of)")
     args = parser.parse_args()
+    started = time.perf_counter()
     prices = PriceTable.load()
+    loaded_ms = (time.perf_counter() - started) * 1000
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"python {sys.version.split()[0]}, pid {os.getpid()}, one core")
+    print(f"price table load {loaded_ms:.1f} ms (once per agent start)")
     for label, events, n, aim in (
         ("non-streaming", nonstream_events(args.calls), args.calls, 5000),
         ("streamed x100 chunks", stream_events(args.streams), args.streams, 500),
