@@ -100,7 +100,7 @@ def test_stream_is_capped_and_capture_goes_on_while_redis_restarts(tmp_path):
         for i in range(1000, 1080):  # Redis is gone: 50 wait, 30 are refused, nothing blocks
             started = time.monotonic()
             export.on_call(make_call(i))
-            assert time.monotonic() - started < 0.05
+            assert time.monotonic() - started < 0.4  # under the first retry backoff (0.5 s): capture never waits on it
         assert export.stats()["dropped"] == 30
         wait_for(lambda: not export.stats()["connected"])
         server = RedisServer(tmp_path, port)  # back, empty
