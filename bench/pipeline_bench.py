@@ -50,19 +50,10 @@ def nonstream_events(n: int):
 
 
 def stream_events(n: int, chunks: int = 100, per_connection: int = 1):
-    parts = []
-    for i in range(chunks):
-        parts.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                                             "model": "gpt-4o-mini-2024-07-18", "choices": [
-                                                 {"index": 0, "delta": {"content": f"tok{i} "}}]}) + "\n\n")
-    parts.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                                         "model": "gpt-4o-mini-2024-07-18", "choices": [],
-                                         "usage": {"prompt_tokens": 40, "completion_tokens": chunks,
-                                                   "total_tokens": 40 + chunks}}) + "\n\n")
-    parts.append("data: [DONE]\n\n")
+    parts = _sse_parts(chunks)
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     # One SSL_read per SSE chunk, as a real client reads a stream.
-    pieces = [head] + [b"%x\r\n%s\r\n" % (len(p), p.encode()) for p in parts] + [b"0\r\n\r\n"]
+    pieces = [head] + [b"%x\r\n%s\r\n" % (len(p), p) for p in parts] + [b"0\r\n\r\n"]
     request = request_bytes("POST", "https://api.openai.com/v1/chat/completions",
                             {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
                              "messages": [{"role": "user", "content": "count"}]})
