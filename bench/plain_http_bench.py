@@ -114,7 +114,8 @@ def dissect_cost(n: int = 2000) -> tuple[float, float]:
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
-    from lumen_agent.capture.packets import dissect_to_tcp_only, ethernet_segment, to_segment
+    from lumen_agent.capture.frames import ethernet_segment
+    from lumen_agent.capture.packets import dissect_to_tcp_only, to_segment
 
     dissect_to_tcp_only()
     frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="127.0.0.1", dst="127.0.0.1")

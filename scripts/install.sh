@@ -11,7 +11,7 @@ with_test=0
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
-# libpcap0.8: scapy compiles the plain-HTTP sniffer's kernel socket filter with it
+# libpcap0.8: compiles the plain-HTTP sniffer's kernel socket filter (as for tcpdump), and scapy reads capture files with it
 apt_pkgs=(python3-bpfcc python3-venv curl openssl libpcap0.8)
 if [[ -e /etc/debian_version ]] && grep -qi ubuntu /etc/os-release; then
   apt_pkgs+=("linux-headers-$(uname -r)")

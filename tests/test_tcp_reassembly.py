@@ -200,7 +200,8 @@ def test_fast_header_reader_agrees_with_scapy():
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
-    from lumen_agent.capture.packets import ethernet_segment, to_segment
+    from lumen_agent.capture.frames import ethernet_segment
+    from lumen_agent.capture.packets import to_segment
 
     macs = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
     frames = [
@@ -218,3 +219,30 @@ def test_fast_header_reader_agrees_with_scapy():
     assert ethernet_segment(bytes(frames[3]) + b"\x00" * 6, 1).payload == b"y" * 10
     assert ethernet_segment(bytes(frames[0])[:50], 1) is None  # too short for the headers: scapy decides
     assert ethernet_segment(bytes(frames[0])[:-2], 1) == "truncated_packet"
+
+
+def test_raw_ip_frames_and_scapy_fallback_give_the_same_segments():
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Dot1Q, Ether
+    from scapy.packet import Raw
+
+    from lumen_agent.capture.frames import frame_segment
+    from lumen_agent.capture.packet_socket import ARPHRD_ETHER, ARPHRD_NONE
+    from lumen_agent.capture.packets import to_segment
+    from lumen_agent.capture.tcp_reassembly import Endpoint
+
+    v4 = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=4000, seq=9, flags="PA") / Raw(b"GET /")
+    v6 = IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40001, dport=8000, seq=3, flags="A") / Raw(b"HTTP")
+    # A tun/WireGuard interface (ARPHRD_NONE): the frame starts at the IP header.
+    for packet in (v4, v6):
+        assert frame_segment(ARPHRD_NONE, bytes(packet), 5) == to_segment(packet.__class__(bytes(packet)), 5)
+    segment = frame_segment(ARPHRD_NONE, bytes(v4), 5)
+    assert (segment.src, segment.dst, segment.seq, segment.payload) == (
+        Endpoint("10.0.0.1", 40000), Endpoint("10.0.0.2", 4000), 9, b"GET /")
+    # A VLAN-tagged frame is not read by hand: scapy dissects it, with the same result.
+    tagged = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=7) / v4)
+    assert frame_segment(ARPHRD_ETHER, tagged, 5) == segment
+    assert frame_segment(ARPHRD_ETHER, tagged[:20], 5) == "not_tcp"
+    # A link type neither we nor scapy read is a reason to skip, not an exception.
+    assert frame_segment(0xFFF0, bytes(v4), 5) == "undissectable"

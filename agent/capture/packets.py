@@ -8,9 +8,6 @@ segment over IPv4/IPv6 is reported as a reason to skip, never raised.
 
 from __future__ import annotations
 
-import socket
-import struct
-
 from scapy.config import conf
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
@@ -73,76 +70,3 @@ def to_segment(packet: Packet, ts_ns: int | None = None) -> Segment | str:
         flags=int(tcp.flags),
         payload=payload,
     )
-
-
-_ETH_IPV4, _ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
-_TCP_HEADER = struct.Struct("!HHIIH")
-
-
-def ethernet_segment(frame: bytes, ts_ns: int) -> Segment | str | None:
-    """The TCP segment of an Ethernet frame (lo and Ethernet interfaces), read directly.
-
-    Why by hand: scapy's dissection costs about 0.5 ms a packet on the
-    reference machine (bench/plain_http_bench.py prints both), which caps the
-    live sniffer near 2,000 packets a second; reading the three fixed headers
-    takes a few microseconds.  Only the common shapes are read here: None
-    means "not one of them" (VLAN tags, IPv6 extension headers, BIG TCP) and
-    the caller hands the frame to scapy instead.  Capture files always go
-    through scapy (every link type, no hurry).
-    """
-    if len(frame) < 14 + 20 + 20:
-        return None
-    ethertype = frame[12:14]
-    if ethertype == _ETH_IPV4:
-        first = frame[14]
-        if first >> 4 != 4:
-            return None
-        ihl = (first & 0x0F) * 4
-        total = int.from_bytes(frame[16:18], "big")
-        if int.from_bytes(frame[20:22], "big") & 0x3FFF:
-            return "ip_fragment"
-        if frame[23] != 6:
-            return "not_tcp"
-        if total == 0 or ihl < 20:
-            return None
-        src = socket.inet_ntop(socket.AF_INET, frame[26:30])
-        dst = socket.inet_ntop(socket.AF_INET, frame[30:34])
-        tcp, end = 14 + ihl, 14 + total
-    elif ethertype == _ETH_IPV6:
-        if frame[20] != 6 or len(frame) < 14 + 40 + 20:
-            return None  # an extension header, or not TCP: scapy knows them
-        plen = int.from_bytes(frame[18:20], "big")
-        if plen == 0:
-            return None
-        src = normalise_ip(socket.inet_ntop(socket.AF_INET6, frame[22:38]))
-        dst = normalise_ip(socket.inet_ntop(socket.AF_INET6, frame[38:54]))
-        tcp, end = 54, 54 + plen
-    else:
-        return None
-    if end > len(frame):
-        return "truncated_packet"
-    if tcp + 20 > end:
-        return "bad_length"
-    sport, dport, seq, _ack, offset_flags = _TCP_HEADER.unpack_from(frame, tcp)
-    data = tcp + (offset_flags >> 12) * 4
-    if data > end:
-        return "bad_length"
-    return Segment(ts_ns, Endpoint(src, sport), Endpoint(dst, dport), seq, offset_flags & 0x1FF, frame[data:end])
-
-
-def frame_segment(cls: type[Packet] | None, frame: bytes, ts_ns: int, *, fast: bool = True) -> Segment | str:
-    """The TCP segment of one frame read from a packet socket whose link layer is ``cls``.
-
-    Ethernet frames (lo too) are read directly when ``fast``; anything else
-    is dissected by scapy.  A reason to skip, never an exception.
-    """
-    segment = ethernet_segment(frame, ts_ns) if cls is Ether and fast else None
-    if segment is None:
-        if cls is None:
-            return "undissectable"
-        try:
-            packet = cls(frame)
-        except Exception:  # noqa: BLE001 - scapy on a malformed frame: a reason to skip
-            return "undissectable"
-        segment = to_segment(packet, ts_ns)
-    return segment

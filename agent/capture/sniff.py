@@ -1,14 +1,14 @@
-"""Live plain-HTTP capture: scapy packet sockets on lo and the host's interfaces.
+"""Live plain-HTTP capture: packet sockets on lo and the host's interfaces.
 
 Local model servers (Ollama 11434, vLLM 8000, llama.cpp 8080, LM Studio 1234)
 and in-cluster gateways (LiteLLM 4000) are called over ``http://``: no TLS
 library, so no uprobe sees them.  This source reads their TCP packets.
 
-One ``AF_PACKET`` socket per interface (scapy's ``L2ListenSocket``), each
-with a classic BPF program attached in the kernel (``SO_ATTACH_FILTER``):
-only TCP segments to or from the configured ports ever reach user space, so
-other traffic costs the agent nothing.  scapy compiles the filter expression
-with libpcap (Debian's libpcap0.8), the same compiler tcpdump uses.  On
+One ``AF_PACKET`` socket per interface (``packet_socket``), each with a
+classic BPF program attached in the kernel (``SO_ATTACH_FILTER``): only TCP
+segments to or from the configured ports ever reach user space, so other
+traffic costs the agent nothing.  libpcap (Debian's libpcap0.8) compiles the
+filter expression, as it does for tcpdump; ``frames`` reads the headers.  On
 ``lo`` every packet passes a packet socket twice (leaving, then arriving);
 the filter's ``inbound`` keeps one copy, as tcpdump does.
 
@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import logging
 import select
-import socket
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from lumen_agent.capture.conversations import Conversations
+from lumen_agent.capture.frames import frame_segment
+from lumen_agent.capture.packet_socket import PacketSocket
 from lumen_agent.capture.socket_owner import SocketOwners
 from lumen_agent.capture.syn_watch import SYN_SNAPLEN, SYN_SOCKET_BUFFER_BYTES, SynWatcher, syn_filter
 from lumen_agent.capture.tcp_reassembly import Endpoint
@@ -56,7 +56,7 @@ MAX_PACKETS_PER_POLL = 4096
 SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
 # Bytes of a packet the kernel filter keeps and a read takes: more than an
 # IP packet (64 KiB; loopback's MTU allows that much) and its link header.
-# libpcap compiles scapy's filters to keep 65535, which cuts those packets.
+# libpcap compiles filters to keep 65535, which would cut those packets.
 SNAPLEN = 256 * 1024
 # Longest one poll may spend reading (a backlog after a stall must not keep
 # the run loop from its housekeeping or from a stop request).
@@ -64,8 +64,6 @@ MAX_POLL_S = 0.25
 HOUSEKEEPING_S = 1.0
 # How often the interface list is read again (interfaces that come and go).
 INTERFACE_RESCAN_S = 10.0
-SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
-SOL_PACKET, PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>
 # Processes, (pid, start time), already handed to ``on_process`` (most recent kept).
 MAX_KNOWN_PROCESSES = 4096
 
@@ -79,52 +77,6 @@ def port_filter(ports: Iterable[int], *, loopback: bool) -> str:
     ports = sorted(set(ports))
     expr = " or ".join(f"tcp port {p}" for p in ports)
     return f"inbound and ({expr})" if loopback else expr
-
-
-def attach_filter(sock: socket.socket, expression: str, iface: str, snaplen: int = SNAPLEN) -> None:
-    """Compile ``expression`` with libpcap (through scapy) and attach it, keeping ``snaplen`` bytes.
-
-    Replaces the filter scapy attached (which keeps 65535 bytes a packet).
-    """
-    from scapy.arch.common import compile_filter, free_filter
-    from scapy.data import SO_ATTACH_FILTER
-    from scapy.libs.structures import sock_fprog
-
-    program = compile_filter(expression, iface)
-    try:
-        for i in range(program.bf_len):
-            insn = program.bf_insns[i]
-            if insn.code == 0x06 and insn.k:  # BPF_RET|BPF_K with a length: keep snaplen
-                insn.k = snaplen
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, sock_fprog(program.bf_len, program.bf_insns))
-    finally:
-        free_filter(program)
-
-
-def _set_receive_buffer(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
-    # SO_RCVBUFFORCE (root) passes net.core.rmem_max, which is a few hundred KiB by default.
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def kernel_drops(sock: socket.socket) -> int:
-    """Packets the kernel dropped for this socket since the last call (full buffer)."""
-    try:
-        _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-    except OSError:
-        return 0
-    return drops
-
-
-def _drain(sock: socket.socket) -> None:
-    """Drop what queued before the final filter was in place."""
-    while True:
-        try:
-            sock.recv(SNAPLEN)
-        except (BlockingIOError, InterruptedError):
-            return
 
 
 def host_interfaces() -> list[str]:
@@ -186,15 +138,6 @@ class PlainHttpCapture:
     # -- CaptureSource --------------------------------------------------------
 
     def start(self) -> None:
-        try:
-            from scapy.arch.linux import L2ListenSocket
-            from scapy.error import Scapy_Exception
-
-            from lumen_agent.capture.packets import dissect_to_tcp_only
-        except ImportError as exc:  # pragma: no cover - scapy is a dependency
-            raise SniffError(f"scapy is not importable: {exc}", "pip install scapy") from None
-        dissect_to_tcp_only()
-        self._listen_socket, self._socket_errors = L2ListenSocket, (OSError, Scapy_Exception, ImportError, ValueError)
         names = self._interfaces if self._interfaces is not None else host_interfaces()
         errors = self._open(names)
         self._next_interface_scan = time.monotonic() + INTERFACE_RESCAN_S
@@ -229,34 +172,25 @@ class PlainHttpCapture:
             expression = port_filter(self.ports, loopback=name == "lo")
             try:
                 sock = self._filtered_socket(name, expression, SNAPLEN, SOCKET_BUFFER_BYTES)
-            except self._socket_errors as exc:
+            except (OSError, ValueError) as exc:
                 errors.append(f"{name}: {exc}")
                 continue
             self._sockets.append(sock)
-            self._by_fd[sock.ins.fileno()] = sock
-            self._iface_of[sock.ins.fileno()] = name
+            self._by_fd[sock.fileno()] = sock
+            self._iface_of[sock.fileno()] = name
             self.attached.append(name)
             if self._watcher is not None:
                 try:
                     syns = self._filtered_socket(name, syn_filter(self.ports, loopback=name == "lo"),
                                                  SYN_SNAPLEN, SYN_SOCKET_BUFFER_BYTES)
-                except self._socket_errors as exc:  # the run loop still looks owners up, later
+                except (OSError, ValueError) as exc:  # the run loop still looks owners up, later
                     log.warning("plain-HTTP capture reads no SYNs on %s: %s", name, exc)
                 else:
                     self._watcher.watch(name, syns)
         return errors
 
-    def _filtered_socket(self, name: str, expression: str, snaplen: int, buffer_bytes: int) -> Any:
-        sock = self._listen_socket(iface=name, filter=expression)
-        try:
-            attach_filter(sock.ins, expression, name, snaplen)
-            _set_receive_buffer(sock.ins, buffer_bytes)
-            sock.ins.setblocking(False)
-            _drain(sock.ins)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    def _filtered_socket(self, name: str, expression: str, snaplen: int, buffer_bytes: int) -> PacketSocket:
+        return PacketSocket.open(name, expression, snaplen=snaplen, receive_buffer=buffer_bytes)
 
     def _follow_interfaces(self) -> None:
         """Sniff interfaces that came up since the start (containers, VPNs); drop those gone."""
@@ -298,7 +232,7 @@ class PlainHttpCapture:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
             for sock in self._sockets:
-                self._kernel_drops += kernel_drops(sock.ins)
+                self._kernel_drops += sock.kernel_drops()
             if self._interfaces is None and now >= self._next_interface_scan:
                 self._next_interface_scan = now + INTERFACE_RESCAN_S
                 self._follow_interfaces()
@@ -380,24 +314,19 @@ class PlainHttpCapture:
     # -- internals ------------------------------------------------------------
 
     def _read(self, sock: Any, budget: int, deadline: float) -> int:
-        from lumen_agent.capture.packets import frame_segment
-
         n = 0
         while n < budget:
             if n % 64 == 63 and time.monotonic() > deadline:
                 break
             try:
-                cls, data, ts = sock.recv_raw(SNAPLEN)
+                link, data, ts_ns = sock.recv_frame()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 log.warning("plain-HTTP capture read failed error=%s", exc)
                 break
             n += 1
-            if cls is None or data is None:
-                continue
-            ts_ns = int(ts * 1_000_000_000) if ts else time.time_ns()
-            segment = frame_segment(cls, data, ts_ns, fast=self.fast)
+            segment = frame_segment(link, data, ts_ns or time.time_ns(), fast=self.fast)
             if isinstance(segment, str):
                 self._skip(segment)
                 continue

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from lumen_agent.capture.frames import frame_segment
 from lumen_agent.capture.socket_owner import SocketOwners
 from lumen_agent.capture.tcp_reassembly import ACK, SYN, Endpoint
 
@@ -161,25 +162,19 @@ class SynWatcher:
         self._resolve(batch)
         now = time.monotonic()
         if now >= self._next_drops_check:
-            from lumen_agent.capture.sniff import kernel_drops
-
             self._next_drops_check = now + DROPS_CHECK_S
-            self.counters["syn_kernel_drops"] += sum(kernel_drops(sock.ins) for _name, sock in self._sockets.values())
+            self.counters["syn_kernel_drops"] += sum(sock.kernel_drops() for _name, sock in self._sockets.values())
 
     def _read(self, sock: Any, batch: list[tuple[Endpoint, Endpoint, int]]) -> None:
-        from lumen_agent.capture.packets import frame_segment
-
         for _ in range(MAX_SYNS_PER_BATCH):
             try:
-                cls, data, ts = sock.recv_raw(SYN_SNAPLEN)
+                link, data, ts_ns = sock.recv_frame()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("SYN watcher read failed error=%s", exc)
                 return
-            if cls is None or data is None:
-                continue
-            segment = frame_segment(cls, data, int(ts * 1_000_000_000) if ts else time.time_ns())
+            segment = frame_segment(link, data, ts_ns or time.time_ns())
             if isinstance(segment, str) or segment.flags & (SYN | ACK) != SYN:
                 self.counters["syn_skipped"] += 1
                 continue
@@ -205,4 +200,4 @@ class SynWatcher:
                     pass
         for key, (name, sock) in wanted.items():
             if key not in current:
-                self._sockets[sock.ins.fileno()] = (name, sock)
+                self._sockets[sock.fileno()] = (name, sock)
