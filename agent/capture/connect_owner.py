@@ -25,11 +25,11 @@ import ctypes as ct
 import ipaddress
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterable
 
 from lumen_agent.capture.kernel_comm import KernelIdentities
-from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.tcp_reassembly import Endpoint
 from lumen_agent.pipeline.attribution import ProcessIdentity
 
@@ -47,6 +47,10 @@ SOURCE = "connect_owner.c"
 class OwnerKey(ct.Structure):
     _fields_ = [("family", ct.c_uint16), ("sport", ct.c_uint16), ("dport", ct.c_uint16), ("pad", ct.c_uint16),
                 ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16)]
+
+
+class OwnerValue(ct.Structure):
+    _fields_ = [("tgid", ct.c_uint32), ("pad", ct.c_uint32), ("connect_ns", ct.c_uint64), ("comm", ct.c_char * 16)]
 
 
 def owner_keys(client: Endpoint, server: Endpoint) -> list[OwnerKey]:
@@ -83,21 +87,15 @@ class ConnectOwners:
         self._identities: KernelIdentities | None = None
 
     def start(self) -> None:
-        from lumen_agent.capture.ebpf import _import_bcc, bpf_source_dir
+        from lumen_agent.capture.bpf_loader import load_bpf
+        from lumen_agent.capture.ebpf import bpf_source_dir
 
-        bcc = _import_bcc()
         src = bpf_source_dir() / SOURCE
-        try:
-            self._bpf = bcc.BPF(text=src.read_bytes(), cflags=[f"-DLUMEN_CONNECT_OWNERS={CONNECT_OWNERS}"])
-        except Exception as exc:  # noqa: BLE001 - bcc raises plain Exception
-            self._bpf = None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CaptureError(f"compiling/loading {SOURCE} failed: {first}",
-                               "run `lumen-agent doctor`") from exc
-        ports = self._bpf[b"sniffed_ports"]
+        self._bpf = load_bpf(SOURCE, src.read_bytes(), [f"-DLUMEN_CONNECT_OWNERS={CONNECT_OWNERS}"])
+        ports = self._bpf.maps["sniffed_ports"]
         for port in self.ports:
-            ports[ct.c_uint16(port)] = ct.c_uint8(1)
-        self._table = self._bpf[b"connect_owners"]
+            ports.update(struct.pack("=H", port), b"\x01")
+        self._table = self._bpf.maps["connect_owners"]
         if self._identify is None:
             from lumen_agent.pipeline.attribution import Attribution
 
@@ -109,10 +107,10 @@ class ConnectOwners:
         if self._table is None:
             return None
         for key in owner_keys(client, server):
-            try:
-                value = self._table[key]
-            except KeyError:
+            raw = self._table.lookup(bytes(key))
+            if raw is None:
                 continue
+            value = OwnerValue.from_buffer_copy(raw)
             connect_wall_ns = value.connect_ns + time.time_ns() - time.monotonic_ns()
             if connect_wall_ns > seen_ns + REUSE_SLACK_NS:
                 return None  # a later connection on the same four-tuple
@@ -129,7 +127,4 @@ class ConnectOwners:
     def close(self) -> None:
         bpf, self._bpf, self._table = self._bpf, None, None
         if bpf is not None:
-            try:
-                bpf.cleanup()
-            except Exception:  # noqa: BLE001 - closing must not raise
-                log.debug("connect owner cleanup failed", exc_info=True)
+            bpf.close()

@@ -1,8 +1,8 @@
 """eBPF capture: uprobes on OpenSSL, records from a BPF ring buffer -> DataEvents.
 
-The only module that imports bcc (Debian's ``python3-bpfcc``; its
-dist-packages folder is appended to the END of sys.path when bcc is not
-importable otherwise, so it never shadows the venv).
+The BPF programs are compiled by BCC (Debian's ``python3-bpfcc``) in a
+short-lived child process and held here by file descriptor (``bpf_loader``):
+the agent itself never loads BCC's LLVM.
 
     cap = EbpfCapture(on_event=print)
     cap.start()
@@ -27,12 +27,10 @@ Attach modes (see ``CaptureOptions.attach_mode``):
 
 from __future__ import annotations
 
-import ctypes as ct
 import math
 import mmap
 import os
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +41,8 @@ from pathlib import Path
 import psutil
 
 from lumen_agent.capture import kernel_setup
+from lumen_agent.capture.bpf_loader import LoadedBpf, Uprobe, load_bpf
+from lumen_agent.capture.bpf_loader import import_bcc as _import_bcc  # noqa: F401 - the benchmarks' bcc
 from lumen_agent.capture.kernel_comm import KernelIdentities, comm_text
 from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.ringbuf import RingBufferReader
@@ -64,6 +64,12 @@ CHUNK_SIZE = 16384
 EV_DATA, EV_CLOSE, EV_EXEC, EV_EXIT, EV_PROC = 1, 2, 3, 4, 5
 DIR_SEND, DIR_RECV = 0, 1
 CNT_LOST, CNT_ARGS_FULL, CNT_TRUNCATED, CNT_IGNORED = 0, 1, 2, 3
+# Map keys and values in host byte order (bpf/ssl_probes.c, bpf/events.h): skip_tgids u32, ignored_conns
+# struct lumen_conn_key {u32 tgid; u32 pad; u64 ssl}, counters u32 index; values u8 1.
+_TGID = struct.Struct("=I")
+_CONN_KEY = struct.Struct("=IIQ")
+_COUNTER = struct.Struct("=I")
+_ONE = b"\x01"
 
 # Largest per-call max we accept: the BPF loop is unrolled by the verifier.
 MAX_CALL_BYTES_LIMIT = 4 * 1024 * 1024
@@ -84,24 +90,6 @@ PROBES: tuple[tuple[str, str, str | None], ...] = (
     ("SSL_shutdown", "probe_close", None),
     ("SSL_free", "probe_close", None),
 )
-
-BCC_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
-
-
-def _import_bcc():
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        if BCC_DIST_PACKAGES not in sys.path:
-            sys.path.append(BCC_DIST_PACKAGES)
-        try:
-            import bcc  # noqa: F401
-        except ImportError as exc:
-            raise CaptureError(f"bcc is not importable ({exc})", "apt-get install python3-bpfcc") from exc
-    import bcc
-
-    return bcc
-
 
 def bpf_source_dir() -> Path:
     return Path(str(resources.files("lumen_agent.bpf")))
@@ -130,9 +118,6 @@ class CaptureOptions:
     # max_call_bytes bytes flagged TRUNCATED.  Rounded up to 16 KiB chunks.
     max_call_bytes: int = 256 * 1024
     ringbuf_pages: int = 4096  # 16 MiB of 4 KiB pages; a power of two
-    # Read the ring buffer mapped into this process, a batch at a time
-    # (capture/ringbuf.py); False: bcc's one ctypes callback per record.
-    bulk_read: bool = True
     # After a wake-up, let records gather this long before reading them.
     coalesce_ms: float = 4.0
     # More TLS files to probe (e.g. an app's bundled libssl) by path.
@@ -221,11 +206,10 @@ class EbpfCapture:
         if self.options.exclude_self:
             self.exclude.add(os.getpid())
         self.tracker = TargetTracker()
-        self._bpf = None
+        self._bpf: LoadedBpf | None = None
         self._reader: RingBufferReader | None = None
-        # (target key, pid or -1) -> the probes attached there, as (path, address,
-        # is a return probe), which is what detaching one needs
-        self._attached: dict[tuple[tuple[int, int], int], list[tuple[str, int, bool]]] = {}
+        # (target key, pid or -1) -> the probes attached there (closing one detaches it)
+        self._attached: dict[tuple[tuple[int, int], int], list[Uprobe]] = {}
         self._records: list[tuple[tuple, bytes]] = []
         self._partials: dict[tuple[int, int], _Partial] = {}
         self._open_conns: dict[int, set[int]] = {}  # pid -> conns with data since last close
@@ -244,7 +228,6 @@ class EbpfCapture:
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
         kernel_setup.prepare()
-        bcc = _import_bcc()
         src = bpf_source_dir() / "ssl_probes.c"
         if not src.exists():
             raise CaptureError(f"BPF source {src} missing", "reinstall lumen-agent")
@@ -257,23 +240,11 @@ class EbpfCapture:
             f"-DLUMEN_RINGBUF_PAGES={pages}",
             "-Wno-macro-redefined",
         ]
-        try:
-            self._bpf = bcc.BPF(text=program_text(src.parent), cflags=cflags)
-            for _sym, entry, ret in PROBES:
-                self._bpf.load_func(entry.encode(), bcc.BPF.KPROBE)
-                if ret:
-                    self._bpf.load_func(ret.encode(), bcc.BPF.KPROBE)
-        except Exception as exc:  # noqa: BLE001 - bcc raises plain Exception
-            self._bpf = None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CaptureError(
-                f"compiling/loading {src.name} failed: {first}",
-                "run `lumen-agent doctor`; check kernel headers in /lib/modules/$(uname -r)/build",
-            ) from exc
+        self._bpf = load_bpf(src.name, program_text(src.parent), cflags)
         self._sync_clock()
-        skip = self._bpf[b"skip_tgids"]
+        skip = self._bpf.maps["skip_tgids"]
         for pid in self.exclude:
-            skip[ct.c_uint(pid)] = ct.c_ubyte(1)
+            skip.update(_TGID.pack(pid), _ONE)
         self._open_ring()
         # Exec/exit first, so nothing started during the scan below is missed.
         # (TRACEPOINT_PROBE programs are attached by BPF() itself.)
@@ -357,10 +328,7 @@ class EbpfCapture:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        try:
-            b.cleanup()
-        except Exception:  # noqa: BLE001 - closing must not raise
-            pass
+        b.close()
         self._attached.clear()
 
     def __enter__(self) -> EbpfCapture:
@@ -383,44 +351,31 @@ class EbpfCapture:
             return
         if pid != -1 and not psutil.pid_exists(pid):
             return  # gone already (libbcc would print an error per probe)
-        done: list[tuple[str, int, bool]] = []
-        path = t.path.encode()
+        done: list[Uprobe] = []
         plan = t.probes or [(sym, t.symbols.get(sym), entry, ret) for sym, entry, ret in PROBES]
         for sym, addr, entry, ret in plan:
             if addr is None:
                 continue
             try:
-                self._bpf.attach_uprobe(name=path, addr=addr, fn_name=entry.encode(), pid=pid)
-                done.append((t.path, addr, False))
+                done.append(self._bpf.attach_uprobe(t.path, addr, entry, pid=pid))
                 if ret:
-                    self._bpf.attach_uretprobe(name=path, addr=addr, fn_name=ret.encode(), pid=pid)
-                    done.append((t.path, addr, True))
-            except Exception as exc:  # noqa: BLE001
+                    done.append(self._bpf.attach_uprobe(t.path, addr, ret, pid=pid, retprobe=True))
+            except (OSError, ValueError, KeyError) as exc:
                 self._stats["attach_errors"] += 1
                 self.last_attach_error = f"{t.path}:{sym} pid {pid}: {exc}"
         if done:
             self._attached[key] = done
 
     def _detach(self, tkey: tuple[int, int], pid: int) -> None:
-        probes = self._attached.pop((tkey, pid), None)
-        if not probes or self._bpf is None:
-            return
-        for path, addr, is_ret in probes:
-            try:
-                if is_ret:
-                    self._bpf.detach_uretprobe(name=path.encode(), addr=addr, pid=pid)
-                else:
-                    self._bpf.detach_uprobe(name=path.encode(), addr=addr, pid=pid)
-            except Exception:  # noqa: BLE001 - the process may be gone
-                pass
+        for probe in self._attached.pop((tkey, pid), ()):
+            probe.close()
 
     # -- control -------------------------------------------------------------
     def ignore_connection(self, pid: int, conn: int) -> None:
         """Stop capturing connection ``conn`` of ``pid`` (not LLM traffic)."""
         if self._bpf is None:
             return
-        table = self._bpf[b"ignored_conns"]
-        table[table.Key(tgid=pid, pad=0, ssl=conn)] = ct.c_ubyte(1)
+        self._bpf.maps["ignored_conns"].update(_CONN_KEY.pack(pid, 0, conn), _ONE)
         self._ignored.setdefault(pid, set()).add(conn)
         opened = self._open_conns.get(pid)
         if opened:
@@ -431,7 +386,7 @@ class EbpfCapture:
     def exclude_pid(self, pid: int) -> None:
         self.exclude.add(pid)
         if self._bpf is not None:
-            self._bpf[b"skip_tgids"][ct.c_uint(pid)] = ct.c_ubyte(1)
+            self._bpf.maps["skip_tgids"].update(_TGID.pack(pid), _ONE)
             for tkey, p in [k for k in self._attached if k[1] == pid]:
                 self._detach(tkey, p)
 
@@ -445,43 +400,26 @@ class EbpfCapture:
             return
         self.exclude.discard(pid)
         if self._bpf is not None:
-            try:
-                del self._bpf[b"skip_tgids"][ct.c_uint(pid)]
-            except KeyError:
-                pass
+            self._bpf.maps["skip_tgids"].delete(_TGID.pack(pid))
 
     # -- reading -------------------------------------------------------------
     def _open_ring(self) -> None:
-        ring = self._bpf[b"events"]
-        if self.options.bulk_read:
-            size = self.options.ringbuf_pages * mmap.PAGESIZE
-            self._reader = RingBufferReader(ring.map_fd, size, HDR, HDR_CHUNK_LEN,
-                                            coalesce_s=self.options.coalesce_ms / 1000)
-        else:
-            ring.open_ring_buffer(self._on_record)
+        size = self.options.ringbuf_pages * mmap.PAGESIZE
+        self._reader = RingBufferReader(self._bpf.maps["events"].fd, size, HDR, HDR_CHUNK_LEN,
+                                        coalesce_s=self.options.coalesce_ms / 1000)
 
     def _read_ring(self, timeout_ms: int) -> None:
         reader = self._reader
-        if reader is None:
-            self._bpf.ring_buffer_poll(timeout_ms)
-        elif not timeout_ms or reader.wait(timeout_ms / 1000):
+        if not timeout_ms or reader.wait(timeout_ms / 1000):
             records = reader.read()
             if self._records:
                 self._records.extend(records)
             else:
                 self._records = records
 
-    def _on_record(self, _ctx, data, size) -> int:
-        # Runs inside ring_buffer_poll: copy only, decode afterwards.
-        hdr = struct.unpack(HDR_FORMAT, ct.string_at(data, HDR_SIZE))
-        n = hdr[6]
-        payload = ct.string_at(data + HDR_SIZE, n) if n and size >= HDR_SIZE + n else b""
-        self._records.append((hdr, payload))
-        return 0
-
     def watch_fds(self, fds: set[int]) -> bool:
         """End :meth:`poll`'s wait also when one of ``fds`` is readable; False
-        when this capture cannot (bcc's reader), and the caller must take turns."""
+        before the capture started, and the caller must take turns."""
         if self._reader is None:
             return False
         self._reader.watch(fds)
@@ -681,12 +619,9 @@ class EbpfCapture:
                 self._close_event(pid, pid, conn, close_ts)
         ign = self._ignored.pop(pid, set())
         if ign and self._bpf is not None:
-            table = self._bpf[b"ignored_conns"]
+            table = self._bpf.maps["ignored_conns"]
             for conn in ign:
-                try:
-                    del table[table.Key(tgid=pid, pad=0, ssl=conn)]
-                except KeyError:
-                    pass
+                table.delete(_CONN_KEY.pack(pid, 0, conn))
 
     def _on_exit(self, pid: int, ts: int) -> None:
         self._stats["exits"] += 1
@@ -731,8 +666,7 @@ class EbpfCapture:
     def _counter(self, idx: int) -> int:
         if self._bpf is None:
             return 0
-        vals = self._bpf[b"counters"][ct.c_int(idx)]
-        return int(sum(vals))
+        return self._bpf.maps["counters"].sum_u64(_COUNTER.pack(idx))
 
     def stats(self) -> dict[str, int]:
         s = dict(self._stats)
