@@ -26,6 +26,7 @@ as BCC does (``elf_offsets``).
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import json
 import os
 import re
@@ -92,8 +93,9 @@ def _bpf_lib() -> ct.CDLL:
     return _lib
 
 
+@functools.cache
 def possible_cpus() -> int:
-    """CPUs the kernel may ever bring up: the slots of a per-CPU map value."""
+    """CPUs the kernel may ever bring up: the slots of a per-CPU map value (fixed at boot)."""
     with open("/sys/devices/system/cpu/possible") as f:
         text = f.read().strip()
     count = 0
