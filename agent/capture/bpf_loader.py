@@ -36,7 +36,6 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from lumen_agent.capture.elf_offsets import file_offset
 from lumen_agent.capture.kernel_setup import CaptureError
 
 BCC_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
@@ -184,6 +183,9 @@ class LoadedBpf:
                       retprobe: bool = False) -> Uprobe:
         """Run ``program`` when a process (``pid``, or -1: every process) reaches
         ``vaddr`` (an ELF virtual address, as in the symbol table) of ``path``."""
+        # Imported here: the loader child, which never attaches, skips pyelftools.
+        from lumen_agent.capture.elf_offsets import file_offset
+
         offset = file_offset(path, vaddr)
         raw_path = path.encode()
         # BCC's name for the event (only a tracefs-based attach on old kernels uses it).
@@ -212,40 +214,66 @@ class LoadedBpf:
 def load_bpf(name: str, text: bytes, cflags: list[str], programs: list[str] | None = None) -> LoadedBpf:
     """Compile and load ``text`` in a child process: the TRACEPOINT_PROBEs, which
     BCC attaches, and ``programs`` (uprobe programs; None: every other function)."""
-    request = json.dumps({"text": text.decode("latin-1"), "cflags": list(cflags),
-                          "programs": None if programs is None else list(programs)})
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        child = subprocess.Popen([sys.executable, "-m", "lumen_agent.capture.bpf_loader", str(theirs.fileno())],
-                                 stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),))
-        theirs.close()
+    return BpfBuild(name, text, cflags, programs).result()
+
+
+class BpfBuild:
+    """A compile running in its child process; :meth:`result` waits for it.
+
+    Started early, two builds share the machine's cores instead of taking
+    turns (the agent's start-up compiles two sources)."""
+
+    def __init__(self, name: str, text: bytes, cflags: list[str], programs: list[str] | None = None) -> None:
+        self.name = name
+        request = json.dumps({"text": text.decode("latin-1"), "cflags": list(cflags),
+                              "programs": None if programs is None else list(programs)})
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            child.communicate(request.encode(), timeout=BUILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            raise CaptureError(f"compiling {name} took over {BUILD_TIMEOUT_S} s", "run `lumen-agent doctor`") from None
-        ours.setblocking(False)
+            self._child = subprocess.Popen([sys.executable, "-m", "lumen_agent.capture.bpf_loader",
+                                            str(theirs.fileno())], stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            self._sock.close()
+            raise
+        finally:
+            theirs.close()
+        self._child.stdin.write(request.encode())
+        self._child.stdin.close()
+
+    def result(self) -> LoadedBpf:
         try:
-            message, fds, _flags, _addr = socket.recv_fds(ours, _MESSAGE_BYTES, MAX_FDS)
-        except BlockingIOError:
-            message, fds = b"", []
-    finally:
-        ours.close()
-        theirs.close()
-    if not message:
-        raise CaptureError(f"compiling/loading {name} failed: the BPF loader exited with {child.returncode}",
-                           "run `lumen-agent doctor`")
-    reply = json.loads(message)
-    if "error" in reply:
-        for fd in fds:
-            os.close(fd)
-        raise CaptureError(f"compiling/loading {name} failed: {reply['error']}",
-                           "run `lumen-agent doctor`; check kernel headers in /lib/modules/$(uname -r)/build")
-    maps = {m["name"]: BpfMap(m["name"], fds[m["fd"]], m["type"], m["key_size"], m["value_size"], m["max_entries"])
-            for m in reply["maps"]}
-    return LoadedBpf(name, maps, {p: fds[i] for p, i in reply["programs"].items()},
-                     {t: fds[i] for t, i in reply["tracepoints"].items()})
+            try:
+                self._child.wait(timeout=BUILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.cancel()
+                raise CaptureError(f"compiling {self.name} took over {BUILD_TIMEOUT_S} s",
+                                   "run `lumen-agent doctor`") from None
+            self._sock.setblocking(False)
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(self._sock, _MESSAGE_BYTES, MAX_FDS)
+            except BlockingIOError:
+                message, fds = b"", []
+        finally:
+            self._sock.close()
+        if not message:
+            raise CaptureError(f"compiling/loading {self.name} failed: the BPF loader exited with "
+                               f"{self._child.returncode}", "run `lumen-agent doctor`")
+        reply = json.loads(message)
+        if "error" in reply:
+            for fd in fds:
+                os.close(fd)
+            raise CaptureError(f"compiling/loading {self.name} failed: {reply['error']}",
+                               "run `lumen-agent doctor`; check kernel headers in /lib/modules/$(uname -r)/build")
+        maps = {m["name"]: BpfMap(m["name"], fds[m["fd"]], m["type"], m["key_size"], m["value_size"],
+                                  m["max_entries"]) for m in reply["maps"]}
+        return LoadedBpf(self.name, maps, {p: fds[i] for p, i in reply["programs"].items()},
+                         {t: fds[i] for t, i in reply["tracepoints"].items()})
+
+    def cancel(self) -> None:
+        """Stop the compile (the agent stops before it was needed)."""
+        if self._child.poll() is None:
+            self._child.kill()
+            self._child.wait()
+        self._sock.close()
 
 
 # -- the child's side -------------------------------------------------------------

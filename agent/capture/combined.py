@@ -35,6 +35,12 @@ class CombinedCapture:
         self._extra: set[int] = set()  # the caller's fds (watch_fds)
 
     def start(self) -> None:
+        prepare = getattr(self.secondary, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare()  # e.g. the sniffer's BPF compile, beside the primary's
+            except Exception as exc:  # noqa: BLE001 - start() reports it, once
+                log.debug("%s capture could not prepare: %s", self._secondary_name, exc)
         self.primary.start()
         try:
             self.secondary.start()

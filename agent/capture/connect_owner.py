@@ -83,15 +83,23 @@ class ConnectOwners:
         self.ports = tuple(sorted(set(ports)))
         self._identify = identify
         self._bpf = None
+        self._build = None
         self._table = None
         self._identities: KernelIdentities | None = None
 
-    def start(self) -> None:
-        from lumen_agent.capture.bpf_loader import load_bpf
-        from lumen_agent.capture.ebpf import bpf_source_dir
+    def prepare(self) -> None:
+        """Start compiling the program (in a child process), so it builds while the caller does other work."""
+        if self._build is None and self._bpf is None:
+            from lumen_agent.capture.bpf_loader import BpfBuild
+            from lumen_agent.capture.ebpf import bpf_source_dir
 
-        src = bpf_source_dir() / SOURCE
-        self._bpf = load_bpf(SOURCE, src.read_bytes(), [f"-DLUMEN_CONNECT_OWNERS={CONNECT_OWNERS}"])
+            src = bpf_source_dir() / SOURCE
+            self._build = BpfBuild(SOURCE, src.read_bytes(), [f"-DLUMEN_CONNECT_OWNERS={CONNECT_OWNERS}"])
+
+    def start(self) -> None:
+        self.prepare()
+        build, self._build = self._build, None
+        self._bpf = build.result()
         ports = self._bpf.maps["sniffed_ports"]
         for port in self.ports:
             ports.update(struct.pack("=H", port), b"\x01")
@@ -128,3 +136,6 @@ class ConnectOwners:
         bpf, self._bpf, self._table = self._bpf, None, None
         if bpf is not None:
             bpf.close()
+        build, self._build = self._build, None
+        if build is not None:
+            build.cancel()

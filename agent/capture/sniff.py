@@ -137,6 +137,11 @@ class PlainHttpCapture:
 
     # -- CaptureSource --------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Work that may start before :meth:`start`: the kernel connect-owner program's compile."""
+        if self._connect_owners is not None:
+            self._connect_owners.prepare()
+
     def start(self) -> None:
         names = self._interfaces if self._interfaces is not None else host_interfaces()
         errors = self._open(names)
