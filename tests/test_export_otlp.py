@@ -125,3 +125,75 @@ def test_direct_proto_records_equal_the_sdk_records():
         assert direct_record["attributes"]["lumen.call.id"] == call.id
     finally:
         receiver.stop()
+
+
+def last_points(receiver: Receiver) -> dict:
+    """The last exported data point of each metric and series: {(name, token type, response model): point}."""
+    from support.otlp_receiver import any_value
+
+    points = {}
+    for request in receiver.metrics:
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    data = metric.histogram if metric.HasField("histogram") else metric.sum
+                    for point in data.data_points:
+                        attrs = {a.key: any_value(a.value) for a in point.attributes}
+                        points[(metric.name, attrs.get("gen_ai.token.type"),
+                                attrs["gen_ai.response.model"])] = point
+    return points
+
+
+def test_metrics_arrive_with_exact_counts_sums_and_buckets_per_series():
+    """Five calls in two series, one batch: the token and duration histograms
+    and the cost counter at the decoding receiver, to the last bucket."""
+    receiver = Receiver()
+    try:
+        export = OtlpExport(receiver.url, metrics_interval_ms=600_000)
+        big = "gpt-4o-2024-08-06"
+        mini = "gpt-4o-mini-2024-07-18"
+        calls = [
+            replace(make_call(0), input_tokens=1000, output_tokens=200, latency_ms=750.0),
+            replace(make_call(1), input_tokens=1000, output_tokens=5, latency_ms=2500.0),
+            replace(make_call(2), input_tokens=20, output_tokens=800, latency_ms=100.0, cost_usd=None),
+            replace(make_call(3), input_tokens=6000, output_tokens=None, latency_ms=None,
+                    cost_usd=Decimal("0.25")),
+            replace(make_call(4), request_model="gpt-4o-mini", model=mini, input_tokens=7, output_tokens=3,
+                    latency_ms=12000.0, cost_usd=Decimal("0.00000300")),
+        ]
+        for call in calls:
+            export.on_call(call)
+        export.close()  # the meters' shutdown exports the cumulative points once more
+        points = last_points(receiver)
+        assert len(receiver.records) == 5
+        # Default boundaries (0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000):
+        # bucket i counts values in (b[i-1], b[i]].
+        def buckets(*pairs):
+            counts = [0] * 16
+            for index, n in pairs:
+                counts[index] = n
+            return counts
+
+        def histogram(point):
+            return (point.count, point.sum, point.min, point.max, list(point.bucket_counts))
+
+        # input, big: 1000, 1000, 20, 6000 -> (750,1000] x2, (10,25], (5000,7500]
+        assert histogram(points[("gen_ai.client.token.usage", "input", big)]) == (
+            4, 8020, 20, 6000, buckets((10, 2), (3, 1), (13, 1)))
+        # output, big: 200, 5, 800 (the fourth call has none) -> (100,250], (0,5], (750,1000]
+        assert histogram(points[("gen_ai.client.token.usage", "output", big)]) == (
+            3, 1005, 5, 800, buckets((7, 1), (1, 1), (10, 1)))
+        # seconds, big: 0.75, 2.5, 0.1 -> all in (0,5]
+        assert histogram(points[("gen_ai.client.operation.duration", None, big)]) == (
+            3, 3.35, 0.1, 2.5, buckets((1, 3)))
+        assert histogram(points[("gen_ai.client.token.usage", "input", mini)]) == (1, 7, 7, 7, buckets((2, 1)))
+        assert histogram(points[("gen_ai.client.token.usage", "output", mini)]) == (1, 3, 3, 3, buckets((1, 1)))
+        # 12 s -> (10,25]
+        assert histogram(points[("gen_ai.client.operation.duration", None, mini)]) == (
+            1, 12.0, 12.0, 12.0, buckets((3, 1)))
+        # cost, big: 0.0045 + 0.0045 + 0.25 (one unpriced); mini: 0.000003
+        assert points[("lumen.cost", None, big)].as_double == 0.0045 + 0.0045 + 0.25
+        assert points[("lumen.cost", None, mini)].as_double == 0.000003
+        assert len(points) == 8
+    finally:
+        receiver.stop()
