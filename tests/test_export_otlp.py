@@ -127,6 +127,34 @@ def test_direct_proto_records_equal_the_sdk_records():
         receiver.stop()
 
 
+def test_records_from_cached_attribute_pieces_are_the_proto_classes_bytes(monkeypatch):
+    """RecordPieces joins each attribute's serialised form (outputs/otlp.py):
+    parsed, they must be the record built whole (and so serialise to its very
+    bytes in the request), cache cold or warm, and a bool stays a bool next
+    to an int of equal value."""
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as LogRecordProto
+
+    from lumen_agent.outputs import otlp
+
+    pieces = otlp.RecordPieces()
+    calls = [replace(make_call(i), cost_usd=Decimal("0.00123456"), input_tokens=i) for i in range(3)]
+    attribute_sets = [otlp.call_attributes(c) for c in calls] + [{"a": True, "b": 1, "c": 1.0, "d": "1"},
+                                                                 {"a": 1, "b": True, "c": 1, "d": 1.0}]
+    for round_ in range(3):  # cold, warm, then a cache that keeps emptying itself
+        if round_ == 2:
+            monkeypatch.setattr(otlp, "MAX_CACHED_ATTRIBUTES", 5)
+        for n, attributes in enumerate(attribute_sets):
+            whole = LogRecordProto(time_unix_nano=n, observed_time_unix_nano=n, event_name=otlp.EVENT_NAME,
+                                   body={"string_value": "openai gpt-4o"},
+                                   attributes=[{"key": k, "value": otlp._value(v)} for k, v in attributes.items()])
+            parsed = LogRecordProto.FromString(pieces.record(n, "openai gpt-4o", attributes))
+            assert parsed == whole, (round_, n)
+            assert parsed.SerializeToString() == whole.SerializeToString()
+    decoded = LogRecordProto.FromString(pieces.record(0, "x", attribute_sets[-1]))
+    assert [(a.key, a.value.WhichOneof("value")) for a in decoded.attributes] == [
+        ("a", "int_value"), ("b", "bool_value"), ("c", "int_value"), ("d", "double_value")]
+
+
 def last_points(receiver: Receiver) -> dict:
     """The last exported data point of each metric and series: {(name, token type, response model): point}."""
     from support.otlp_receiver import any_value

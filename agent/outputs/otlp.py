@@ -179,6 +179,7 @@ class OtlpExport(Output):
         self._resource_proto = ResourceProto(attributes=[KeyValue(key=k, value=any_value(v))
                                                          for k, v in resource.attributes.items()])
         self._scope_proto = InstrumentationScope(name="lumen_agent", version=__version__)
+        self._pieces = RecordPieces()
         # The SDK builds its records (attribute limits, resource, scope) in
         # emit(); this processor just hands each one back to the worker.
         self._converted: list = []
@@ -218,7 +219,7 @@ class OtlpExport(Output):
     # -- the worker -----------------------------------------------------------
 
     def _records(self, calls: list[Call]) -> list:
-        """Log records for ``calls`` (protos over HTTP, SDK records over gRPC);
+        """Log records for ``calls`` (serialised over HTTP, SDK records over gRPC);
         their metric points are recorded here, once."""
         self._converted.clear()
         records = []
@@ -229,11 +230,7 @@ class OtlpExport(Output):
             timestamp = int(call.ts_end.timestamp() * 1e9)
             body = f"{call.provider} {call.model or call.request_model}"
             if self._direct:
-                # Nested dicts: upb builds the messages in C, ~3x faster than an AnyValue object each.
-                records.append(LogRecordProto(
-                    time_unix_nano=timestamp, observed_time_unix_nano=timestamp, event_name=EVENT_NAME,
-                    body={"string_value": body},
-                    attributes=[{"key": k, "value": _value(v)} for k, v in attributes.items()]))
+                records.append(self._pieces.record(timestamp, body, attributes))
             else:
                 self._logger.emit(LogRecord(timestamp=timestamp, event_name=EVENT_NAME, body=body,
                                             attributes=attributes))
@@ -260,7 +257,10 @@ class OtlpExport(Output):
         if not self._direct:
             return self._exporter.export(records) == LogRecordExportResult.SUCCESS
         request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(
-            resource=self._resource_proto, scope_logs=[ScopeLogs(scope=self._scope_proto, log_records=records)])])
+            resource=self._resource_proto, scope_logs=[ScopeLogs(scope=self._scope_proto)])])
+        log_records = request.resource_logs[0].scope_logs[0].log_records
+        for record in records:  # each parsed (in C) straight into its place in the request
+            log_records.add().MergeFromString(record)
         return self._exporter._client.export(request.SerializeToString()).success
 
     def _send(self, calls: Sequence[Call]) -> None:
@@ -273,6 +273,41 @@ class OtlpExport(Output):
 
 
 _VALUE_FIELD = {str: "string_value", bool: "bool_value", int: "int_value", float: "double_value"}
+
+# Serialised attributes kept for reuse: a host's calls repeat most of their
+# ~35 attributes (provider, models, host, process, tenant...); the unique ones
+# (call id, request id) would fill it, so it starts afresh when full.
+MAX_CACHED_ATTRIBUTES = 4096
+
+
+class RecordPieces:
+    """A log record as bytes, from the serialised form of each attribute.
+
+    Protobuf's wire format makes concatenated messages one merged message,
+    repeated fields appended in order: ``LogRecord(attributes=[a])`` bytes
+    for each attribute, after the record's own fields, are exactly the bytes
+    of the record with all of them.  Each piece is serialised by the proto
+    classes once and then reused, instead of converting ~35 nested dicts per
+    call (~95 -> ~35 us per call measured, with this host's repeats).
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, bytes] = {}
+
+    def record(self, timestamp: int, body: str, attributes: dict[str, Any]) -> bytes:
+        cache = self._cache
+        if len(cache) > MAX_CACHED_ATTRIBUTES:
+            cache.clear()
+        parts = [LogRecordProto(time_unix_nano=timestamp, observed_time_unix_nano=timestamp,
+                                event_name=EVENT_NAME, body={"string_value": body}).SerializeToString()]
+        for k, v in attributes.items():
+            key = (k, type(v), v)  # the type too: True == 1 == 1.0, but not in OTLP
+            piece = cache.get(key)
+            if piece is None:
+                piece = cache[key] = LogRecordProto(
+                    attributes=[{"key": k, "value": _value(v)}]).SerializeToString()
+            parts.append(piece)
+        return b"".join(parts)
 
 
 def _value(value: Any) -> dict[str, Any]:
