@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from decimal import Decimal
 
+import pytest
 from support.otlp_receiver import Receiver
 from test_export_parquet import recording
 from test_store_support import make_call
@@ -172,12 +173,20 @@ def last_points(receiver: Receiver) -> dict:
     return points
 
 
-def test_metrics_arrive_with_exact_counts_sums_and_buckets_per_series():
+@pytest.mark.parametrize("fast", [True, False], ids=["batched", "record-each"])
+def test_metrics_arrive_with_exact_counts_sums_and_buckets_per_series(fast):
     """Five calls in two series, one batch: the token and duration histograms
-    and the cost counter at the decoding receiver, to the last bucket."""
+    and the cost counter at the decoding receiver, to the last bucket, from
+    the batched path into the SDK's aggregations and from record() per value."""
     receiver = Receiver()
     try:
         export = OtlpExport(receiver.url, metrics_interval_ms=600_000)
+        histograms = export._histograms
+        assert histograms.fast  # the installed SDK's internals are where otlp_histograms.py expects
+        histograms.fast = fast
+        found = []
+        aggregations = histograms._aggregations
+        histograms._aggregations = lambda *args: found.append(aggregations(*args)) or found[-1]
         big = "gpt-4o-2024-08-06"
         mini = "gpt-4o-mini-2024-07-18"
         calls = [
@@ -223,5 +232,7 @@ def test_metrics_arrive_with_exact_counts_sums_and_buckets_per_series():
         assert points[("lumen.cost", None, big)].as_double == 0.0045 + 0.0045 + 0.25
         assert points[("lumen.cost", None, mini)].as_double == 0.000003
         assert len(points) == 8
+        # batched: the values after a series' first went straight to its aggregation
+        assert (bool(found) and all(found)) if fast else not found
     finally:
         receiver.stop()

@@ -56,6 +56,7 @@ from lumen_agent import __version__
 from lumen_agent.errors import LumenError
 from lumen_agent.outputs.base import Output
 from lumen_agent.outputs.delivery import DeliveryQueue
+from lumen_agent.outputs.otlp_histograms import BatchedHistograms
 from lumen_agent.pipeline.call import Call
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class OtlpExport(Output):
         self._duration = meter.create_histogram("gen_ai.client.operation.duration", unit="s",
                                                 description="Duration of LLM calls")
         self._cost = meter.create_counter("lumen.cost", unit="USD", description="Spend on LLM calls, as priced")
+        self._histograms = BatchedHistograms(self._meters, self._reader)
 
         self._delivery = DeliveryQueue("otlp", self._send, max_queued=max_queued, batch=BATCH,
                                        close_timeout=CLOSE_TIMEOUT_S)
@@ -225,6 +227,7 @@ class OtlpExport(Output):
         records = []
         spend: dict[tuple, float] = {}
         series: dict[tuple, dict[str, Any]] = {}
+        values: dict[tuple, list] = {}
         for call in calls:
             attributes = call_attributes(call)
             timestamp = int(call.ts_end.timestamp() * 1e9)
@@ -241,14 +244,17 @@ class OtlpExport(Output):
                 dims = series[key] = {k: attributes[k] for k in _METRIC_DIMENSIONS if k in attributes}
                 series[key + ("input",)] = {**dims, "gen_ai.token.type": "input"}
                 series[key + ("output",)] = {**dims, "gen_ai.token.type": "output"}
+            # Histogram values by instrument and series, in call order (otlp_histograms.py says why).
             if call.input_tokens is not None:
-                self._tokens.record(call.input_tokens, series[key + ("input",)])
+                values.setdefault((self._tokens, key + ("input",)), []).append(call.input_tokens)
             if call.output_tokens is not None:
-                self._tokens.record(call.output_tokens, series[key + ("output",)])
+                values.setdefault((self._tokens, key + ("output",)), []).append(call.output_tokens)
             if call.latency_ms is not None:
-                self._duration.record(call.latency_ms / 1000, dims)
+                values.setdefault((self._duration, key), []).append(call.latency_ms / 1000)
             if call.cost_usd is not None:  # one counter point per series and batch
                 spend[key] = spend.get(key, 0.0) + float(call.cost_usd)
+        for (histogram, series_key), points in values.items():
+            self._histograms.record(histogram, points, series[series_key])
         for key, usd in spend.items():
             self._cost.add(usd, series[key])
         return records if self._direct else list(self._converted)
