@@ -111,3 +111,27 @@ def test_stream_is_capped_and_capture_goes_on_while_redis_restarts(tmp_path):
     finally:
         export.close()
         server.stop()
+
+
+def test_stream_fields_of_every_type_as_text():
+    """Each field's text, for a call and for the exporter process's row
+    (outputs/export_child.Row): strings as they are, numbers by str(), bools
+    true/false, the decimal exact, times ISO 8601, the outcome's value; NULLs left out."""
+    from lumen_agent.outputs.export_child import Row
+    from lumen_agent.outputs.export_process import row_of
+    from lumen_agent.outputs.redis_stream import stream_fields
+
+    call = replace(make_call(3), streaming=True, reasoning_tokens=17, http_version="2")
+    expected = {
+        "id": "call-000003", "ts_start": "2026-03-01T12:00:03+00:00", "ts_end": "2026-03-01T12:00:03.750000+00:00",
+        "latency_ms": "750.25", "ttft_ms": "120.5", "host": "host-a", "pid": "4242", "process": "python3",
+        "exe": "/usr/bin/python3.12", "user": "alice", "unit": "app.service", "provider": "openai",
+        "endpoint": "chat.completions", "server_address": "api.openai.com", "server_port": "443",
+        "request_model": "gpt-4o", "model": "gpt-4o-2024-08-06", "streaming": "true", "status_code": "200",
+        "outcome": "success", "request_id": "req_3", "input_tokens": "1000", "output_tokens": "200",
+        "cache_read_tokens": "0", "cache_write_tokens": "0", "reasoning_tokens": "17", "cost_usd": "0.00450000",
+        "price_id": "openai/gpt-4o-2024-08-06@2024-08-06", "unpriced": "false", "usage_missing": "false",
+        "api_key_hash": "k-1234abcd", "tenant": "acme", "feature": "chat", "capture": "ebpf", "http_version": "2",
+    }  # container_id is NULL: left out
+    assert stream_fields(call) == expected
+    assert stream_fields(Row._make(row_of(call))) == expected
