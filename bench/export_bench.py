@@ -152,10 +152,12 @@ def main() -> None:
     try:
         best: dict[str, dict] = {}
         times: dict[str, list[float]] = {}
+        rounds: list[dict[str, float]] = []  # capture time of each label, per round
         for round_ in range(-1, args.rounds):  # round -1 warms up (imports, caches) and is not counted
             # Interleaved, and in a rotated order each round, so drift in the
             # machine's load (and whatever runs first) hits every variant alike.
             shift = max(round_, 0) % len(LABELS)
+            this_round: dict[str, float] = {}
             for label in LABELS[shift:] + LABELS[:shift]:
                 with tempfile.TemporaryDirectory() as tmp:
                     work = Path(tmp)
@@ -176,8 +178,11 @@ def main() -> None:
                     if round_ < 0:
                         continue
                     times.setdefault(label, []).append(result["captured"])
+                    this_round[label] = result["captured"]
                     if label not in best or result["captured"] < best[label]["captured"]:
                         best[label] = result
+            if round_ >= 0:
+                rounds.append(this_round)
         base = best["none"]
         us = 1e6 / args.calls
         print(f"{args.calls} non-streaming calls, best of {args.rounds} rounds each (by capture time)")
@@ -197,6 +202,13 @@ def main() -> None:
               "(its start-up left out).  busy: none, with a spinning process at nice 10 beside it.  far ends: redis-server and the OTLP sink, not the agent's (on this\n"
               "host they share its cores; in a fleet they run elsewhere).")
         print(f"exporter stats (all, best round): {best['all']['stats']}")
+        # The aim, against the host's own noise: each round's ratio pairs runs
+        # seconds apart, so drift in the load between rounds cancels out.
+        for label, what in (("all", "all three exporters"), ("busy", "control: no exporters, a spinner beside")):
+            paired = [r[label] / r["none"] for r in rounds]
+            print(f"{what:40}: vs none best {best[label]['captured'] / base['captured']:.2f}x, "
+                  f"median {statistics.median(times[label]) / statistics.median(times['none']):.2f}x, "
+                  f"per round {' '.join(f'{x:.2f}' for x in paired)} (median {statistics.median(paired):.2f}x)")
         if redis is None:
             print("redis-server not installed: the Redis exporter was left out")
     finally:
