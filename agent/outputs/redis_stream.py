@@ -14,7 +14,10 @@ that must not double count keys on the call's ``id``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import operator
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -40,24 +43,34 @@ FIELDS = (
 )
 
 
+_values = operator.attrgetter(*FIELDS)
+
+
+def _text_of_other(value: Any) -> str:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "value"):  # enums (outcome)
+        return str(value.value)
+    return str(value)
+
+
+# A field's text by the exact type of its value: one dict look-up per field
+# instead of a chain of isinstance checks (36 fields a call); others, above.
+_TEXT: dict[type, Callable[[Any], str]] = {
+    str: str,
+    int: str,
+    float: str,
+    bool: lambda value: "true" if value else "false",
+    Decimal: lambda value: format(value, "f"),
+    datetime: datetime.isoformat,
+}
+
+
 def stream_fields(call: Call) -> dict[str, str]:
     """A call as stream fields: strings, NULLs left out, decimals exact."""
-    out: dict[str, str] = {}
-    for name in FIELDS:
-        value = getattr(call, name, None)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            out[name] = "true" if value else "false"
-        elif isinstance(value, Decimal):
-            out[name] = format(value, "f")
-        elif hasattr(value, "isoformat"):
-            out[name] = value.isoformat()
-        elif hasattr(value, "value"):  # enums (outcome)
-            out[name] = str(value.value)
-        else:
-            out[name] = str(value)
-    return out
+    text = _TEXT.get
+    return {name: text(type(value), _text_of_other)(value)
+            for name, value in zip(FIELDS, _values(call), strict=True) if value is not None}
 
 
 class RedisStreamExport(Output):
@@ -65,7 +78,10 @@ class RedisStreamExport(Output):
 
     def __init__(self, url: str, *, stream: str = "lumen:calls", maxlen: int = 1_000_000,
                  per_tenant: bool = False, max_queued: int = MAX_QUEUED) -> None:
+        import hiredis  # see _send
         import redis  # imported here: only agents that export need the client
+
+        self._pack = hiredis.pack_command
 
         self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.url = url
@@ -85,9 +101,25 @@ class RedisStreamExport(Output):
         return self._delivery.stats()
 
     def _send(self, batch: Sequence[Call]) -> None:
-        pipe = self._client.pipeline(transaction=False)
+        """One pipelined round trip: every XADD packed by hiredis, written at
+        once, then every reply read.  Why not redis-py's pipeline: it packs
+        each command's ~76 arguments through a Python generator first (~45 us
+        of the ~70 per call measured here); hiredis alone packs them in C."""
+        maxlen = str(self.maxlen)
+        commands = []
         for fields in map(stream_fields, batch):
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+            flat = tuple(itertools.chain.from_iterable(fields.items()))
+            commands.append(("XADD", self.stream, "MAXLEN", "~", maxlen, "*", *flat))
             if self.per_tenant and fields.get("tenant"):
-                pipe.xadd(f"{self.stream}:{fields['tenant']}", fields, maxlen=self.maxlen, approximate=True)
-        pipe.execute()
+                commands.append(("XADD", f"{self.stream}:{fields['tenant']}", "MAXLEN", "~", maxlen, "*", *flat))
+        pool = self._client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([b"".join(map(self._pack, commands))])  # one write
+            for _ in commands:
+                connection.read_response()  # raises on an error reply, as the pipeline would
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: this socket is not reused
+            raise
+        finally:
+            pool.release(connection)
