@@ -291,8 +291,9 @@ class RecordPieces:
 
     Protobuf's wire format makes concatenated messages one merged message,
     repeated fields appended in order: ``LogRecord(attributes=[a])`` bytes
-    for each attribute, after the record's own fields, are exactly the bytes
-    of the record with all of them.  Each piece is serialised by the proto
+    for each attribute, after the record's own fields, parse as exactly the
+    record with all of them (which the request then serialises to the same
+    bytes as before).  Each piece is serialised by the proto
     classes once and then reused, instead of converting ~35 nested dicts per
     call (~95 -> ~35 us per call measured, with this host's repeats).
     """
