@@ -21,6 +21,7 @@ values the collector receives.
 
 from __future__ import annotations
 
+import logging
 import math
 from time import time_ns
 from typing import Any
@@ -33,6 +34,9 @@ try:  # the SDK's internals this relies on; without them, the public path
     from opentelemetry.sdk.metrics._internal.measurement import Measurement
 except ImportError:  # pragma: no cover - depends on the installed SDK
     _hash_attributes = None
+
+
+log = logging.getLogger(__name__)
 
 
 class BatchedHistograms:
@@ -54,13 +58,20 @@ class BatchedHistograms:
                 histogram.record(value, attributes)
             return
         now = time_ns()
-        for value in rest:
+        for i, value in enumerate(rest):
             if value < 0 or not math.isfinite(value):  # record() logs these and leaves them out
                 histogram.record(value, attributes)
                 continue
-            measurement = Measurement(value, now, histogram, self._context)
-            for aggregation in aggregations:
-                aggregation.aggregate(measurement, False)
+            try:
+                measurement = Measurement(value, now, histogram, self._context)
+                for aggregation in aggregations:
+                    aggregation.aggregate(measurement, False)
+            except (TypeError, AttributeError) as exc:  # an SDK whose internals moved: the public path from here on
+                log.warning("OTLP histograms: recording value by value from now on (%s)", exc)
+                self.fast = False
+                for later in rest[i:]:
+                    histogram.record(later, attributes)
+                return
 
     def _aggregations(self, histogram: Any, attributes: dict[str, Any]) -> list | None:
         """The aggregations ``record(v, attributes)`` just put a value in, or None."""
