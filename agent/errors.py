@@ -17,3 +17,21 @@ class LumenError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} (fix: {fix})" if fix else problem)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """What the CLI reports as one ``error:`` line: ours, plus what the file
+    system and DuckDB say about a path the user gave."""
+    import duckdb  # here: the agent's hooks import this module and need no DuckDB
+
+    return (LumenError, duckdb.Error, OSError)
+
+
+def user_error_line(exc: BaseException) -> str:
+    """``exc`` as the CLI's one line: the problem, then the fix."""
+    text = exc.problem if isinstance(exc, LumenError) else str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, LumenError) and exc.fix:
+        line += f" (fix: {exc.fix})"
+    return line

@@ -63,13 +63,14 @@ def run(
                                        "that holds other tables.")] = False,
 ) -> None:
     """Capture LLM calls until SIGTERM/SIGINT, writing rows to the database."""
-    from lumen_agent.agent_main import run_agent
+    from lumen_agent.run_process import exec_run
 
-    config = _config(config_path, db=db, price_overrides=prices, record=record, capture=capture, attach=attach,
+    overrides = dict(db=db, price_overrides=prices, record=record, capture=capture, attach=attach,
                      capture_content=capture_content, metrics_addr=metrics_addr, export_otlp=export_otlp,
                      export_parquet=export_parquet, export_redis=export_redis,
                      log_level="debug" if verbose else None, adopt_db=init or None)
-    run_agent(config, exclude_pids=set(exclude_pid))
+    _config(config_path, **overrides)  # a bad file or value: the one-line error, here
+    exec_run(config_path, overrides, set(exclude_pid))  # the run loop, without typer (run_process.py says why)
 
 
 config_app = typer.Typer(no_args_is_help=True, help="The agent's configuration.")

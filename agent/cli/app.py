@@ -17,11 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional, TypeVar
 
-import duckdb
 import typer
 
 from lumen_agent.cli.format import Format
-from lumen_agent.errors import LumenError
+from lumen_agent.errors import user_error_line, user_error_types
 from lumen_agent.paths import default_db_path, default_price_overrides_path
 
 app = typer.Typer(
@@ -82,18 +81,8 @@ def _price_table(overrides: Path | None):
     return PriceTable.load(overrides if overrides is not None else default_price_overrides_path())
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    # Ours, plus what the file system and DuckDB say about a path the user gave.
-    return (LumenError, duckdb.Error, OSError)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = exc.problem if isinstance(exc, LumenError) else str(exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[0] if lines else type(exc).__name__
-    if isinstance(exc, LumenError) and exc.fix:
-        line += f" (fix: {exc.fix})"
-    return line
+# The CLI's one-line errors, shared with the run process (errors.py).
+_user_error_types, _one_line = user_error_types, user_error_line
 
 
 F = TypeVar("F", bound=Callable[..., object])
