@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
@@ -130,7 +131,11 @@ class _Callbacks:
         self.parser._headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
-        self.parser._events.append(Body(body))
+        parser = self.parser
+        if parser.body_sink is not None and not parser._events:
+            parser.body_sink(body)
+        else:
+            parser._events.append(Body(body))
 
     def on_message_complete(self) -> None:
         self.parser._in_message = False
@@ -140,6 +145,12 @@ class _Callbacks:
 class Http1Parser:
     def __init__(self, kind: MessageKind) -> None:
         self.kind = kind
+        # Where body bytes go, set by the caller while a message's body has
+        # somewhere to go: a piece parsed while no event is waiting is handed
+        # straight to it instead of becoming a ``Body`` event (the caller has
+        # seen every event before it, so the order is the same).  A stream
+        # is mostly such pieces, one per chunk read.
+        self.body_sink: Callable[[bytes], None] | None = None
         self._events: list[Event] = []
         self._in_message = False
         self._until_close = False  # response body delimited by connection close
@@ -156,6 +167,9 @@ class Http1Parser:
             if not data:
                 return
         self._feed(data)
+
+    def has_events(self) -> bool:
+        return bool(self._events)
 
     def lost_data(self) -> None:
         """Bytes before the next ``receive_data`` are missing: resynchronise."""
