@@ -169,6 +169,7 @@ class Http1Parser:
         self._feed(data)
 
     def has_events(self) -> bool:
+        """Events wait for ``next_events`` (else every body byte went to ``body_sink``)."""
         return bool(self._events)
 
     def lost_data(self) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import hpack
@@ -177,6 +178,11 @@ class Http2Parser:
         self._streams: OrderedDict[int, _Stream] = OrderedDict()
         self._events: list[Event] = []
         self.joined = joined
+        # Where a response's body bytes go, ``sink(stream_id, data)``, when
+        # set: a DATA payload read while no event is waiting is handed
+        # straight to it instead of becoming a ``StreamEvent`` (the caller
+        # has seen every event before it, so the order is the same).
+        self.response_body_sink: Callable[[int, bytes], None] | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -404,7 +410,10 @@ class Http2Parser:
             self._events.append(Skipped(size, "DATA outside a message"))
             return
         if data:
-            self._events.append(StreamEvent(stream_id, kind, Body(data)))
+            if kind is MessageKind.RESPONSE and self.response_body_sink is not None and not self._events:
+                self.response_body_sink(stream_id, data)
+            else:
+                self._events.append(StreamEvent(stream_id, kind, Body(data)))
         if end:
             self._end(stream_id, stream, kind)
 
