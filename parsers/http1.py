@@ -166,7 +166,15 @@ class Http1Parser:
             data = self._hunt(data)
             if not data:
                 return
-        self._feed(data)
+        try:
+            self._llhttp.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_failed(data, exc)
+            return
+        if self._callbacks.head_bytes > MAX_HEAD_BYTES and self._in_message:
+            self._events.append(Truncated())
+            self._events.append(Skipped(len(data), "header block exceeds MAX_HEAD_BYTES"))
+            self._reset(hunting=True)
 
     def has_events(self) -> bool:
         """Events wait for ``next_events`` (else every body byte went to ``body_sink``)."""
@@ -243,24 +251,15 @@ class Http1Parser:
         self._hunting = False
         return rest
 
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._llhttp.feed_data(data)
-        except httptools.HttpParserUpgrade:
+    def _parse_failed(self, data: bytes, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
             # Upgrade (websocket, h2c): whatever follows is not HTTP/1.1.
             self._events.append(Skipped(len(data), "protocol upgrade"))
-            self._reset(hunting=True)
-            return
-        except httptools.HttpParserError as exc:
+        else:
             if self._in_message:
                 self._events.append(Truncated())
             self._events.append(Skipped(len(data), f"malformed HTTP/1.1: {exc}"))
-            self._reset(hunting=True)
-            return
-        if self._callbacks.head_bytes > MAX_HEAD_BYTES and self._in_message:
-            self._events.append(Truncated())
-            self._events.append(Skipped(len(data), "header block exceeds MAX_HEAD_BYTES"))
-            self._reset(hunting=True)
+        self._reset(hunting=True)
 
     def _headers_complete(self, cb: _Callbacks) -> None:
         llhttp = self._llhttp

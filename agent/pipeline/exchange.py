@@ -98,6 +98,9 @@ class Exchange:
     _reader: UsageReader | None = None
     _decoder: Decoder | None = None
     _identity: bool = False  # _decoder is the identity: body pieces are plaintext
+    # An SSE stream without content coding whose content is not kept: the
+    # common stream, read by a short path (on_response_body).
+    _plain_sse: bool = False
     _mode: str = "json"  # json | sse | ndjson | eventstream | discard
     _body: bytearray = field(default_factory=bytearray)
     _decoded_total: int = 0
@@ -195,8 +198,20 @@ class Exchange:
             self._mode = "json"
         if self.capture_content:
             self._content = bytearray()
+        self._plain_sse = self._mode == "sse" and self._identity and self._content is None
 
     def on_response_body(self, data: bytes) -> None:
+        if self._plain_sse and self._decoded_total + len(data) <= self._stream_limit:
+            # What the general path below does for such a stream, less its
+            # branches: this runs once per token.  Past the limit, the
+            # general path gives up.
+            self._decoded_total += len(data)
+            try:
+                if events := self._sse.receive(data):
+                    self._feed_sse_events(events)
+            except ParseError as exc:
+                self._give_up(str(exc))
+            return
         if self._mode == "discard":
             return
         limit = MAX_RESPONSE_BODY if self._mode == "json" else self._stream_limit
@@ -277,6 +292,7 @@ class Exchange:
     def _give_up(self, why: str) -> None:
         self.body_problem = why
         self._mode = "discard"
+        self._plain_sse = False
         self._body = bytearray()
         self._sse = None
         self._events = None
@@ -304,6 +320,7 @@ class Exchange:
         self._events = None
         if self._mode != "discard":
             self._mode = "discard"
+        self._plain_sse = False
 
     def _count_stream_event(self) -> None:
         self._stream_events += 1
