@@ -171,6 +171,11 @@ def _new_decoder() -> hpack.Decoder:
     return hpack.Decoder(max_header_list_size=MAX_HEADER_LIST_SIZE)
 
 
+# Bound once for the per-frame path: on Python 3.11 reading an enum member
+# through its class costs about 0.14 us, a module global a tenth of that.
+_REQUEST, _RESPONSE = MessageKind.REQUEST, MessageKind.RESPONSE
+
+
 class Http2Parser:
     def __init__(self, *, joined: bool = False) -> None:
         self._requests = _Direction(MessageKind.REQUEST, joined=joined)
@@ -187,7 +192,7 @@ class Http2Parser:
     # -- public API ---------------------------------------------------------
 
     def receive_data(self, kind: MessageKind, data: bytes) -> None:
-        side = self._requests if kind is MessageKind.REQUEST else self._responses
+        side = self._requests if kind is _REQUEST else self._responses
         if (
             FRAME_HEADER_SIZE < len(data) <= FRAME_HEADER_SIZE + MAX_FRAME_SIZE
             and data[3] == _DATA
@@ -402,15 +407,15 @@ class Http2Parser:
         if stream is None or stream.ignored:
             if stream is None:
                 self._events.append(Skipped(size, "DATA on a stream not tracked"))
-            elif end and kind is MessageKind.RESPONSE:
+            elif end and kind is _RESPONSE:
                 del self._streams[stream_id]
             return
-        is_open = stream.request_open if kind is MessageKind.REQUEST else stream.response_final and stream.response_open
+        is_open = stream.request_open if kind is _REQUEST else stream.response_final and stream.response_open
         if not is_open:
             self._events.append(Skipped(size, "DATA outside a message"))
             return
         if data:
-            if kind is MessageKind.RESPONSE and self.response_body_sink is not None and not self._events:
+            if kind is _RESPONSE and self.response_body_sink is not None and not self._events:
                 self.response_body_sink(stream_id, data)
             else:
                 self._events.append(StreamEvent(stream_id, kind, Body(data)))

@@ -54,7 +54,8 @@ class SseParser:
         if not buf and b"\r" not in data:
             # The usual case, a piece of LF-ended lines and nothing held
             # over: one split of the new bytes, no copy into the buffer.
-            *lines, rest = data.split(b"\n")
+            lines = data.split(b"\n")
+            rest = lines.pop()  # after the last line end: a line still to come
             if lines:
                 self._lines(lines, done)
             if rest:
