@@ -328,14 +328,13 @@ class Exchange:
             raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
 
     def _feed_sse_events(self, events: list[tuple[str | None, str]]) -> None:
-        feed_sse = self._reader.feed_sse
         for name, data in events:
             self._stream_events += 1  # _count_stream_event, inline: once per token
             if self._stream_events > MAX_STREAM_EVENTS:
                 raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
             if data == "[DONE]" or name in _FINAL_SSE_EVENTS:
                 self._stream_finished = True
-            feed_sse(name, data)
+            self._reader.feed_sse(name, data)
 
     def _feed_stream_events(self) -> None:
         for message in self._events.next_events():
