@@ -51,6 +51,12 @@ class SseParser:
         an unfinished event outgrows MAX_EVENT_BYTES."""
         done: list[tuple[str | None, str]] = []
         buf = self._buffer
+        if (not buf and not self._data and self._event is None and data.startswith(b"data: ")
+                and data.endswith(b"\n\n") and data.count(b"\n") == 2):
+            # The commonest piece of a stream (an OpenAI chunk): one whole
+            # event of one data line, nothing pending before it.  What
+            # _lines would make of it, without the loop.
+            return [(None, data[6:-2].decode("utf-8", "replace"))]
         if not buf and b"\r" not in data:
             # The usual case, a piece of LF-ended lines and nothing held
             # over: one split of the new bytes, no copy into the buffer.

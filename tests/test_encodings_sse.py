@@ -118,3 +118,14 @@ def test_sse_receive_raises_past_max_event_bytes():
     with pytest.raises(LimitExceeded):
         for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
             parser.receive(piece)
+
+
+def test_sse_receive_one_line_events_with_and_without_pending_fields():
+    parser = SseParser()
+    assert parser.receive(b'data: {"a":1}\n\n') == [(None, '{"a":1}')]
+    assert parser.receive(b"event: ping\n") == []
+    assert parser.receive(b"data: {}\n\n") == [("ping", "{}")]  # the name read before is kept
+    assert parser.receive(b"data: a\n") == []
+    assert parser.receive(b"data: b\n\n") == [(None, "a\nb")]  # so is a data line
+    assert parser.receive(b"data: \xff\n\n") == [(None, "\ufffd")]  # undecodable bytes replaced, as per line
+    assert parser.finish() == []
