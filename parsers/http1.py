@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
@@ -130,7 +131,11 @@ class _Callbacks:
         self.parser._headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
-        self.parser._events.append(Body(body))
+        parser = self.parser
+        if parser.body_sink is not None and not parser._events:
+            parser.body_sink(body)
+        else:
+            parser._events.append(Body(body))
 
     def on_message_complete(self) -> None:
         self.parser._in_message = False
@@ -140,6 +145,12 @@ class _Callbacks:
 class Http1Parser:
     def __init__(self, kind: MessageKind) -> None:
         self.kind = kind
+        # Where body bytes go, set by the caller while a message's body has
+        # somewhere to go: a piece parsed while no event is waiting is handed
+        # straight to it instead of becoming a ``Body`` event (the caller has
+        # seen every event before it, so the order is the same).  A stream
+        # is mostly such pieces, one per chunk read.
+        self.body_sink: Callable[[bytes], None] | None = None
         self._events: list[Event] = []
         self._in_message = False
         self._until_close = False  # response body delimited by connection close
@@ -155,7 +166,19 @@ class Http1Parser:
             data = self._hunt(data)
             if not data:
                 return
-        self._feed(data)
+        try:
+            self._llhttp.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_failed(data, exc)
+            return
+        if self._callbacks.head_bytes > MAX_HEAD_BYTES and self._in_message:
+            self._events.append(Truncated())
+            self._events.append(Skipped(len(data), "header block exceeds MAX_HEAD_BYTES"))
+            self._reset(hunting=True)
+
+    def has_events(self) -> bool:
+        """Events wait for ``next_events`` (else every body byte went to ``body_sink``)."""
+        return bool(self._events)
 
     def lost_data(self) -> None:
         """Bytes before the next ``receive_data`` are missing: resynchronise."""
@@ -228,24 +251,15 @@ class Http1Parser:
         self._hunting = False
         return rest
 
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._llhttp.feed_data(data)
-        except httptools.HttpParserUpgrade:
+    def _parse_failed(self, data: bytes, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
             # Upgrade (websocket, h2c): whatever follows is not HTTP/1.1.
             self._events.append(Skipped(len(data), "protocol upgrade"))
-            self._reset(hunting=True)
-            return
-        except httptools.HttpParserError as exc:
+        else:
             if self._in_message:
                 self._events.append(Truncated())
             self._events.append(Skipped(len(data), f"malformed HTTP/1.1: {exc}"))
-            self._reset(hunting=True)
-            return
-        if self._callbacks.head_bytes > MAX_HEAD_BYTES and self._in_message:
-            self._events.append(Truncated())
-            self._events.append(Skipped(len(data), "header block exceeds MAX_HEAD_BYTES"))
-            self._reset(hunting=True)
+        self._reset(hunting=True)
 
     def _headers_complete(self, cb: _Callbacks) -> None:
         llhttp = self._llhttp

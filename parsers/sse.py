@@ -2,6 +2,11 @@
 
 Only ``event`` and ``data`` matter for usage; ``id`` and ``retry`` are
 accepted and ignored.  Lines end in LF, CRLF or CR.
+
+Two ways to read events: ``receive_data`` and ``next_events`` (``SseEvent``
+objects), or ``receive``, which returns the ``(event, data)`` pairs its bytes
+completed.  The pipeline takes the pairs: a stream costs one SSE event per
+token, and an object per event is a measurable share of that cost.
 """
 
 from __future__ import annotations
@@ -29,34 +34,65 @@ class SseParser:
         self._events: list[SseEvent] = []
 
     def receive_data(self, data: bytes) -> None:
-        self._buffer += data
-        # No line ends in the new bytes: no new line is complete (a CR left
-        # at the end before may now be complete, so look then too).
-        if b"\n" in data or b"\r" in data or self._buffer[-len(data) - 1 : -len(data)] == b"\r":
-            self._split_lines()
-        if len(self._buffer) + self._pending_size > MAX_EVENT_BYTES:
-            raise LimitExceeded("server-sent event exceeds MAX_EVENT_BYTES")
+        self._events += [SseEvent(event, text) for event, text in self.receive(data)]
 
     def end_of_stream(self) -> None:
         """A stream may end without a final blank line: dispatch what is pending."""
-        if self._buffer:
-            self._line(bytes(self._buffer))
-            self._buffer.clear()
-        self._dispatch()
+        self._events += [SseEvent(event, text) for event, text in self.finish()]
 
     def next_events(self) -> list[SseEvent]:
         events, self._events = self._events, []
         return events
 
-    def _split_lines(self) -> None:
+    def receive(self, data: bytes) -> list[tuple[str | None, str]]:
+        """The ``(event, data)`` pairs that ``data`` completed.
+
+        Raises ``LimitExceeded`` (and the pairs of this call are lost) when
+        an unfinished event outgrows MAX_EVENT_BYTES."""
+        done: list[tuple[str | None, str]] = []
+        buf = self._buffer
+        if (not buf and not self._data and self._event is None and data.startswith(b"data: ")
+                and data.endswith(b"\n\n") and data.count(b"\n") == 2):
+            # The commonest piece of a stream (an OpenAI chunk): one whole
+            # event of one data line, nothing pending before it.  What
+            # _lines would make of it, without the loop.
+            return [(None, data[6:-2].decode("utf-8", "replace"))]
+        if not buf and b"\r" not in data:
+            # The usual case, a piece of LF-ended lines and nothing held
+            # over: one split of the new bytes, no copy into the buffer.
+            lines = data.split(b"\n")
+            rest = lines.pop()  # after the last line end: a line still to come
+            if lines:
+                self._lines(lines, done)
+            if rest:
+                buf += rest
+        else:
+            buf += data
+            # No line ends in the new bytes: no new line is complete (a CR left
+            # at the end before may now be complete, so look then too).
+            if b"\n" in data or b"\r" in data or buf[-len(data) - 1 : -len(data)] == b"\r":
+                self._split_lines(done)
+        if len(self._buffer) + self._pending_size > MAX_EVENT_BYTES:
+            raise LimitExceeded("server-sent event exceeds MAX_EVENT_BYTES")
+        return done
+
+    def finish(self) -> list[tuple[str | None, str]]:
+        """End of the stream: the pairs of what is pending, with or without a final blank line."""
+        done: list[tuple[str | None, str]] = []
+        lines = [bytes(self._buffer)] if self._buffer else []
+        self._buffer.clear()
+        self._lines(lines + [b""], done)
+        return done
+
+    def _split_lines(self, done: list[tuple[str | None, str]]) -> None:
         buf = self._buffer
         if b"\r" not in buf:
-            # The usual case, LF line endings only: one split does it all.
+            # LF line endings only: one split does it all.
             *lines, rest = buf.split(b"\n")
-            for line in lines:
-                self._line(line)
+            self._lines(lines, done)
             self._buffer = bytearray(rest)
             return
+        lines = []
         start = 0
         while True:
             lf = buf.find(b"\n", start)
@@ -69,29 +105,37 @@ class SseParser:
                 end, nxt = lf, lf + 1
             else:
                 break
-            self._line(bytes(buf[start:end]))
+            lines.append(bytes(buf[start:end]))
             start = nxt
         del buf[:start]
+        self._lines(lines, done)
 
-    def _line(self, raw: bytes) -> None:
-        if not raw:
-            self._dispatch()
-            return
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(":"):
-            return
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-            self._pending_size += len(value)
-        elif name == "event":
-            self._event = value
-
-    def _dispatch(self) -> None:
-        if self._data:
-            self._events.append(SseEvent(self._event, "\n".join(self._data)))
-        self._event = None
-        self._data = []
-        self._pending_size = 0
+    def _lines(self, lines: list[bytes], done: list[tuple[str | None, str]]) -> None:
+        """Complete lines, in order; a blank one dispatches the event they built."""
+        # The event being built lives in locals for the loop (one or two
+        # lines per token in a stream), and goes back to self at the end.
+        event, data, size = self._event, self._data, self._pending_size
+        for raw in lines:
+            if not raw:
+                if data:
+                    done.append((event, "\n".join(data)))
+                event, data, size = None, [], 0
+            elif raw.startswith(b"data: "):
+                # The common form, ASCII name and one space: decoding the
+                # rest alone gives the same text as decoding the line.
+                value = raw[6:].decode("utf-8", "replace")
+                data.append(value)
+                size += len(value)
+            else:
+                line = raw.decode("utf-8", "replace")
+                if line.startswith(":"):
+                    continue
+                name, sep, value = line.partition(":")
+                if sep and value.startswith(" "):
+                    value = value[1:]
+                if name == "data":
+                    data.append(value)
+                    size += len(value)
+                elif name == "event":
+                    event = value
+        self._event, self._data, self._pending_size = event, data, size

@@ -87,3 +87,45 @@ def test_sse_events_with_every_line_ending(step):
 
 def test_sse_stream_without_final_blank_line():
     assert sse_events(b"data: [DONE]", 1) == [SseEvent(None, "[DONE]")]
+
+
+@pytest.mark.parametrize("step", [len(SSE), 1, 2, 5, 13])
+def test_sse_receive_gives_the_pairs_of_the_events(step):
+    parser = SseParser()
+    pairs = []
+    for i in range(0, len(SSE), step):
+        pairs += parser.receive(SSE[i : i + step])
+    pairs += parser.finish()
+    assert pairs == [(e.event, e.data) for e in sse_events(SSE, step)]
+    assert pairs == [("message_start", '{"a":1}'), (None, "line1\nline2"), ("ping", "{}")]
+
+
+def test_sse_receive_reads_every_field_form():
+    # "data:" without its space, a value that itself starts with a space,
+    # an unknown field, an event name and two data lines joined by LF.
+    parser = SseParser()
+    assert parser.receive(b"data:x\n\ndata:  y\nid: 7\nretry: 5\n\nevent: e\ndata: a\ndata: b\n\n") == [
+        (None, "x"), (None, " y"), ("e", "a\nb")]
+    assert parser.finish() == []
+
+
+def test_sse_receive_raises_past_max_event_bytes():
+    from lumen_agent.parsers.errors import LimitExceeded
+    from lumen_agent.parsers.sse import MAX_EVENT_BYTES
+
+    parser = SseParser()
+    piece = b"data: " + b"x" * (64 * 1024) + b"\n"  # data lines of one event that never ends
+    with pytest.raises(LimitExceeded):
+        for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+            parser.receive(piece)
+
+
+def test_sse_receive_one_line_events_with_and_without_pending_fields():
+    parser = SseParser()
+    assert parser.receive(b'data: {"a":1}\n\n') == [(None, '{"a":1}')]
+    assert parser.receive(b"event: ping\n") == []
+    assert parser.receive(b"data: {}\n\n") == [("ping", "{}")]  # the name read before is kept
+    assert parser.receive(b"data: a\n") == []
+    assert parser.receive(b"data: b\n\n") == [(None, "a\nb")]  # so is a data line
+    assert parser.receive(b"data: \xff\n\n") == [(None, "\ufffd")]  # undecodable bytes replaced, as per line
+    assert parser.finish() == []

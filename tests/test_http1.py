@@ -128,3 +128,25 @@ def test_fuzz_mutated_messages(noise, position):
     data[position:position] = noise
     for step in (None, 1, 7):
         parse(MessageKind.RESPONSE, bytes(data), step)
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, len(CHUNKED_RESPONSE)])
+def test_body_sink_takes_body_bytes_only_when_no_event_waits(step):
+    """With a sink set from the head on (as the tap does), every body byte
+    arrives once, in order: through the sink when no event waits, else as a
+    Body event after the events before it."""
+    parser = Http1Parser(MessageKind.RESPONSE)
+    order = []
+    for i in range(0, len(CHUNKED_RESPONSE), step):
+        parser.receive_data(CHUNKED_RESPONSE[i : i + step])
+        for event in parser.next_events():
+            order.append(event)
+            if isinstance(event, MessageHead):
+                parser.body_sink = lambda data: order.append(("sink", data))
+    assert isinstance(order[0], MessageHead) and order[-1] == EndOfMessage()
+    body = b"".join(e.data if isinstance(e, Body) else e[1] for e in order[1:-1])
+    assert body == b"data: 1\n\ndat"
+    if step == 1:  # each body byte read on its own, with nothing waiting: all through the sink
+        assert all(isinstance(e, tuple) for e in order[1:-1])
+    if step == len(CHUNKED_RESPONSE):  # the head waits, so the body follows it as Body events
+        assert all(isinstance(e, Body) for e in order[1:-1])

@@ -54,6 +54,12 @@ class Role(enum.Enum):
     OTHER = "other"  # not HTTP, or a protocol we do not read
 
 
+# The members read once per event, bound once: on Python 3.11 reading an
+# enum member through its class costs about 0.14 us (measured here), a module
+# global a tenth of that.
+_CLIENT, _UNKNOWN, _SEND = Role.CLIENT, Role.UNKNOWN, Direction.SEND
+
+
 class Http1Tap:
     """Both directions of one HTTP/1.1 connection, seen from the client."""
 
@@ -117,34 +123,43 @@ class Http1Tap:
         return []
 
     def received(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
-        done: list[Exchange] = []
+        responses = self._responses
         if flags and flags & EventFlag.GAP:
-            self._responses.lost_data()
-        self._responses.receive_data(data)
-        for event in self._responses.next_events():
+            responses.lost_data()
+        responses.receive_data(data)
+        if not responses.has_events():
+            return []  # body bytes only: the parser handed them to the exchange
+        done: list[Exchange] = []
+        for event in responses.next_events():
             match event:
                 case MessageHead() if event.status is not None and event.status < 200:
                     continue  # 100 Continue and friends: the real response follows
                 case MessageHead():
                     if not self._awaiting:
                         self._counters.skip("response_without_request")
-                        self._receiving = None
+                        self._receive_into(None)
                         continue
-                    self._receiving = self._awaiting.popleft()
+                    self._receive_into(self._awaiting.popleft())
                     self._receiving.on_response_head(event, ts_ns)
                 case Body() if self._receiving is not None:
                     self._receiving.on_response_body(event.data)
                 case EndOfMessage() if self._receiving is not None:
                     self._receiving.on_response_end(ts_ns)
                     done.append(self._receiving)
-                    self._receiving = None
+                    self._receive_into(None)
                 case Truncated() if self._receiving is not None:
                     self._receiving.on_cut(ts_ns)
                     done.append(self._receiving)
-                    self._receiving = None
+                    self._receive_into(None)
                 case Skipped():
                     self._counters.skip("http1_response_bytes", event.reason, event.nbytes)
         return done
+
+    def _receive_into(self, exchange: Exchange | None) -> None:
+        """The exchange whose response is being read; the response parser
+        hands it body bytes directly (no ``Body`` event) while it is set."""
+        self._receiving = exchange
+        self._responses.body_sink = exchange.on_response_body if exchange is not None else None
 
     def close(self, ts_ns: int) -> list[Exchange]:
         """The connection ended: whatever is still open was cut off."""
@@ -191,37 +206,39 @@ class ConnectionTracker:
         return key in self._connections
 
     def feed(self, event: DataEvent, out: TrackerResult) -> None:
-        key = event.conn_key
-        connection = self._connections.get(key)
+        key = (event.pid, event.conn)  # event.conn_key, without the property call
+        flags = event.flags
+        connections = self._connections
+        connection = connections.get(key)
         if connection is None:
-            if event.flags and event.flags & EventFlag.CLOSE:
+            if flags and flags & EventFlag.CLOSE:
                 return
             connection = Connection(event.pid, event.conn, event.ts_ns)
-            self._connections[key] = connection
-            if len(self._connections) > MAX_CONNECTIONS:
+            connections[key] = connection
+            if len(connections) > MAX_CONNECTIONS:
                 self._evict_oldest(event.ts_ns, out)
         else:
-            self._connections.move_to_end(key)
+            connections.move_to_end(key)
             connection.last_ns = event.ts_ns
 
-        if event.flags and event.flags & EventFlag.CLOSE:
-            del self._connections[key]
+        if flags and flags & EventFlag.CLOSE:
+            del connections[key]
             if connection.tap is not None:
                 out.exchanges.extend(connection.tap.close(event.ts_ns))
             return
 
-        if connection.role is Role.UNKNOWN:
-            self._sniff_role(connection, event, out)
-            return
-        if connection.role is not Role.CLIENT:
+        role = connection.role
+        if role is not _CLIENT:
+            if role is _UNKNOWN:
+                self._sniff_role(connection, event, out)
             return
 
         tap = connection.tap
-        if event.direction is Direction.SEND:
-            out.exchanges.extend(tap.sent(event.data, event.ts_ns, event.flags))
+        if event.direction is _SEND:
+            out.exchanges.extend(tap.sent(event.data, event.ts_ns, flags))
             self._check_not_llm(connection, out)
-        else:
-            out.exchanges.extend(tap.received(event.data, event.ts_ns, event.flags))
+        elif done := tap.received(event.data, event.ts_ns, flags):
+            out.exchanges.extend(done)
 
     def expire(self, now_ns: int, out: TrackerResult) -> None:
         """Forget connections idle past IDLE_TIMEOUT_NS (their exchanges time out)."""

@@ -81,6 +81,7 @@ class Pipeline:
         self._last_ns = 0
         self._origins: dict[tuple[int, int], Origin] = {}
         self._batch_seen = BatchLineMemory()
+        self._out = TrackerResult()
 
     @property
     def open_connections(self) -> int:
@@ -92,12 +93,16 @@ class Pipeline:
             if len(self._origins) >= MAX_ORIGINS:
                 self._origins.pop(next(iter(self._origins)))
             self._origins[event.conn_key] = origin
-        self.counters.add("events")
-        self.counters.add("bytes", len(event.data))
-        self._last_ns = max(self._last_ns, event.ts_ns)
-        out = TrackerResult()
+        self.counters.add_event(len(event.data))
+        if event.ts_ns > self._last_ns:
+            self._last_ns = event.ts_ns
+        # Most events (a chunk of a stream) finish nothing: one result is
+        # reused until one does, and a fresh one is in place before emitting.
+        out = self._out
         self._tracker.feed(event, out)
-        self._emit(out)
+        if out.exchanges or out.ignore:
+            self._out = TrackerResult()
+            self._emit(out)
 
     def feed_all(self, events: Iterable[DataEvent]) -> None:
         for event in events:

@@ -24,6 +24,12 @@ class Counters:
     def add(self, name: str, n: int = 1) -> None:
         self._values[name] += n
 
+    def add_event(self, nbytes: int) -> None:
+        """One input event of ``nbytes``: ``events`` and ``bytes`` in one call (once per event read)."""
+        values = self._values
+        values["events"] += 1
+        values["bytes"] += nbytes
+
     def skip(self, reason: str, detail: str = "", n: int = 1) -> None:
         key = f"skipped.{reason}"
         self._values[key] += n

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lumen_agent.parsers.encodings import Decoder, decoder_for
+from lumen_agent.parsers.encodings import Decoder, DecompressionLimit, IdentityDecoder, decoder_for
 from lumen_agent.parsers.errors import LimitExceeded, ParseError
 from lumen_agent.parsers.eventstream import EventStreamParser, SkippedMessage
 from lumen_agent.parsers.http1 import MessageHead
@@ -97,6 +97,10 @@ class Exchange:
     stream_exception: str | None = None
     _reader: UsageReader | None = None
     _decoder: Decoder | None = None
+    _identity: bool = False  # _decoder is the identity: body pieces are plaintext
+    # An SSE stream without content coding whose content is not kept: the
+    # common stream, read by a short path (on_response_body).
+    _plain_sse: bool = False
     _mode: str = "json"  # json | sse | ndjson | eventstream | discard
     _body: bytearray = field(default_factory=bytearray)
     _decoded_total: int = 0
@@ -168,6 +172,7 @@ class Exchange:
         self._reader.feed_headers(dict(head.headers))
         try:
             self._decoder = decoder_for(head.header("content-encoding"))
+            self._identity = type(self._decoder) is IdentityDecoder
         except ParseError as exc:
             self._mode = "discard"
             self.body_problem = str(exc)
@@ -193,20 +198,39 @@ class Exchange:
             self._mode = "json"
         if self.capture_content:
             self._content = bytearray()
+        self._plain_sse = self._mode == "sse" and self._identity and self._content is None
 
     def on_response_body(self, data: bytes) -> None:
+        if self._plain_sse and self._decoded_total + len(data) <= self._stream_limit:
+            # What the general path below does for such a stream, less its
+            # branches: this runs once per token.  Past the limit, the
+            # general path gives up.
+            self._decoded_total += len(data)
+            try:
+                if events := self._sse.receive(data):
+                    self._feed_sse_events(events)
+            except ParseError as exc:
+                self._give_up(str(exc))
+            return
         if self._mode == "discard":
             return
         limit = MAX_RESPONSE_BODY if self._mode == "json" else self._stream_limit
         try:
-            # Decoded a bounded step at a time, each parsed before the next.
-            for plain in self._decoder.steps(data, limit - self._decoded_total, DECODE_STEP):
+            if self._identity:
+                # No content coding: the piece is its own one step (as
+                # IdentityDecoder.steps gives it), without a generator per piece.
+                if len(data) > limit - self._decoded_total:
+                    raise DecompressionLimit("body exceeds its limit")
+                steps = (data,) if data else ()
+            else:
+                # Decoded a bounded step at a time, each parsed before the next.
+                steps = self._decoder.steps(data, limit - self._decoded_total, DECODE_STEP)
+            for plain in steps:
                 self._decoded_total += len(plain)
                 if self._content is not None and len(self._content) < MAX_CONTENT_CAPTURE:
                     self._content += plain[: MAX_CONTENT_CAPTURE - len(self._content)]
                 if self._mode == "sse":
-                    self._sse.receive_data(plain)
-                    self._feed_sse_events()
+                    self._feed_sse_events(self._sse.receive(plain))
                 elif self._mode == "ndjson":
                     self._body += plain
                     self._drain_ndjson(final=False)
@@ -268,6 +292,7 @@ class Exchange:
     def _give_up(self, why: str) -> None:
         self.body_problem = why
         self._mode = "discard"
+        self._plain_sse = False
         self._body = bytearray()
         self._sse = None
         self._events = None
@@ -275,8 +300,7 @@ class Exchange:
     def _finish_body(self) -> None:
         try:
             if self._mode == "sse":
-                self._sse.end_of_stream()
-                self._feed_sse_events()
+                self._feed_sse_events(self._sse.finish())
             elif self._mode == "ndjson":
                 self._drain_ndjson(final=True)
             elif self._mode == "eventstream" and self._events.pending_bytes and self.complete:
@@ -296,18 +320,21 @@ class Exchange:
         self._events = None
         if self._mode != "discard":
             self._mode = "discard"
+        self._plain_sse = False
 
     def _count_stream_event(self) -> None:
         self._stream_events += 1
         if self._stream_events > MAX_STREAM_EVENTS:
             raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
 
-    def _feed_sse_events(self) -> None:
-        for event in self._sse.next_events():
-            self._count_stream_event()
-            if event.data == "[DONE]" or event.event in _FINAL_SSE_EVENTS:
+    def _feed_sse_events(self, events: list[tuple[str | None, str]]) -> None:
+        for name, data in events:
+            self._stream_events += 1  # _count_stream_event, inline: once per token
+            if self._stream_events > MAX_STREAM_EVENTS:
+                raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
+            if data == "[DONE]" or name in _FINAL_SSE_EVENTS:
                 self._stream_finished = True
-            self._reader.feed_sse(event.event, event.data)
+            self._reader.feed_sse(name, data)
 
     def _feed_stream_events(self) -> None:
         for message in self._events.next_events():
