@@ -1,9 +1,10 @@
 """Giving freed C heap back to the kernel.
 
 glibc returns freed memory at the top of its heaps only, and only past a
-threshold; what bcc's compile (clang/LLVM) and each DuckDB flush free in the
-middle stays resident until ``malloc_trim``.  Measured: 12-30 MB after the
-BPF compile, about 3 MB after store flushes (bench/capture_bench.py (g)).
+threshold; what each DuckDB flush (and a Go/Bun binary's analysis) frees in
+the middle stays resident until ``malloc_trim``.  Measured: about 3 MB after
+store flushes (bench/capture_bench.py (g)).  (The BPF compile, which left
+12-30 MB, now runs in a child process: capture/bpf_loader.py.)
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ def release_free_heap() -> None:
 
 # glibc's M_ARENA_MAX (malloc.h): at most this many malloc arenas.  By default
 # every thread that mallocs may get one of its own (up to 8 per core), and a
-# thread's arena keeps its high-water mark: DuckDB's and bcc's threads left
-# a trail of them.  Two: the run loop's, and one for all other threads.
+# thread's arena keeps its high-water mark: DuckDB's threads left a trail of them.  Two: the run loop's, and one for all other threads.
 M_ARENA_MAX = -8
 MAX_ARENAS = 2
 
