@@ -15,4 +15,5 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    agent.RUN_IN_FRESH_PROCESS = True  # this process is the program: `run` may replace it
     app(prog_name="lumen-agent")

@@ -24,6 +24,11 @@ from lumen_agent.cli.app import (
 )
 from lumen_agent.cli.format import Format, render
 
+# Set by the ``lumen-agent`` program (cli.main), never by a caller that runs
+# the app in its own process (a test's CliRunner): ``run`` then continues in
+# a fresh interpreter, which replaces the process.
+RUN_IN_FRESH_PROCESS = False
+
 
 @app.command()
 @user_errors
@@ -63,14 +68,18 @@ def run(
                                        "that holds other tables.")] = False,
 ) -> None:
     """Capture LLM calls until SIGTERM/SIGINT, writing rows to the database."""
-    from lumen_agent.run_process import exec_run
-
     overrides = dict(db=db, price_overrides=prices, record=record, capture=capture, attach=attach,
                      capture_content=capture_content, metrics_addr=metrics_addr, export_otlp=export_otlp,
                      export_parquet=export_parquet, export_redis=export_redis,
                      log_level="debug" if verbose else None, adopt_db=init or None)
-    _config(config_path, **overrides)  # a bad file or value: the one-line error, here
-    exec_run(config_path, overrides, set(exclude_pid))  # the run loop, without typer (run_process.py says why)
+    config = _config(config_path, **overrides)  # a bad file or value: the one-line error, here
+    if RUN_IN_FRESH_PROCESS:
+        from lumen_agent.run_process import exec_run
+
+        exec_run(config_path, overrides, set(exclude_pid))  # the run loop, without typer (run_process.py says why)
+    from lumen_agent.agent_main import run_agent
+
+    run_agent(config, exclude_pids=set(exclude_pid))
 
 
 config_app = typer.Typer(no_args_is_help=True, help="The agent's configuration.")
