@@ -61,15 +61,16 @@ class _Bucket:
     # dimension -> name -> [cost, calls, tokens, unpriced calls]
     by: dict[str, dict[str, list]] = field(default_factory=lambda: {d: {} for d in DIMENSIONS})
 
-    def add(self, names: dict[str, str], cost: Decimal | None, tokens: int) -> None:
+    def add(self, names: tuple[str, ...], cost: Decimal | None, tokens: int) -> None:
+        """``names``: the call's name in each of DIMENSIONS, in that order."""
         unpriced = 1 if cost is None else 0
         cost = _ZERO if cost is None else cost
         self.calls += 1
         self.tokens += tokens
         self.unpriced += unpriced
         self.cost += cost
-        for dim, name in names.items():
-            groups = self.by[dim]
+        # self.by holds DIMENSIONS in order (built so, and copies keep the order).
+        for groups, name in zip(self.by.values(), names, strict=True):
             entry = groups.get(name)
             if entry is None:
                 if len(groups) >= MAX_KEYS_PER_BUCKET:
@@ -130,13 +131,14 @@ def call_tokens(call: Call) -> int:
     return (call.input_tokens or 0) + (call.output_tokens or 0)
 
 
-def _names(call: Call) -> dict[str, str]:
-    return {
-        "process": call.process or (f"pid {call.pid}" if call.pid else NONE_NAME),
-        "model": call.model or call.request_model or NONE_NAME,
-        "provider": call.provider or NONE_NAME,
-        "tenant": call.tenant or NONE_NAME,
-    }
+def _names(call: Call) -> tuple[str, str, str, str]:
+    """The call's name in each of DIMENSIONS, in that order."""
+    return (
+        call.process or (f"pid {call.pid}" if call.pid else NONE_NAME),
+        call.model or call.request_model or NONE_NAME,
+        call.provider or NONE_NAME,
+        call.tenant or NONE_NAME,
+    )
 
 
 def _cost_text(cost: Decimal | None) -> str | None:
@@ -152,7 +154,7 @@ class LiveFeed(Output):
         self._lock = threading.Lock()
         self._seconds = _Ring(1, 300)
         self._minutes = _Ring(60, 86400)
-        self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_CALLS)
+        self._latest: deque[tuple] = deque(maxlen=LATEST_CALLS)  # see add()
         self._total_calls = 0
 
     def on_call(self, call: Call) -> None:
@@ -162,23 +164,15 @@ class LiveFeed(Output):
         now = time.time() if now is None else now
         names = _names(call)
         tokens = call_tokens(call)
-        row = {
-            "ts": call.ts_end.timestamp(),
-            "process": names["process"],
-            "pid": call.pid,
-            "provider": call.provider,
-            "model": names["model"],
-            "input_tokens": call.input_tokens,
-            "output_tokens": call.output_tokens,
-            "cost": _cost_text(call.cost_usd),
-            "latency_ms": call.latency_ms,
-            "outcome": call.outcome.value,
-            "tenant": call.tenant,
-        }
+        cost = call.cost_usd
+        # What the "latest" list shows, kept raw: it becomes a dict (_latest_row)
+        # only for the LATEST_CALLS a snapshot reads, not for every call.
+        latest = (call.ts_end, names[0], call.pid, call.provider, names[1], call.input_tokens,
+                  call.output_tokens, cost, call.latency_ms, call.outcome, call.tenant)
         with self._lock:
-            self._seconds.bucket(now).add(names, call.cost_usd, tokens)
-            self._minutes.bucket(now).add(names, call.cost_usd, tokens)
-            self._latest.append(row)
+            self._seconds.bucket(now).add(names, cost, tokens)
+            self._minutes.bucket(now).add(names, cost, tokens)
+            self._latest.append(latest)
             self._total_calls += 1
 
     def snapshot(self, window: int = 60, health: dict[str, Any] | None = None,
@@ -215,12 +209,29 @@ class LiveFeed(Output):
             },
             "unpriced": totals.unpriced,
             "top": {dim: _top(entries) for dim, entries in groups.items()},
-            "latest": latest,
+            "latest": [_latest_row(entry) for entry in latest],
             "calls_seen": total_calls,
             "health": health_summary(health or {}),
             # Budgets and firing alerts, when the alerts output runs (outputs/alerts).
             "alerts": ((health or {}).get("outputs") or {}).get("alerts"),
         }
+
+
+def _latest_row(entry: tuple) -> dict[str, Any]:
+    ts_end, process, pid, provider, model, input_tokens, output_tokens, cost, latency_ms, outcome, tenant = entry
+    return {
+        "ts": ts_end.timestamp(),
+        "process": process,
+        "pid": pid,
+        "provider": provider,
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cost": _cost_text(cost),
+        "latency_ms": latency_ms,
+        "outcome": outcome.value,
+        "tenant": tenant,
+    }
 
 
 def _sum(buckets: list[_Bucket]) -> _Bucket:
