@@ -73,6 +73,9 @@ MAX_REASONS = 50
 MAX_LABEL_CHARS = 128
 # Series of one family, whatever the labels combine to.
 MAX_SERIES = 20_000
+# Distinct (provider, model, process, tenant) of calls whose sample keys are
+# kept ready (Metrics.observe_call); past this, new ones are worked out per call.
+MAX_KEY_CACHE = 4096
 # Store flush latency buckets, seconds (a flush opens the file, appends, closes it).
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Longest a scraper may take to send its request.
@@ -230,6 +233,8 @@ class Metrics:
         self.counters = (self.cost, self.tokens, self.calls, self.unpriced, self.usage_missing)
         self.flush_seconds = Histogram(FLUSH_BUCKETS)
         self._flushes_seen = 0
+        # A call's raw label values -> its sample keys (see _call_keys).
+        self._keys: dict[tuple, tuple] = {}
         # More families from other outputs (alerts): each returns prometheus_client
         # metric families at scrape time (a custom collector's ``collect``).
         self.extra: list[Callable[[], Iterable[Any]]] = []
@@ -237,22 +242,47 @@ class Metrics:
     # -- fed on the run loop's thread --------------------------------------------
 
     def observe_call(self, call: Call) -> None:
+        raw = (call.provider, call.model or call.request_model, call.process, call.tenant)
         with self._lock:
-            f = self._folders
-            provider = f["provider"](call.provider)
-            model = f["model"](call.model or call.request_model)
-            key = (provider, model, f["process"](call.process), f["tenant"](call.tenant))
+            keys = self._keys.get(raw)
+            if keys is None:
+                keys = self._call_keys(raw)
+            else:
+                for folder in keys[3]:  # folded again, as the folder would count it
+                    folder.folded += 1
+            key, pair, token_keys, _ = keys
             self.calls.add(key + (call.outcome.value,), 1)
             if call.cost_usd is not None:
                 self.cost.add(key, call.cost_usd)
-            for kind, attr in TOKEN_TYPES:
+            for attr, token_key in token_keys:
                 n = getattr(call, attr)
                 if n is not None:
-                    self.tokens.add(key + (kind,), n)
+                    self.tokens.add(token_key, n)
             if call.unpriced:
-                self.unpriced.add((provider, model), 1)
+                self.unpriced.add(pair, 1)
             if call.usage_missing:
-                self.usage_missing.add((provider, model), 1)
+                self.usage_missing.add(pair, 1)
+
+    def _call_keys(self, raw: tuple) -> tuple:
+        """The sample keys of calls with these label values (caller holds the lock).
+
+        A folder's answer for a value never changes (kept values stay kept; a
+        full folder stays full), so it is worked out once per distinct value
+        set: each label through its folder (cleaning the value), the keys of
+        the token samples, and which folders folded (counted on every call)."""
+        values = []
+        folded = []
+        for label, value in zip(CALL_LABELS, raw, strict=True):
+            folder = self._folders[label]
+            before = folder.folded
+            values.append(folder(value))
+            if folder.folded != before:
+                folded.append(folder)
+        key = tuple(values)
+        keys = (key, key[:2], tuple((attr, key + (kind,)) for kind, attr in TOKEN_TYPES), tuple(folded))
+        if len(self._keys) < MAX_KEY_CACHE:
+            self._keys[raw] = keys
+        return keys
 
     def observe_store(self, stats: Mapping[str, Any]) -> None:
         """After each housekeeping turn: record the latency of a flush that just happened."""
