@@ -217,7 +217,7 @@ class EbpfCapture:
         self._clock_offset = 0
         self._stats = dict(
             events=0, bytes=0, truncated=0, gaps=0, closes=0, execs=0, exits=0, process_names=0,
-            attach_errors=0, partial_dropped=0, execs_excluded=0,
+            attach_errors=0, partial_dropped=0, execs_excluded=0, exclusions_not_in_kernel=0,
         )
         self.last_attach_error = ""
         self._exe_scan: threading.Thread | None = None
@@ -242,9 +242,8 @@ class EbpfCapture:
         ]
         self._bpf = load_bpf(src.name, program_text(src.parent), cflags)
         self._sync_clock()
-        skip = self._bpf.maps["skip_tgids"]
-        for pid in self.exclude:
-            skip.update(_TGID.pack(pid), _ONE)
+        for pid in list(self.exclude):
+            self.exclude_pid(pid)
         self._open_ring()
         # Exec/exit first, so nothing started during the scan below is missed.
         # (TRACEPOINT_PROBE programs are attached by BPF() itself.)
@@ -386,7 +385,10 @@ class EbpfCapture:
     def exclude_pid(self, pid: int) -> None:
         self.exclude.add(pid)
         if self._bpf is not None:
-            self._bpf.maps["skip_tgids"].update(_TGID.pack(pid), _ONE)
+            try:
+                self._bpf.maps["skip_tgids"].update(_TGID.pack(pid), _ONE)
+            except OSError:  # the map is full (E2BIG): its events still come, and are dropped in user space
+                self._stats["exclusions_not_in_kernel"] += 1
             for tkey, p in [k for k in self._attached if k[1] == pid]:
                 self._detach(tkey, p)
 
