@@ -310,10 +310,11 @@ def agent_load(agent: AgentProcess, server, certs, *, seconds: float, clients: i
 
 def floor_probes():
     """Empty BPF programs on the agent's attach points: every system libssl, same symbols."""
-    from lumen_agent.capture.ebpf import PROBES, _import_bcc
+    from lumen_agent.capture.bpf_loader import import_bcc
+    from lumen_agent.capture.ebpf import PROBES
     from lumen_agent.capture.targets import TargetTracker
 
-    bcc = _import_bcc()
+    bcc = import_bcc()
     bpf = bcc.BPF(text=b"int empty(void *ctx) { return 0; }")
     attached = 0
     for target in TargetTracker().add_system_libraries():

@@ -45,7 +45,8 @@ import threading
 import time
 from pathlib import Path
 
-from lumen_agent.capture.ebpf import CaptureOptions, EbpfCapture, _import_bcc
+from lumen_agent.capture.bpf_loader import import_bcc
+from lumen_agent.capture.ebpf import CaptureOptions, EbpfCapture
 
 WORKER = textwrap.dedent(
     """
@@ -146,7 +147,7 @@ def main() -> None:
 
     results["none"] = run_worker(cert, key, n, size)
 
-    bcc = _import_bcc()
+    bcc = import_bcc()
     from lumen_agent.capture.targets import SymbolCache, ldconfig_libssl
 
     lib = next(p for p in ldconfig_libssl() if SymbolCache().ssl_symbols(p))
@@ -354,7 +355,7 @@ def runtime_main(args) -> None:
     assert res is not None and res.probes, f"{exe}: {res}"
     results: dict[str, float] = {"none": run_argv(argv)}
 
-    bcc = _import_bcc()
+    bcc = import_bcc()
     empty = bcc.BPF(text=b"int empty(void *ctx) { return 0; }")
     for probe in res.probes:
         empty.attach_uprobe(name=exe.encode(), addr=probe.addr, fn_name=b"empty")

@@ -36,9 +36,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from lumen_agent.capture.kernel_setup import CaptureError
+from lumen_agent.capture.kernel_setup import BCC_DIST_PACKAGES, CaptureError
 
-BCC_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 # A compile on a loaded 2-core host takes a few seconds; this is a hang.
 BUILD_TIMEOUT_S = 180
 # One SCM_RIGHTS message carries at most 253 descriptors (SCM_MAX_FD).

@@ -42,7 +42,6 @@ import psutil
 
 from lumen_agent.capture import kernel_setup
 from lumen_agent.capture.bpf_loader import LoadedBpf, Uprobe, load_bpf
-from lumen_agent.capture.bpf_loader import import_bcc as _import_bcc  # noqa: F401 - the benchmarks' bcc
 from lumen_agent.capture.kernel_comm import KernelIdentities, comm_text
 from lumen_agent.capture.kernel_setup import CaptureError
 from lumen_agent.capture.ringbuf import RingBufferReader

@@ -192,8 +192,8 @@ def has_bpf_permissions() -> bool:
 def bcc_importable() -> tuple[bool, str]:
     """Whether bcc can be imported, without importing it or touching sys.path.
 
-    ``ebpf.py`` is the one module that imports bcc (appending Debian's
-    dist-packages at the end of sys.path when needed).
+    ``bpf_loader.import_bcc`` is the one place that imports bcc, in the loader
+    child (appending Debian's dist-packages at the end of sys.path when needed).
     """
     import importlib.util
 

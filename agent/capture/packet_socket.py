@@ -27,6 +27,7 @@ import struct
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
 SOL_PACKET, PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>: struct tpacket_stats
 _PACKET_STATISTICS = struct.Struct("II")
 SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: a struct timespec of two longs
@@ -174,9 +175,6 @@ class PacketSocket:
 
     def close(self) -> None:
         self.socket.close()
-
-
-SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
 
 
 def set_receive_buffer(sock: socket.socket, size: int) -> None:
