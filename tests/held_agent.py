@@ -59,6 +59,13 @@ def finish_all(running):
     return results
 
 
+def assert_one_row_per_call(calls, rows) -> None:
+    """Each call (a started client with its ``pid``) is exactly one row with that pid."""
+    pids = sorted(r.pid for r in calls)
+    assert len(set(pids)) == len(pids) == len(rows)
+    assert sorted(row["pid"] for row in rows) == pids
+
+
 def updated(agent):
     return (agent.status_file() or {}).get("updated", 0)
 

@@ -34,7 +34,7 @@ if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
 from e2e_agent import AgentProcess  # noqa: E402
-from held_agent import PipeReader, calls_while_held  # noqa: E402
+from held_agent import PipeReader, assert_one_row_per_call, calls_while_held  # noqa: E402
 
 # The stall is kept short: the probes are global, and every TLS call on the
 # host (another engineer's load generator, a package download) fills the
@@ -84,9 +84,7 @@ def test_the_run_loop_was_held_up_while_the_stalled_curls_ran_and_exited(session
 
 
 def test_every_call_is_one_row_with_its_curls_pid(session):
-    pids = sorted(r.pid for r in session["calls"])
-    assert len(set(pids)) == len(pids) == len(session["rows"])
-    assert sorted(row["pid"] for row in session["rows"]) == pids
+    assert_one_row_per_call(session["calls"], session["rows"])
 
 
 def test_every_row_names_curl(session):

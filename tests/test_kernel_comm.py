@@ -73,13 +73,6 @@ def test_exec_of_a_process_gone_from_proc_keeps_the_kernels_name(agent):
     assert attribution.lookup(pid) == ProcessInfo(process="curl")
 
 
-def test_exec_of_a_live_process_is_read_from_proc(agent):
-    cap, attribution, calls, feed = agent
-    feed(record(EV_EXEC, os.getpid(), MY_COMM.encode()))
-    info = attribution.lookup(os.getpid())
-    assert (info.process, info.exe) == (MY_COMM, MY_EXE)
-
-
 def test_first_call_of_a_process_gone_from_proc_is_named_by_the_kernel(agent):
     cap, attribution, calls, feed = agent
     pid = gone_pid()
@@ -89,9 +82,10 @@ def test_first_call_of_a_process_gone_from_proc_is_named_by_the_kernel(agent):
     assert cap.stats()["process_names"] == 1
 
 
-def test_first_call_of_a_live_process_keeps_what_proc_tells(agent):
+@pytest.mark.parametrize("kind", [EV_EXEC, EV_PROC], ids=["exec", "first call"])
+def test_a_live_process_is_read_from_proc(agent, kind):
     cap, attribution, calls, feed = agent
-    feed(record(EV_PROC, os.getpid(), MY_COMM.encode()))
+    feed(record(kind, os.getpid(), MY_COMM.encode()))
     info = attribution.lookup(os.getpid())
     assert (info.process, info.exe) == (MY_COMM, MY_EXE)
 

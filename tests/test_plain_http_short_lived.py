@@ -20,7 +20,7 @@ from decimal import Decimal
 
 import pytest
 from e2e_agent import AgentProcess
-from held_agent import PipeReader, calls_while_held
+from held_agent import PipeReader, assert_one_row_per_call, calls_while_held
 from support import clients
 from support import fake_provider as fp
 
@@ -73,9 +73,7 @@ def test_the_run_loop_was_held_up_while_the_stalled_curls_ran(session):
 
 
 def test_every_call_is_one_row_with_its_curls_pid(session):
-    pids = sorted(r.pid for r in session["calls"])
-    assert len(set(pids)) == len(pids) == len(session["rows"])
-    assert sorted(row["pid"] for row in session["rows"]) == pids
+    assert_one_row_per_call(session["calls"], session["rows"])
 
 
 def test_every_row_names_curl(session):

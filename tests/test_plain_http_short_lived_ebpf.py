@@ -10,10 +10,11 @@ few milliseconds and may exit before any user-space lookup.  Real curls:
    test_plain_http_short_lived.py), 50 at once and 20 one after the other.
 
 Every call must be one row with its curl's pid and the process name ``curl``,
-each owner found while the connection opened: in the kernel's map
-(``plain.owner_kernel``), or, when the SYN thread read the SYN before the
-handshake ended (the map's entry is written at ESTABLISHED), by sock_diag
-while the curl was still inside connect() (``plain.owner_early``).
+each owner found by a lookup while the curl lived: mostly in the kernel's
+map (``plain.owner_kernel``); since the sniffer reads packets without scapy
+a few per cent miss the map and are found by sock_diag, at the SYN
+(``plain.owner_early``) or at the first bytes (``plain.owner_fast``).  Why
+they miss the map is not known yet (see the issue's note).
 """
 
 import os
@@ -22,7 +23,7 @@ from decimal import Decimal
 
 import pytest
 from e2e_agent import AgentProcess
-from held_agent import PipeReader, calls_while_held, finish_all
+from held_agent import PipeReader, assert_one_row_per_call, calls_while_held, finish_all
 from support import clients
 from support import fake_provider as fp
 
@@ -79,9 +80,7 @@ def test_the_run_loop_was_held_up_while_the_stalled_curls_ran(session):
 
 
 def test_every_call_is_one_row_with_its_curls_pid_and_name(session):
-    pids = sorted(r.pid for r in session["calls"])
-    assert len(set(pids)) == len(pids) == len(session["rows"])
-    assert sorted(row["pid"] for row in session["rows"]) == pids
+    assert_one_row_per_call(session["calls"], session["rows"])
     assert {row["process"] for row in session["rows"]} == {"curl"}
     # exe and user are read from /proc while the curl lives, NULL when it had exited.
     curl = os.path.realpath(shutil.which("curl"))
@@ -105,9 +104,9 @@ def test_every_owner_came_from_the_kernel(session):
     assert capture["plain.connections"] == n
     assert capture["plain.unattributed_connections"] == 0
     assert capture["plain.owner_misses"] == 0
-    # Each looked up at its SYN: by the kernel's map, or by sock_diag when the
-    # SYN was read before the handshake ended (the live socket is found then).
-    assert capture["plain.owner_kernel"] + capture["plain.owner_early"] >= n
-    # The kernel's map answered for most (217 of 226 in one CI run): it is the
-    # path that works for a curl gone before any user-space lookup.
+    # Every owner found by a lookup: the kernel's map, or sock_diag while the curl lived.
+    found = capture["plain.owner_kernel"] + capture["plain.owner_early"] + capture["plain.owner_fast"]
+    assert found >= n
+    # The kernel's map answered for most (217 of 226 and 221 of 226 in two runs):
+    # it is the path that works for a curl gone before any user-space lookup.
     assert capture["plain.owner_kernel"] >= n * 3 // 4
