@@ -158,7 +158,7 @@ class Agent:
                 log.exception("output failed on a call output=%s", output.name)
 
     def _on_event(self, event: DataEvent, origin: Origin | None = None) -> None:
-        if not self._captured(event.pid):
+        if not self.gate.allows(event.pid):  # _captured, one call less: this runs per record
             return
         if self._recorder is not None:
             self._recorder.write(event)
