@@ -66,7 +66,7 @@ FILE_ALIAS = "lumen_store_file"
 # One new instance (~40 ms of CPU) per ~2 min at one flush per 2 s.
 HOST_OPENS = 64
 # Seconds without a flush after which the in-memory DuckDB is closed: an
-# idle agent does not keep its ~10 MB of heap.
+# idle agent does not keep its heap.
 HOST_IDLE_S = 10.0
 
 # The dead-letter file is for finding a bug, not a second database.
@@ -458,7 +458,11 @@ class CallStore(Output):
             # One thread, from the open on: a flush is one appender and a commit,
             # and each worker thread DuckDB starts gets its own malloc arena,
             # which kept growing the agent's heap (+6 MB / 100k calls).
-            host = duckdb.connect(":memory:", config={"threads": STORE_THREADS})
+            # Without the bulk-deallocation flush, what a flush freed stayed
+            # in DuckDB's allocator: +4.7 MB RssAnon over 1,000 flushes of
+            # 300 rows with one instance; with it, flat (DuckDB 2.0.1).
+            host = duckdb.connect(":memory:", config={
+                "threads": STORE_THREADS, "allocator_bulk_deallocation_flush_threshold": "0MB"})
             host.execute("SET TimeZone = 'UTC'")
             self._host = host
         self._host_opens += 1
