@@ -44,19 +44,90 @@ def test_the_kernels_answer_comes_first_and_saves_the_proc_walk():
 
     owners = SocketOwners(scan=dict, diag=diag, identify=lambda pid: None, kernel=kernel)
     other = Endpoint("127.0.0.1", 50001)
-    owners.resolve_new([(CLIENT, SERVER, 10), (other, SERVER, 11)])
-    assert diags == [[(other, SERVER)]]  # only the kernel's miss goes to sock_diag
+    # At the SYN the kernel may not have filed ``other`` yet (its handshake not
+    # over): handed back to be asked again, not looked for in sock_diag.
+    assert owners.resolve_new([(CLIENT, SERVER, 10), (other, SERVER, 11)]) == [(other, SERVER, 11)]
+    assert diags == []
     assert owners.lookup(CLIENT, SERVER, seen_ns=10) == Owner(4242, True, curl)
     assert owners.lookup(CLIENT, SERVER, seen_ns=10).identity.info.process == "curl"
     assert owners.counters["owner_kernel"] == 1
-    # ``other`` was asked twice: before sock_diag, and again when sock_diag missed too.
-    assert owners.counters["owner_kernel_misses"] == 2
+    assert (owners.counters["owner_kernel_pending"], owners.counters["owner_kernel_misses"]) == (1, 0)
+    # Still not filed when the handshake has had its time: a miss, and only now sock_diag.
+    assert owners.resolve_new([(other, SERVER, 11)], waited=True) == []
+    assert diags == [[(other, SERVER)]]
+    assert (owners.counters["owner_kernel_pending"], owners.counters["owner_kernel_misses"]) == (1, 1)
+    assert owners.counters["owner_misses"] == 1
     # The SYN thread's miss is not final while the kernel may still answer (the
     # handshake ended after the SYN thread looked): the run loop asks again.
     late = ProcessIdentity(4343, 1000.0, ProcessInfo(process="python3"))
     kernel_table = {other: late}
     owners.kernel = lambda client, server, seen_ns: kernel_table.get(client)
     assert owners.lookup(other, SERVER, seen_ns=11) == Owner(4343, True, late)
+
+
+def test_the_run_loop_at_a_syn_the_kernel_has_not_filed_waits_for_the_first_bytes():
+    """The kernel files a connection when the client's handshake ends; a lookup
+    at the SYN can come first (a client descheduled inside connect()).  Then no
+    sock_diag and no scan: the lookup at the first bytes gets the kernel's answer."""
+    curl = ProcessIdentity(4242, 1000.0, ProcessInfo(process="curl"))
+    kernel_table, diags, scans = {}, [], []
+
+    def diag(pairs, candidates):
+        diags.append(list(pairs))
+        return [None] * len(pairs)
+
+    def scan():
+        scans.append(1)
+        return {}
+
+    owners = SocketOwners(scan=scan, diag=diag, identify=lambda pid: None,
+                          kernel=lambda client, server, seen_ns: kernel_table.get(client))
+    assert owners.lookup(CLIENT, SERVER, seen_ns=10, connecting=True) is None
+    assert (diags, scans) == ([], [])
+    kernel_table[CLIENT] = curl  # the handshake ended
+    assert owners.lookup(CLIENT, SERVER, seen_ns=10) == Owner(4242, True, curl)
+    assert {k: owners.counters[k] for k in ("owner_kernel", "owner_kernel_pending", "owner_kernel_misses",
+                                            "owner_fast", "owner_misses", "owner_scans")} == {
+        "owner_kernel": 1, "owner_kernel_pending": 1, "owner_kernel_misses": 0,
+        "owner_fast": 0, "owner_misses": 0, "owner_scans": 0}
+    # Without the kernel's map a lookup at the SYN goes on to sock_diag as before.
+    plain = SocketOwners(scan=scan, diag=diag, identify=lambda pid: None)
+    assert plain.lookup(CLIENT, SERVER, seen_ns=10, connecting=True) is None
+    assert diags == [[(CLIENT, SERVER)]]
+
+
+def test_the_syn_thread_asks_the_kernel_again_until_the_handshake_has_ended(monkeypatch):
+    from lumen_agent.capture import syn_watch
+    from lumen_agent.capture.socket_owner import HANDSHAKE_WAIT_S
+
+    curl = ProcessIdentity(4242, 1000.0, ProcessInfo(process="curl"))
+    kernel_table, diags = {}, []
+
+    def diag(pairs, candidates):
+        diags.append(list(pairs))
+        return [None] * len(pairs)
+
+    owners = SocketOwners(scan=dict, diag=diag, identify=lambda pid: None,
+                          kernel=lambda client, server, seen_ns: kernel_table.get(client))
+    watcher = syn_watch.SynWatcher(owners)
+    now = [100.0]
+    monkeypatch.setattr(syn_watch.time, "monotonic", lambda: now[0])
+    slow = Endpoint("127.0.0.1", 50002)
+    watcher._resolve([(CLIENT, SERVER, 10), (slow, SERVER, 11)])
+    assert [flow for flow, _read in watcher._pending] == [(CLIENT, SERVER, 10), (slow, SERVER, 11)]
+    kernel_table[CLIENT] = curl  # CLIENT's handshake ends
+    now[0] += syn_watch.PENDING_POLL_S
+    watcher._ask_pending()
+    assert [flow for flow, _read in watcher._pending] == [(slow, SERVER, 11)]
+    assert owners.lookup(CLIENT, SERVER, seen_ns=10) == Owner(4242, True, curl)
+    assert diags == []
+    # ``slow`` never filed (say its SYN went unanswered): after HANDSHAKE_WAIT_S, sock_diag once.
+    now[0] += HANDSHAKE_WAIT_S
+    watcher._ask_pending()
+    assert watcher._pending == []
+    assert diags == [[(slow, SERVER)]]
+    assert (owners.counters["owner_kernel"], owners.counters["owner_kernel_misses"]) == (1, 1)
+    watcher.close()
 
 
 class Ok(BaseHTTPRequestHandler):

@@ -109,8 +109,8 @@ def test_run_loop_retry_asks_with_the_connections_first_packet_time():
     asked = []
     answers = [None, Owner(4242, True, identity(4242))]
 
-    def owner_of(client, server, seen_ns):
-        asked.append(seen_ns)
+    def owner_of(client, server, seen_ns, connecting):
+        asked.append((seen_ns, connecting))
         return answers[len(asked) - 1]
 
     events = []
@@ -118,8 +118,9 @@ def test_run_loop_retry_asks_with_the_connections_first_packet_time():
     conversations.feed(Segment(10, CLIENT, SERVER, 100, SYN), events.append)
     conversations.feed(Segment(20, SERVER, CLIENT, 500, SYN | ACK), events.append)
     conversations.feed(Segment(30, CLIENT, SERVER, 101, ACK, b"POST /v1/chat/completions HTTP/1.1\r\n"), events.append)
-    # The retry at the first bytes (t=30) asks about the connection that opened at t=10.
-    assert asked == [10, 10]
+    # Asked at the SYN (the handshake maybe not over), then again at the first bytes
+    # (t=30) about the connection that opened at t=10.
+    assert asked == [(10, True), (10, False)]
     assert [e.pid for e in events] == [4242]
 
 

@@ -35,7 +35,7 @@ def call(conversations, events):
 def test_connection_is_seen_from_its_local_owner(owner, pid, request_direction):
     asked = []
 
-    def owner_of(client, server, seen_ns):
+    def owner_of(client, server, seen_ns, connecting):
         asked.append((client, server, seen_ns))
         return owner
 

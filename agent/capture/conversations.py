@@ -21,6 +21,8 @@ from typing import Protocol
 
 from lumen_agent.capture.socket_owner import Owner
 from lumen_agent.capture.tcp_reassembly import (
+    ACK,
+    SYN,
     Endpoint,
     FlowTable,
     Segment,
@@ -34,8 +36,9 @@ from lumen_agent.pipeline.events import DataEvent, Direction, EventFlag
 # pointer (the eBPF capture's SSL*), so the two never collide in one agent.
 CONN_ID_BASE = 1 << 56
 
-# (client, server, when the connection's first packet was captured) -> its local owner
-OwnerOf = Callable[[Endpoint, Endpoint, int], "Owner | None"]
+# (client, server, when the connection's first packet was captured, asked at its
+# SYN: the handshake may not have ended) -> its local owner
+OwnerOf = Callable[[Endpoint, Endpoint, int, bool], "Owner | None"]
 
 
 class StreamDecryptor(Protocol):
@@ -62,7 +65,8 @@ def capture_of_conn(conn: int) -> str | None:
 class Conversations:
     def __init__(self, server_ports: frozenset[int] | set[int] = frozenset(),
                  owner_of: OwnerOf | None = None, decrypt: StreamDecryptor | None = None) -> None:
-        """``owner_of(client, server, seen_ns)``: the local owner of a connection seen at ``seen_ns``."""
+        """``owner_of(client, server, seen_ns, connecting)``: the local owner of a
+        connection seen at ``seen_ns``; ``connecting``: asked at its SYN."""
         self.table = FlowTable(server_ports)
         self._decrypt = decrypt
         self._owner_of = owner_of
@@ -80,7 +84,8 @@ class Conversations:
             flow = self.table.newest()
             if flow is not None:
                 self._first_ns[flow.flow_id] = segment.ts_ns
-                self._owners[flow.flow_id] = self._owner_of(flow.client, flow.server, segment.ts_ns)
+                connecting = segment.flags & (SYN | ACK) == SYN
+                self._owners[flow.flow_id] = self._owner_of(flow.client, flow.server, segment.ts_ns, connecting)
         self._emit_all(out, emit)
 
     def tick(self, now_ns: int, emit: Callable[[DataEvent], None]) -> None:
@@ -105,7 +110,7 @@ class Conversations:
             # not exist yet at SYN time): one more look at the first bytes.
             self._retried.add(fid)
             owner = self._owners[fid] = self._owner_of(event.client, event.server,
-                                                       self._first_ns.get(fid, event.ts_ns))
+                                                       self._first_ns.get(fid, event.ts_ns), False)
             if owner is None:
                 self.counters["unattributed_connections"] += 1
         return owner

@@ -341,8 +341,8 @@ class PlainHttpCapture:
     def _skip(self, reason: str) -> None:
         self._skipped[reason] = self._skipped.get(reason, 0) + 1
 
-    def _owner_of(self, client: Endpoint, server: Endpoint, seen_ns: int):
-        owner = self._owners.lookup(client, server, seen_ns=seen_ns)
+    def _owner_of(self, client: Endpoint, server: Endpoint, seen_ns: int, connecting: bool):
+        owner = self._owners.lookup(client, server, seen_ns=seen_ns, connecting=connecting)
         if owner is None or self._on_process is None:
             return owner
         key = (owner.pid, owner.identity.start if owner.identity is not None else None)

@@ -22,6 +22,16 @@ Every cached answer carries the time it was found: it answers only for a
 connection first seen before then.  A four-tuple reused by a later
 connection (another process, another ephemeral port cycle) is looked up
 afresh, never taken from an older connection's answer.
+
+With eBPF, the kernel's connect-owner map (``connect_owner``) is asked
+first.  It files a connection when the client's handshake ends, and a SYN
+can be read before that: on loopback the client's socket turns ESTABLISHED
+when it processes the SYN-ACK, usually ~0.1 ms after the SYN, but up to
+milliseconds when the client is descheduled inside connect() -- while the
+SYN thread or the run loop may read the SYN within 0.3 ms.  A miss during the
+handshake is not an answer (``owner_kernel_pending``): the SYN thread asks
+again until the handshake has had ``HANDSHAKE_WAIT_S``, the run loop at the
+connection's first bytes, by when the client's handshake has surely ended.
 """
 
 from __future__ import annotations
@@ -53,8 +63,15 @@ MAX_DIAGS_PER_S = 2000
 MAX_CANDIDATES = 16
 # How long the host's own addresses are trusted before they are read again.
 ADDRESSES_TTL_S = 30.0
+# How long a connection's handshake may take before a SYN the kernel's map
+# has not filed is looked for in sock_diag and /proc instead.  Loopback
+# handshakes measured 0.09 ms (median) to 6 ms (slowest of 1,137, load ~2);
+# a dropped SYN is retransmitted after 1 s, and such a client is still in
+# connect(), alive for sock_diag to find.
+HANDSHAKE_WAIT_S = 0.1
 
 Pair = tuple[Endpoint, Endpoint]  # (local, remote) of one socket
+Flow = tuple[Endpoint, Endpoint, int]  # (client, server, seen_ns) of a connection
 # ``diag(pairs, candidates)``: the pid holding each socket, or None.
 Diag = Callable[[Sequence[Pair], list[int]], list["int | None"]]
 # ``kernel(client, server, seen_ns)``: the connecting process, or None.
@@ -123,22 +140,31 @@ class SocketOwners:
         self._wall_ns = time.time_ns
         self._last_scan_ns = 0
         self.counters = {"owner_fast": 0, "owner_early": 0, "owner_misses": 0, "owner_diags_refused": 0,
-                         "owner_scans": 0, "owner_scans_refused": 0, "owner_kernel": 0, "owner_kernel_misses": 0}
+                         "owner_scans": 0, "owner_scans_refused": 0, "owner_kernel": 0, "owner_kernel_misses": 0,
+                         "owner_kernel_pending": 0}
 
-    def lookup(self, client: Endpoint, server: Endpoint, *, seen_ns: int) -> Owner | None:
+    def lookup(self, client: Endpoint, server: Endpoint, *, seen_ns: int, connecting: bool = False) -> Owner | None:
         """The client's process if it is local, else the server's, else None.
 
         ``seen_ns``: when the connection's first packet was captured (wall
         clock).  A scan that started after it and found nothing is the
         answer: the socket existed then, so it is gone (or in another network
         namespace) and another scan would not find it either.
+
+        ``connecting``: asked at the connection's SYN, its handshake maybe
+        not over.  Then a miss of the kernel's map returns None at once, and
+        the caller asks again at the first bytes: the map has the connection
+        by then, so this thread spends no sock_diag or /proc walk on it now.
         """
         with self._lock:
             owner, final = self._cached(client, server, seen_ns)
             if (owner is None or owner.identity is None) and self._is_local(client.ip):
                 # The SYN thread may have looked before the kernel's entry was written,
                 # or found the pid but not who it was (the process exited in between).
-                owner = self._from_kernel(client, server, seen_ns) or owner
+                found = self._from_kernel(client, server, seen_ns, connecting=connecting)
+                if found is None and owner is None and connecting and self.kernel is not None:
+                    return None
+                owner = found or owner
                 final = final or owner is not None
             if owner is None and not final:
                 owner = self._fast(client, server)
@@ -155,36 +181,47 @@ class SocketOwners:
                     self._store(key, _Answer(pid, None, scan_ns))
             return self._cached(client, server, seen_ns)[0]
 
-    def resolve_new(self, flows: Sequence[tuple[Endpoint, Endpoint, int]]) -> None:
+    def resolve_new(self, flows: Sequence[Flow], *, waited: bool = False) -> list[Flow]:
         """Find the owners of connections that are just opening: (client, server, seen_ns) each.
 
         Called by the sniffer's SYN thread for the SYNs of one read, all in
         one netlink socket and one walk of /proc.  Only local clients: a
         server's socket for the connection does not exist before the
         handshake ends (the run loop looks for it at the first bytes).
+
+        With the kernel's map, the connections it has not filed yet (their
+        handshake has not ended) are returned, not looked for elsewhere: the
+        caller asks again shortly, and with ``waited`` once the handshake has
+        had ``HANDSHAKE_WAIT_S``; then sock_diag and /proc are asked.
         """
+        pending: list[Flow] = []
         with self._lock:
             todo: dict[Pair, int] = {}
             for client, server, seen_ns in flows:
-                if self._is_local(client.ip) and self._cached(client, server, seen_ns) == (None, False):
-                    if self._from_kernel(client, server, seen_ns) is None:
-                        todo.setdefault((client, server), seen_ns)
+                if not self._is_local(client.ip) or self._cached(client, server, seen_ns) != (None, False):
+                    continue
+                if self._from_kernel(client, server, seen_ns, connecting=not waited) is not None:
+                    continue
+                if self.kernel is not None and not waited:
+                    pending.append((client, server, seen_ns))
+                else:
+                    todo.setdefault((client, server), seen_ns)
             pairs = self._within_budget(list(todo))
-            for pair, pid in zip(pairs, self._find(pairs), strict=True):
-                if (not pid or self._cache[pair].identity is None) and self.kernel is not None:
-                    # The kernel's entry is written when the handshake ends, which on
-                    # another CPU may be just after this thread read the SYN: ask again.
-                    found = self._from_kernel(*pair, todo[pair])
-                    pid = found.pid if found is not None else pid
+            for pid in self._find(pairs):
                 if pid:
                     self.counters["owner_early"] += 1
                 else:
                     self.counters["owner_misses"] += 1
+        return pending
 
     # -- internals (the caller holds self._lock) ---------------------------
 
-    def _from_kernel(self, client: Endpoint, server: Endpoint, seen_ns: int) -> Owner | None:
-        """The connecting process as the kernel recorded it (cached with its identity), or None."""
+    def _from_kernel(self, client: Endpoint, server: Endpoint, seen_ns: int, *,
+                     connecting: bool = False) -> Owner | None:
+        """The connecting process as the kernel recorded it (cached with its identity), or None.
+
+        ``connecting``: the handshake may not have ended, so a miss is not yet one (``owner_kernel_pending``).
+        """
         if self.kernel is None:
             return None
         try:
@@ -193,7 +230,7 @@ class SocketOwners:
             log.warning("kernel owner lookup failed error=%s", exc)
             identity = None
         if identity is None:
-            self.counters["owner_kernel_misses"] += 1
+            self.counters["owner_kernel_pending" if connecting else "owner_kernel_misses"] += 1
             return None
         self.counters["owner_kernel"] += 1
         self._note_recent(identity.pid)

@@ -14,6 +14,12 @@ process is (``ProcessIdentity``).  The SYNs of one read are looked up
 together, one netlink socket and one walk of /proc for the batch.  The run
 loop later finds each answer cached, the process's identity with it.
 
+With eBPF the owner comes from the kernel's connect-owner map, which files a
+connection when its handshake ends -- sometimes after its SYN is read here.
+Such a connection waits in a short list, asked again every
+``PENDING_POLL_S`` while new SYNs are still read, until the map has it or
+the handshake has had ``HANDSHAKE_WAIT_S`` (then sock_diag and /proc).
+
 Threads: the run loop hands sockets in (``watch``/``unwatch``, under a lock,
 with a wake-up byte); only this thread reads or closes them.
 """
@@ -29,7 +35,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lumen_agent.capture.frames import frame_segment
-from lumen_agent.capture.socket_owner import SocketOwners
+from lumen_agent.capture.socket_owner import HANDSHAKE_WAIT_S, Flow, SocketOwners
 from lumen_agent.capture.tcp_reassembly import ACK, SYN, Endpoint
 
 log = logging.getLogger("lumen_agent")
@@ -44,6 +50,12 @@ SYN_SOCKET_BUFFER_BYTES = 1024 * 1024
 MAX_SYNS_PER_BATCH = 64
 # Longest wait for a packet before the socket list is looked at again.
 WAIT_S = 0.5
+# How often connections the kernel's map has not filed yet are asked about
+# again (a loopback handshake takes ~0.1 ms, a descheduled client's a few ms).
+PENDING_POLL_S = 0.001
+# Connections waiting for their handshake at once; more (a flood of SYNs
+# nobody answers) go to sock_diag at once, so a poll stays a few map lookups.
+MAX_PENDING = 64
 # How often the kernel's drop counts of the SYN sockets are read.
 DROPS_CHECK_S = 1.0
 # The thread's nice value (it sleeps but for the moments a connection opens).
@@ -77,6 +89,7 @@ class SynWatcher:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._next_drops_check = 0.0
+        self._pending: list[tuple[Flow, float]] = []  # (connection, monotonic time its SYN was read)
         self.counters = {"syn_packets": 0, "syn_batches": 0, "syn_skipped": 0, "syn_faults": 0,
                          "syn_kernel_drops": 0}
 
@@ -142,9 +155,11 @@ class SynWatcher:
     def _turn(self) -> None:
         self._apply()
         try:
-            ready, _, _ = select.select([self._wake_r, *self._sockets], [], [], WAIT_S)
+            ready, _, _ = select.select([self._wake_r, *self._sockets], [], [],
+                                        PENDING_POLL_S if self._pending else WAIT_S)
         except (OSError, ValueError):
             return
+        self._ask_pending()
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 4096):
@@ -184,7 +199,23 @@ class SynWatcher:
     def _resolve(self, batch: list[tuple[Endpoint, Endpoint, int]]) -> None:
         if batch:
             self.counters["syn_batches"] += 1
-            self._owners.resolve_new(batch)
+            now = time.monotonic()
+            self._pending.extend((flow, now) for flow in self._owners.resolve_new(batch))
+            if len(self._pending) > MAX_PENDING:
+                overflow, self._pending = self._pending[:-MAX_PENDING], self._pending[-MAX_PENDING:]
+                self._owners.resolve_new([flow for flow, _read in overflow], waited=True)
+
+    def _ask_pending(self) -> None:
+        """Ask again about connections whose handshake had not ended; past ``HANDSHAKE_WAIT_S``, for the last time."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        waiting = [(flow, read) for flow, read in self._pending if now - read < HANDSHAKE_WAIT_S]
+        waited = [flow for flow, read in self._pending if now - read >= HANDSHAKE_WAIT_S]
+        still = set(self._owners.resolve_new([flow for flow, _read in waiting])) if waiting else set()
+        self._pending = [(flow, read) for flow, read in waiting if flow in still]
+        if waited:
+            self._owners.resolve_new(waited, waited=True)
 
     def _apply(self) -> None:
         """Take up the sockets the run loop asked for; close those it gave up."""
