@@ -26,6 +26,8 @@ fi
 (( with_test )) && apt_pkgs+=(tcpdump)
 # tshark: the --record pcapng test opens the file with it too
 (( with_test )) && apt_pkgs+=(tshark)
+# iptables, iproute2: the slow-handshake test holds SYN-ACKs (NFQUEUE) in a network namespace of its own
+(( with_test )) && apt_pkgs+=(iptables iproute2)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
