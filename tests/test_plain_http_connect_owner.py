@@ -196,3 +196,24 @@ def test_an_exec_read_after_the_process_exited_keeps_what_a_capture_source_hande
     attribution.remember(ProcessIdentity(os.getpid(), 1000.0, ProcessInfo(process="bash")))
     attribution.forget(os.getpid())
     assert attribution.lookup(os.getpid()).process == open("/proc/self/comm").read().strip()
+
+
+def test_a_flood_of_syns_nobody_answers_keeps_the_pending_list_short():
+    from lumen_agent.capture import syn_watch
+
+    diags = []
+
+    def diag(pairs, candidates):
+        diags.append(list(pairs))
+        return [None] * len(pairs)
+
+    owners = SocketOwners(scan=dict, diag=diag, identify=lambda pid: None,
+                          kernel=lambda client, server, seen_ns: None)
+    watcher = syn_watch.SynWatcher(owners)
+    flood = [(Endpoint("127.0.0.1", 20000 + i), SERVER, i) for i in range(syn_watch.MAX_PENDING + 6)]
+    watcher._resolve(flood)
+    # The newest MAX_PENDING wait for their handshake; the 6 oldest go to sock_diag at once.
+    assert [flow for flow, _read in watcher._pending] == flood[6:]
+    assert diags == [[(client, server) for client, server, _seen in flood[:6]]]
+    assert owners.counters["owner_kernel_misses"] == 6
+    watcher.close()
