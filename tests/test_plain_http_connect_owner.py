@@ -101,29 +101,36 @@ def test_the_syn_thread_asks_the_kernel_again_until_the_handshake_has_ended(monk
     from lumen_agent.capture.socket_owner import HANDSHAKE_WAIT_S
 
     curl = ProcessIdentity(4242, 1000.0, ProcessInfo(process="curl"))
-    kernel_table, diags = {}, []
+    kernel_table, diags, asked = {}, [], []
+
+    def kernel(client, server, seen_ns):
+        asked.append((client, round((now[0] - 100.0) * 1000)))
+        return kernel_table.get(client)
 
     def diag(pairs, candidates):
         diags.append(list(pairs))
         return [None] * len(pairs)
 
-    owners = SocketOwners(scan=dict, diag=diag, identify=lambda pid: None,
-                          kernel=lambda client, server, seen_ns: kernel_table.get(client))
+    owners = SocketOwners(scan=dict, diag=diag, identify=lambda pid: None, kernel=kernel)
     watcher = syn_watch.SynWatcher(owners)
     now = [100.0]
     monkeypatch.setattr(syn_watch.time, "monotonic", lambda: now[0])
     slow = Endpoint("127.0.0.1", 50002)
     watcher._resolve([(CLIENT, SERVER, 10), (slow, SERVER, 11)])
-    assert [flow for flow, _read in watcher._pending] == [(CLIENT, SERVER, 10), (slow, SERVER, 11)]
+    assert [p.flow for p in watcher._pending] == [(CLIENT, SERVER, 10), (slow, SERVER, 11)]
+    assert watcher._timeout() == pytest.approx(syn_watch.PENDING_POLL_S)
     kernel_table[CLIENT] = curl  # CLIENT's handshake ends
-    now[0] += syn_watch.PENDING_POLL_S
-    watcher._ask_pending()
-    assert [flow for flow, _read in watcher._pending] == [(slow, SERVER, 11)]
-    assert owners.lookup(CLIENT, SERVER, seen_ns=10) == Owner(4242, True, curl)
-    assert diags == []
-    # ``slow`` never filed (say its SYN went unanswered): after HANDSHAKE_WAIT_S, sock_diag once.
-    now[0] += HANDSHAKE_WAIT_S
-    watcher._ask_pending()
+    # The thread's turns, a millisecond apart, for the whole wait.
+    for _ in range(round(HANDSHAKE_WAIT_S * 1000)):
+        now[0] += 0.001
+        watcher._ask_pending()
+        if now[0] - 100.0 < 0.0015:
+            assert [p.flow for p in watcher._pending] == [(slow, SERVER, 11)]
+            assert owners.lookup(CLIENT, SERVER, seen_ns=10) == Owner(4242, True, curl)
+            assert diags == []
+    # ``slow`` was never filed (say its SYN went unanswered): asked after 1, 3, 7 ... 63 ms,
+    # and after HANDSHAKE_WAIT_S (100 ms) for the last time, then sock_diag once.
+    assert [ms for client, ms in asked if client == slow] == [0, 1, 3, 7, 15, 31, 63, 100]
     assert watcher._pending == []
     assert diags == [[(slow, SERVER)]]
     assert (owners.counters["owner_kernel"], owners.counters["owner_kernel_misses"]) == (1, 1)
@@ -213,7 +220,7 @@ def test_a_flood_of_syns_nobody_answers_keeps_the_pending_list_short():
     flood = [(Endpoint("127.0.0.1", 20000 + i), SERVER, i) for i in range(syn_watch.MAX_PENDING + 6)]
     watcher._resolve(flood)
     # The newest MAX_PENDING wait for their handshake; the 6 oldest go to sock_diag at once.
-    assert [flow for flow, _read in watcher._pending] == flood[6:]
+    assert [p.flow for p in watcher._pending] == flood[6:]
     assert diags == [[(client, server) for client, server, _seen in flood[:6]]]
     assert owners.counters["owner_kernel_misses"] == 6
     watcher.close()

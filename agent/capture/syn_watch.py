@@ -16,9 +16,10 @@ loop later finds each answer cached, the process's identity with it.
 
 With eBPF the owner comes from the kernel's connect-owner map, which files a
 connection when its handshake ends -- sometimes after its SYN is read here.
-Such a connection waits in a short list, asked again every
-``PENDING_POLL_S`` while new SYNs are still read, until the map has it or
-the handshake has had ``HANDSHAKE_WAIT_S`` (then sock_diag and /proc).
+Such a connection waits in a short list, asked again after
+``PENDING_POLL_S``, then after twice as long each time, while new SYNs are
+still read, until the map has it or the handshake has had
+``HANDSHAKE_WAIT_S`` (then sock_diag and /proc).
 
 Threads: the run loop hands sockets in (``watch``/``unwatch``, under a lock,
 with a wake-up byte); only this thread reads or closes them.
@@ -32,6 +33,7 @@ import select
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from lumen_agent.capture.frames import frame_segment
@@ -50,8 +52,10 @@ SYN_SOCKET_BUFFER_BYTES = 1024 * 1024
 MAX_SYNS_PER_BATCH = 64
 # Longest wait for a packet before the socket list is looked at again.
 WAIT_S = 0.5
-# How often connections the kernel's map has not filed yet are asked about
-# again (a loopback handshake takes ~0.1 ms, a descheduled client's a few ms).
+# First wait before a connection the kernel's map has not filed yet is asked
+# about again (a loopback handshake takes ~0.1 ms, a descheduled client's a
+# few ms); each later wait is twice as long, so a handshake that never ends
+# (a refused connection) costs 7 lookups over HANDSHAKE_WAIT_S, not 100.
 PENDING_POLL_S = 0.001
 # Connections waiting for their handshake at once; more (a flood of SYNs
 # nobody answers) go to sock_diag at once, so a poll stays a few map lookups.
@@ -62,6 +66,16 @@ DROPS_CHECK_S = 1.0
 SYN_THREAD_NICE = -10
 # Longest wait for the thread to finish at close.
 JOIN_TIMEOUT_S = 2.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A connection whose SYN was read before the kernel's map had it."""
+
+    flow: Flow
+    read: float  # monotonic time its SYN was read
+    due: float  # when it is asked about again
+    wait: float  # how long before that (doubles each time)
 
 
 def syn_filter(ports: Iterable[int], *, loopback: bool) -> str:
@@ -89,7 +103,7 @@ class SynWatcher:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._next_drops_check = 0.0
-        self._pending: list[tuple[Flow, float]] = []  # (connection, monotonic time its SYN was read)
+        self._pending: list[_Pending] = []
         self.counters = {"syn_packets": 0, "syn_batches": 0, "syn_skipped": 0, "syn_faults": 0,
                          "syn_kernel_drops": 0}
 
@@ -155,8 +169,7 @@ class SynWatcher:
     def _turn(self) -> None:
         self._apply()
         try:
-            ready, _, _ = select.select([self._wake_r, *self._sockets], [], [],
-                                        PENDING_POLL_S if self._pending else WAIT_S)
+            ready, _, _ = select.select([self._wake_r, *self._sockets], [], [], self._timeout())
         except (OSError, ValueError):
             return
         self._ask_pending()
@@ -200,20 +213,32 @@ class SynWatcher:
         if batch:
             self.counters["syn_batches"] += 1
             now = time.monotonic()
-            self._pending.extend((flow, now) for flow in self._owners.resolve_new(batch))
+            self._pending.extend(_Pending(flow, now, now + PENDING_POLL_S, PENDING_POLL_S)
+                                 for flow in self._owners.resolve_new(batch))
             if len(self._pending) > MAX_PENDING:
                 overflow, self._pending = self._pending[:-MAX_PENDING], self._pending[-MAX_PENDING:]
-                self._owners.resolve_new([flow for flow, _read in overflow], waited=True)
+                self._owners.resolve_new([p.flow for p in overflow], waited=True)
+
+    def _timeout(self) -> float:
+        if not self._pending:
+            return WAIT_S
+        return max(0.0, min(p.due for p in self._pending) - time.monotonic())
 
     def _ask_pending(self) -> None:
         """Ask again about connections whose handshake had not ended; past ``HANDSHAKE_WAIT_S``, for the last time."""
-        if not self._pending:
-            return
         now = time.monotonic()
-        waiting = [(flow, read) for flow, read in self._pending if now - read < HANDSHAKE_WAIT_S]
-        waited = [flow for flow, read in self._pending if now - read >= HANDSHAKE_WAIT_S]
-        still = set(self._owners.resolve_new([flow for flow, _read in waiting])) if waiting else set()
-        self._pending = [(flow, read) for flow, read in waiting if flow in still]
+        due = [p for p in self._pending if p.due <= now]
+        if not due:
+            return
+        waited = [p.flow for p in due if now - p.read >= HANDSHAKE_WAIT_S]
+        again = [p for p in due if now - p.read < HANDSHAKE_WAIT_S]
+        still = set(self._owners.resolve_new([p.flow for p in again])) if again else set()
+        self._pending = [p for p in self._pending if p.due > now]
+        for p in again:
+            if p.flow in still:
+                p.wait *= 2
+                p.due = min(now + p.wait, p.read + HANDSHAKE_WAIT_S)
+                self._pending.append(p)
         if waited:
             self._owners.resolve_new(waited, waited=True)
 
