@@ -55,7 +55,7 @@ WAIT_S = 0.5
 # First wait before a connection the kernel's map has not filed yet is asked
 # about again (a loopback handshake takes ~0.1 ms, a descheduled client's a
 # few ms); each later wait is twice as long, so a handshake that never ends
-# (a refused connection) costs 7 lookups over HANDSHAKE_WAIT_S, not 100.
+# (a refused connection) costs 8 map lookups over HANDSHAKE_WAIT_S, not ~100.
 PENDING_POLL_S = 0.001
 # Connections waiting for their handshake at once; more (a flood of SYNs
 # nobody answers) go to sock_diag at once, so a poll stays a few map lookups.
