@@ -8,7 +8,7 @@ network namespace of its own (``unshare -n``), an iptables rule sends the
 SYN-ACKs to NFQUEUE and this program gives them back ``delay_ms`` later, so
 every connection's handshake ends well after its SYN was read:
 
-    iptables-legacy -A OUTPUT -o lo -p tcp --tcp-flags SYN,ACK SYN,ACK -j NFQUEUE --queue-num 0
+    iptables-legacy -A OUTPUT -o lo -p tcp --tcp-flags SYN,ACK SYN,ACK -j NFQUEUE --queue-num 0 --queue-bypass
     python tests/support/syn_ack_delay.py --queue 0 --delay-ms 5
 
 or, from a test, for the processes it starts:
@@ -157,7 +157,8 @@ def slow_handshakes(delay_ms: float, queue: int = 0) -> Iterator[None]:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         subprocess.run(["iptables-legacy", "-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--tcp-flags", "SYN,ACK",
-                        "SYN,ACK", "-j", "NFQUEUE", "--queue-num", str(queue)], check=True)
+                        "SYN,ACK", "-j", "NFQUEUE", "--queue-num", str(queue),
+                        "--queue-bypass"], check=True)  # no reader (it died): packets pass, not dropped
         delayer = subprocess.Popen([sys.executable, __file__, "--queue", str(queue), "--delay-ms", str(delay_ms)],
                                    stdout=subprocess.PIPE, text=True)
         assert delayer.stdout.readline().startswith("holding"), "the SYN-ACK delayer did not start"
