@@ -70,6 +70,8 @@ class UsageReader(Protocol):
 
     def feed_sse(self, event: str | None, data: str) -> None: ...
 
+    def ignores_sse_data(self, raw: bytes) -> bool: ...
+
     def feed_ndjson(self, obj: Any) -> None: ...
 
     def feed_headers(self, headers: Mapping[str, str]) -> None: ...
@@ -144,6 +146,33 @@ def _may_carry_usage(data: str) -> bool:
     return mentions != data.count(_NULL_USAGE[0]) + data.count(_NULL_USAGE[1])
 
 
+_NULL_USAGE_RAW = tuple(form.encode() for form in _NULL_USAGE)
+
+
+def may_carry_usage_raw(raw: bytes) -> bool:
+    """``_may_carry_usage`` of the text ``raw`` decodes to (UTF-8, errors
+    replaced), read from the bytes.
+
+    Every pattern is ASCII, and that decoding turns each ASCII byte into the
+    same character and nothing else into an ASCII one, so each count is the
+    same in the bytes as in the text.  Ordered for the common events: one
+    scan when nothing says ``sage`` (a text delta), three for a chunk whose
+    one mention is ``"usage":null``.  No pattern overlaps itself, and each
+    null form holds one ``usage``, so the mentions equal the null forms
+    exactly when the compact forms alone account for them."""
+    sage = raw.count(b"sage")
+    if not sage:
+        return False
+    mentions = raw.count(b"usage")
+    # Some "sage" outside a "usage": Usage, or a word such as message.
+    if sage != mentions and raw.find(b"Usage") >= 0:
+        return True
+    if not mentions:
+        return False
+    compact = raw.count(_NULL_USAGE_RAW[0])
+    return compact != mentions and mentions != compact + raw.count(_NULL_USAGE_RAW[1])
+
+
 def service_tier(value: Any) -> str | None:
     """A service tier name as the response gives it (lowercase), or None."""
     if isinstance(value, str) and 0 < len(value) <= 32:
@@ -212,6 +241,12 @@ class BaseReader:
         obj = decode_event_data(data)
         if obj is not None:
             self._take(obj)
+
+    def ignores_sse_data(self, raw: bytes) -> bool:
+        """``feed_sse`` of the data ``raw`` decodes to would change nothing,
+        whatever the event's name: the caller may count the event and drop
+        it undecoded (most events of a stream, once the model is known)."""
+        return self._model is not None and not may_carry_usage_raw(raw)
 
     def feed_ndjson(self, obj: Any) -> None:
         self._take(obj)

@@ -94,6 +94,9 @@ class GeminiReader(BaseReader):
             return
         super().feed_sse(event, data)
 
+    def ignores_sse_data(self, raw: bytes) -> bool:
+        return b"webSearchQueries" not in raw and super().ignores_sse_data(raw)
+
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
