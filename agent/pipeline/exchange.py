@@ -28,7 +28,7 @@ from lumen_agent.parsers.providers import (
 )
 from lumen_agent.parsers.providers.batch import BATCH_ENDPOINTS, BatchLine, BatchResultsReader
 from lumen_agent.parsers.providers.bedrock import event_objects
-from lumen_agent.parsers.sse import SseParser
+from lumen_agent.parsers.sse import SseParser, whole_event_data_start
 from lumen_agent.parsers.usage import Usage
 
 # Request bodies carry prompts, sometimes images: keep this much for
@@ -65,6 +65,9 @@ MAX_CONTENT_CAPTURE = 1024 * 1024
 # may close the connection right after one (the openai SDK does, before the
 # chunked body's last chunk), and the call still ended normally.
 _FINAL_SSE_EVENTS = frozenset({"message_stop", "response.completed", "response.incomplete", "response.failed"})
+# The same names as bytes, to look an event's name up before decoding it
+# (the names are ASCII: their bytes decode to them and nothing else does).
+_FINAL_SSE_EVENTS_RAW = frozenset(name.encode() for name in _FINAL_SSE_EVENTS)
 
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
@@ -207,7 +210,9 @@ class Exchange:
             # general path gives up.
             self._decoded_total += len(data)
             try:
-                if events := self._sse.receive(data):
+                if self._sse.idle and (start := whole_event_data_start(data)):
+                    self._whole_sse_event(data, start)
+                elif events := self._sse.receive(data):
                     self._feed_sse_events(events)
             except ParseError as exc:
                 self._give_up(str(exc))
@@ -335,6 +340,23 @@ class Exchange:
             if data == "[DONE]" or name in _FINAL_SSE_EVENTS:
                 self._stream_finished = True
             self._reader.feed_sse(name, data)
+
+    def _whole_sse_event(self, data: bytes, start: int) -> None:
+        """A piece that is one whole event, read from its bytes (the parser
+        holds nothing, and ``whole_event_data_start`` said where its data
+        begins): what ``_feed_sse_events`` does with the event, except that
+        one the reader would ignore is counted and never decoded (most
+        events of a stream once the model is known)."""
+        self._stream_events += 1
+        if self._stream_events > MAX_STREAM_EVENTS:
+            raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
+        raw = data[start:-2]
+        if start != 6 and data[7 : start - 7] in _FINAL_SSE_EVENTS_RAW or raw == b"[DONE]":
+            self._stream_finished = True
+        elif self._reader.ignores_sse_data(raw):
+            return
+        name = None if start == 6 else data[7 : start - 7].decode("utf-8", "replace")
+        self._reader.feed_sse(name, raw.decode("utf-8", "replace"))
 
     def _feed_stream_events(self) -> None:
         for message in self._events.next_events():
