@@ -74,11 +74,17 @@ class SseParser:
 
         Raises ``LimitExceeded`` (and the pairs of this call are lost) when
         an unfinished event outgrows MAX_EVENT_BYTES."""
-        if self.idle and (start := whole_event_data_start(data)):
-            # The commonest piece of a stream: one whole event, nothing
-            # pending before it.  What _lines would make of it, without the loop.
-            value = data[start:-2].decode("utf-8", "replace")
-            return [(None if start == 6 else data[7 : start - 7].decode("utf-8", "replace"), value)]
+        if self.idle:
+            # The commonest pieces of a stream: one whole event, nothing
+            # pending before it.  What _lines would make of them, without the loop.
+            if start := whole_event_data_start(data):
+                value = data[start:-2].decode("utf-8", "replace")
+                return [(None if start == 6 else data[7 : start - 7].decode("utf-8", "replace"), value)]
+            end = len(data) - 4
+            if data.find(b"\r") == end and data.find(b"\n") == end + 1 and data.endswith(b"\r\n\r\n") and (
+                    data.startswith(b"data: ")):
+                # One data line and the blank line, CRLF-ended (Gemini's).
+                return [(None, data[6:end].decode("utf-8", "replace"))]
         done: list[tuple[str | None, str]] = []
         buf = self._buffer
         if not buf and b"\r" not in data:

@@ -151,7 +151,9 @@ def test_whole_event_recognition_agrees_with_the_line_rules():
     whole = 0
     shapes = [b"data: {}\n\n", b"event: message_stop\ndata: {}\n\n", b"data: \n\n", b"event: \ndata: x\n\n",
               b"event:  a:b\ndata: c\n\n", b"data: a\rb\n\n", b"event: a\rdata: b\n\n", b"data: a\r\n\r\n",
-              b"data:x\n\n", b"event: a\ndata:b\n\n", b"event: a\n\n", b"data: a\ndata: b\n\n", b"\n\n", b"data: a\n"]
+              b"data:x\n\n", b"event: a\ndata:b\n\n", b"event: a\n\n", b"data: a\ndata: b\n\n", b"\n\n", b"data: a\n",
+              b"data: a\r\n\r\n\r\n", b"data: a\rb\r\n\r\n", b"data: a\nb\r\n\r\n", b"data: \r\n\r\n", b"data:\r\n\r\n",
+              b"data: a\r\n\n", b"data: a\n\r\n", b"\r\n\r\n"]
 
 
     def bits(most: int) -> bytes:
@@ -160,6 +162,7 @@ def test_whole_event_recognition_agrees_with_the_line_rules():
     pieces = shapes + [bits(7) + rng.choice([b"", b"\n\n"]) for _ in range(10000)]
     # Near the recognised forms: an event line or not, a data line, a blank line, odd bytes inside.
     pieces += [rng.choice([b"", b"event: " + bits(2) + b"\n"]) + b"data: " + bits(3) + b"\n\n" for _ in range(10000)]
+    pieces += [b"data: " + bits(3) + b"\r\n\r\n" for _ in range(5000)]  # Gemini's CRLF form
     for piece in pieces:
         expected, idle = _general_pairs(piece)
         parser = SseParser()
@@ -431,3 +434,28 @@ def test_counters_events_and_bytes_read_as_counted_ones():
     counters.add("bytes", 8)
     assert counters["events"] == 2 and counters["bytes"] == 350 and counters["calls"] == 1
     assert counters.snapshot() == {"events": 2, "bytes": 350, "calls": 1}
+
+
+def _json_loads_or_none(text: str):
+    """decode_event_data as it was: json.loads of the stripped text, None for [DONE], empty or not JSON."""
+    text = text.strip()
+    if not text or text == "[DONE]":
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def test_event_data_is_decoded_as_json_loads_decodes_it():
+    from lumen_agent.parsers.providers.base import decode_event_data
+
+    rng = random.Random(19)
+    bits = ['{"a":1}', "[1,2]", "1", "-0", "1e5", "NaN", "Infinity", '"s"', "null", "true", " ", "\t", "\n", "\r",
+            "\u00a0", "\ufeff", "\x0c", ",", "}", "{", "]", '"', "[DONE]", "x", "9" * 5000]
+    texts = ["[" * 100000 + "]" * 100000, '{"a":1}{"b":2}', '{"a":1} x', "\ufeff{}", "\u00a0{}\u00a0", "1 2"]
+    texts += ["".join(rng.choice(bits) for _ in range(rng.randint(0, 5))) for _ in range(5000)]
+    for text in texts:
+        got, expected = decode_event_data(text), _json_loads_or_none(text)
+        assert got == expected or (got != got and expected != expected), text[:80]  # NaN is not itself
+        assert type(got) is type(expected)
