@@ -81,6 +81,8 @@ class UsageReader(Protocol):
 
 def token_count(value: Any) -> int | None:
     """A JSON token count, or None when it is not a plausible one."""
+    if type(value) is int:  # the common case first (a bool's type is bool, not int)
+        return value if 0 <= value <= MAX_TOKEN_COUNT else None
     if isinstance(value, bool):
         return None
     if isinstance(value, float):
@@ -120,10 +122,17 @@ def decode_event_data(data: Any) -> Any:
     text = data.strip()
     if not text or text == "[DONE]":
         return None
+    # json.loads without its wrapper (once per event read): the stripped text
+    # has no whitespace around it, so one value that ends where the text
+    # ends is exactly what json.loads accepts; StopIteration: no value at all.
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        obj, end = _scan_json(text, 0)
+    except (StopIteration, ValueError, RecursionError):
         return None
+    return obj if end == len(text) else None
+
+
+_scan_json = json.JSONDecoder().scan_once
 
 
 # How an OpenAI-shaped stream chunk says it carries no usage: with
@@ -258,6 +267,12 @@ class BaseReader:
         raise NotImplementedError
 
     def _note(self, key: str, value: Any) -> None:
+        # token_count's common cases, inline: a plausible int; nothing reported.
+        if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+            self._counts[key] = value
+            return
+        if value is None:
+            return
         count = token_count(value)
         if count is not None:
             self._counts[key] = count

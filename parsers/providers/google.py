@@ -34,7 +34,6 @@ from typing import Any
 from lumen_agent.parsers.providers.base import (
     BaseReader,
     decode_event_data,
-    dig,
     plus,
     service_tier,
     token_count,
@@ -54,7 +53,9 @@ def _search_queries(candidates: Any) -> int | None:
         return None
     total = None
     for candidate in candidates[:MAX_CANDIDATES]:
-        queries = dig(candidate, "groundingMetadata", "webSearchQueries")
+        # dig(candidate, "groundingMetadata", "webSearchQueries"), inline: every chunk has a candidate.
+        grounding = candidate.get("groundingMetadata") if isinstance(candidate, dict) else None
+        queries = grounding.get("webSearchQueries") if isinstance(grounding, dict) else None
         if isinstance(queries, list) and queries:
             total = (total or 0) + min(len(queries), MAX_SEARCH_QUERIES)
     return total
