@@ -191,7 +191,9 @@ class Http2Parser:
 
     # -- public API ---------------------------------------------------------
 
-    def receive_data(self, kind: MessageKind, data: bytes) -> None:
+    def receive_data(self, kind: MessageKind, data: bytes) -> bool:
+        """Read ``data`` that ``kind``'s side wrote; whether events now wait
+        for ``next_events`` (not when every body byte went to the sink)."""
         side = self._requests if kind is _REQUEST else self._responses
         if (
             FRAME_HEADER_SIZE < len(data) <= FRAME_HEADER_SIZE + MAX_FRAME_SIZE
@@ -207,13 +209,13 @@ class Http2Parser:
             stream_id = _STREAM_WORD.unpack_from(data, 5)[0] & 0x7FFFFFFF
             if stream_id:
                 self._data(kind, stream_id, data[FRAME_HEADER_SIZE:], bool(data[4] & _END_STREAM), len(data))
-                return
+                return bool(self._events)
         if side.skip and data:
             n = min(side.skip, len(data))
             side.skip -= n
             data = data[n:]
         if not data:
-            return
+            return bool(self._events)
         if side.buffer:
             side.buffer += data
             rest = self._parse(side, side.buffer)
@@ -222,6 +224,7 @@ class Http2Parser:
             rest = self._parse(side, data)
             if rest:
                 side.buffer += data[len(data) - rest :]
+        return bool(self._events)
 
     def lost_data(self, kind: MessageKind) -> None:
         """Bytes before the next ``receive_data`` of ``kind`` are missing."""
