@@ -204,16 +204,30 @@ class Exchange:
         self._plain_sse = self._mode == "sse" and self._identity and self._content is None
 
     def on_response_body(self, data: bytes) -> None:
-        if self._plain_sse and self._decoded_total + len(data) <= self._stream_limit:
+        if self._plain_sse and self._decoded_total + (size := len(data)) <= self._stream_limit:
             # What the general path below does for such a stream, less its
             # branches: this runs once per token.  Past the limit, the
             # general path gives up.
-            self._decoded_total += len(data)
+            self._decoded_total += size
             try:
-                if self._sse.idle and (start := whole_event_data_start(data)):
-                    self._whole_sse_event(data, start)
-                elif events := self._sse.receive(data):
-                    self._feed_sse_events(events)
+                if not self._sse.idle or not (start := whole_event_data_start(data)):
+                    if events := self._sse.receive(data):
+                        self._feed_sse_events(events)
+                    return
+                # One whole event (most pieces of a stream), read from its
+                # bytes (whole_event_data_start says where its data begins):
+                # what _feed_sse_events does with it, except that an event
+                # the reader would ignore is counted and never decoded.
+                self._stream_events += 1
+                if self._stream_events > MAX_STREAM_EVENTS:
+                    raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
+                raw = data[start:-2]
+                if start != 6 and data[7 : start - 7] in _FINAL_SSE_EVENTS_RAW or raw == b"[DONE]":
+                    self._stream_finished = True
+                elif self._reader.ignores_sse_data(raw):
+                    return
+                name = None if start == 6 else data[7 : start - 7].decode("utf-8", "replace")
+                self._reader.feed_sse(name, raw.decode("utf-8", "replace"))
             except ParseError as exc:
                 self._give_up(str(exc))
             return
@@ -340,23 +354,6 @@ class Exchange:
             if data == "[DONE]" or name in _FINAL_SSE_EVENTS:
                 self._stream_finished = True
             self._reader.feed_sse(name, data)
-
-    def _whole_sse_event(self, data: bytes, start: int) -> None:
-        """A piece that is one whole event, read from its bytes (the parser
-        holds nothing, and ``whole_event_data_start`` said where its data
-        begins): what ``_feed_sse_events`` does with the event, except that
-        one the reader would ignore is counted and never decoded (most
-        events of a stream once the model is known)."""
-        self._stream_events += 1
-        if self._stream_events > MAX_STREAM_EVENTS:
-            raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
-        raw = data[start:-2]
-        if start != 6 and data[7 : start - 7] in _FINAL_SSE_EVENTS_RAW or raw == b"[DONE]":
-            self._stream_finished = True
-        elif self._reader.ignores_sse_data(raw):
-            return
-        name = None if start == 6 else data[7 : start - 7].decode("utf-8", "replace")
-        self._reader.feed_sse(name, raw.decode("utf-8", "replace"))
 
     def _feed_stream_events(self) -> None:
         for message in self._events.next_events():
