@@ -195,11 +195,12 @@ class Http2Parser:
         """Read ``data`` that ``kind``'s side wrote; whether events now wait
         for ``next_events`` (not when every body byte went to the sink)."""
         side = self._requests if kind is _REQUEST else self._responses
+        size = len(data)
         if (
-            FRAME_HEADER_SIZE < len(data) <= FRAME_HEADER_SIZE + MAX_FRAME_SIZE
+            FRAME_HEADER_SIZE < size <= FRAME_HEADER_SIZE + MAX_FRAME_SIZE
             and data[3] == _DATA
             and not data[4] & _PADDED
-            and (data[0] << 16 | data[1] << 8 | data[2]) == len(data) - FRAME_HEADER_SIZE
+            and (data[0] << 16 | data[1] << 8 | data[2]) == size - FRAME_HEADER_SIZE
             and side.state == "frames"
             and not side.buffer
             and not side.skip
@@ -208,7 +209,7 @@ class Http2Parser:
             # The hot path: one read that is one whole DATA frame (a streamed chunk).
             stream_id = _STREAM_WORD.unpack_from(data, 5)[0] & 0x7FFFFFFF
             if stream_id:
-                self._data(kind, stream_id, data[FRAME_HEADER_SIZE:], bool(data[4] & _END_STREAM), len(data))
+                self._data(kind, stream_id, data[FRAME_HEADER_SIZE:], bool(data[4] & _END_STREAM), size)
                 return bool(self._events)
         if side.skip and data:
             n = min(side.skip, len(data))
