@@ -165,12 +165,15 @@ def may_carry_usage_raw(raw: bytes) -> bool:
     Every pattern is ASCII, and that decoding turns each ASCII byte into the
     same character and nothing else into an ASCII one, so each count is the
     same in the bytes as in the text.  Ordered for the common events: one
-    scan when nothing says ``sage`` (a text delta), three for a chunk whose
-    one mention is ``"usage":null``.  No pattern overlaps itself, and each
-    null form holds one ``usage``, so the mentions equal the null forms
-    exactly when the compact forms alone account for them."""
+    scan when nothing says ``sage`` (a text delta), two when each ``sage``
+    is the one of a compact ``"usage":null`` (an OpenAI chunk).  No pattern
+    overlaps itself, and each null form holds one ``usage`` and so one
+    ``sage``, which a ``Usage`` cannot share."""
     sage = raw.count(b"sage")
     if not sage:
+        return False
+    compact = raw.count(_NULL_USAGE_RAW[0])
+    if compact == sage:
         return False
     mentions = raw.count(b"usage")
     # Some "sage" outside a "usage": Usage, or a word such as message.
@@ -178,8 +181,7 @@ def may_carry_usage_raw(raw: bytes) -> bool:
         return True
     if not mentions:
         return False
-    compact = raw.count(_NULL_USAGE_RAW[0])
-    return compact != mentions and mentions != compact + raw.count(_NULL_USAGE_RAW[1])
+    return mentions != compact + raw.count(_NULL_USAGE_RAW[1])
 
 
 def service_tier(value: Any) -> str | None:
