@@ -281,6 +281,17 @@ class BaseReader:
         elif value is not None:
             self._rejected = True
 
+    def _note_fields(self, source: dict[str, Any], fields: tuple[tuple[str, str], ...]) -> None:
+        """``_note(key, source.get(name))`` for each ``(key, name)``, in one
+        call (for counts read from every chunk of a stream)."""
+        counts = self._counts
+        for key, name in fields:
+            value = source.get(name)
+            if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+                counts[key] = value
+            elif value is not None:
+                self._note(key, value)
+
     def _note_identity(self, model: Any, response_id: Any) -> None:
         # Latest non-empty wins: Azure streams open with a content-filter chunk
         # whose model and id are empty strings.

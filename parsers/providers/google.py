@@ -73,6 +73,12 @@ def _modality_count(details: Any, modality: str) -> int | None:
     return total
 
 
+# (key, usageMetadata field) of the plain counts, read from every chunk.
+_USAGE_FIELDS = (("prompt", "promptTokenCount"), ("cached", "cachedContentTokenCount"),
+                 ("candidates", "candidatesTokenCount"), ("thoughts", "thoughtsTokenCount"),
+                 ("tool_prompt", "toolUsePromptTokenCount"))
+
+
 class GeminiReader(BaseReader):
     __slots__ = ("_tier",)
 
@@ -96,7 +102,7 @@ class GeminiReader(BaseReader):
         super().feed_sse(event, data)
 
     def ignores_sse_data(self, raw: bytes) -> bool:
-        return b"webSearchQueries" not in raw and super().ignores_sse_data(raw)
+        return raw.find(b"webSearchQueries") < 0 and super().ignores_sse_data(raw)
 
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -108,11 +114,7 @@ class GeminiReader(BaseReader):
         usage = obj.get("usageMetadata")
         if not isinstance(usage, dict):
             return
-        self._note("prompt", usage.get("promptTokenCount"))
-        self._note("cached", usage.get("cachedContentTokenCount"))
-        self._note("candidates", usage.get("candidatesTokenCount"))
-        self._note("thoughts", usage.get("thoughtsTokenCount"))
-        self._note("tool_prompt", usage.get("toolUsePromptTokenCount"))
+        self._note_fields(usage, _USAGE_FIELDS)
         self._note("prompt_audio", _modality_count(usage.get("promptTokensDetails"), "AUDIO"))
         self._note("cached_audio", _modality_count(usage.get("cacheTokensDetails"), "AUDIO"))
 
