@@ -172,7 +172,7 @@ class Http1Parser:
             self._llhttp.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._parse_failed(data, exc)
-            return True
+            return bool(self._events)
         if self._callbacks.head_bytes > MAX_HEAD_BYTES and self._in_message:
             self._events.append(Truncated())
             self._events.append(Skipped(len(data), "header block exceeds MAX_HEAD_BYTES"))

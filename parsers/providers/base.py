@@ -278,7 +278,7 @@ class BaseReader:
         count = token_count(value)
         if count is not None:
             self._counts[key] = count
-        elif value is not None:
+        else:
             self._rejected = True
 
     def _note_fields(self, source: dict[str, Any], fields: tuple[tuple[str, str], ...]) -> None:
