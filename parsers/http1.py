@@ -161,20 +161,23 @@ class Http1Parser:
 
     # -- public API ---------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes) -> bool:
+        """Parse ``data``; whether events now wait for ``next_events`` (as
+        ``has_events`` says: not when every byte went to ``body_sink``)."""
         if self._hunting:
             data = self._hunt(data)
             if not data:
-                return
+                return bool(self._events)
         try:
             self._llhttp.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._parse_failed(data, exc)
-            return
+            return bool(self._events)
         if self._callbacks.head_bytes > MAX_HEAD_BYTES and self._in_message:
             self._events.append(Truncated())
             self._events.append(Skipped(len(data), "header block exceeds MAX_HEAD_BYTES"))
             self._reset(hunting=True)
+        return bool(self._events)
 
     def has_events(self) -> bool:
         """Events wait for ``next_events`` (else every body byte went to ``body_sink``)."""

@@ -191,13 +191,16 @@ class Http2Parser:
 
     # -- public API ---------------------------------------------------------
 
-    def receive_data(self, kind: MessageKind, data: bytes) -> None:
+    def receive_data(self, kind: MessageKind, data: bytes) -> bool:
+        """Read ``data`` that ``kind``'s side wrote; whether events now wait
+        for ``next_events`` (not when every body byte went to the sink)."""
         side = self._requests if kind is _REQUEST else self._responses
+        size = len(data)
         if (
-            FRAME_HEADER_SIZE < len(data) <= FRAME_HEADER_SIZE + MAX_FRAME_SIZE
+            FRAME_HEADER_SIZE < size <= FRAME_HEADER_SIZE + MAX_FRAME_SIZE
             and data[3] == _DATA
             and not data[4] & _PADDED
-            and (data[0] << 16 | data[1] << 8 | data[2]) == len(data) - FRAME_HEADER_SIZE
+            and (data[0] << 16 | data[1] << 8 | data[2]) == size - FRAME_HEADER_SIZE
             and side.state == "frames"
             and not side.buffer
             and not side.skip
@@ -206,14 +209,14 @@ class Http2Parser:
             # The hot path: one read that is one whole DATA frame (a streamed chunk).
             stream_id = _STREAM_WORD.unpack_from(data, 5)[0] & 0x7FFFFFFF
             if stream_id:
-                self._data(kind, stream_id, data[FRAME_HEADER_SIZE:], bool(data[4] & _END_STREAM), len(data))
-                return
+                self._data(kind, stream_id, data[FRAME_HEADER_SIZE:], bool(data[4] & _END_STREAM), size)
+                return bool(self._events)
         if side.skip and data:
             n = min(side.skip, len(data))
             side.skip -= n
             data = data[n:]
         if not data:
-            return
+            return bool(self._events)
         if side.buffer:
             side.buffer += data
             rest = self._parse(side, side.buffer)
@@ -222,6 +225,7 @@ class Http2Parser:
             rest = self._parse(side, data)
             if rest:
                 side.buffer += data[len(data) - rest :]
+        return bool(self._events)
 
     def lost_data(self, kind: MessageKind) -> None:
         """Bytes before the next ``receive_data`` of ``kind`` are missing."""

@@ -19,6 +19,29 @@ from lumen_agent.parsers.errors import LimitExceeded
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
+def whole_event_data_start(piece: bytes) -> int:
+    """Where the data begins when ``piece`` is one whole event of the two
+    commonest forms, LF-ended, ``data: X`` (OpenAI, Gemini) or ``event: N``
+    then ``data: X`` (Anthropic, the Responses API), each followed by the
+    blank line: 6, or the offset of X after the event line.  0 for any other
+    piece.  The event is then ``(N or None, X)``: ``N`` is ``piece[7:start - 7]``,
+    ``X`` is ``piece[start:-2]``, as the line rules read them (an event line
+    and a data line with one space after the colon; no CR, which also ends
+    a line).  Read only when the parser holds nothing (``SseParser.idle``)."""
+    # Fewest operations first: this runs once per streamed chunk.  (find,
+    # not ``in``: ``bytes in bytes`` raises and clears a TypeError inside.)
+    end = len(piece) - 2
+    first = piece.find(b"\n")
+    if first == end:
+        if piece[-1] == 10 and piece.startswith(b"data: ") and piece.find(b"\r") < 0:
+            return 6
+        return 0
+    if (piece.startswith(b"event: ") and piece.find(b"\n", first + 1) == end and piece[-1] == 10
+            and piece.startswith(b"data: ", first + 1) and piece.find(b"\r") < 0):
+        return first + 7
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class SseEvent:
     event: str | None
@@ -32,6 +55,8 @@ class SseParser:
         self._data: list[str] = []
         self._pending_size = 0
         self._events: list[SseEvent] = []
+        # Nothing held: the next byte starts a new line of a new event.
+        self.idle = True
 
     def receive_data(self, data: bytes) -> None:
         self._events += [SseEvent(event, text) for event, text in self.receive(data)]
@@ -49,14 +74,19 @@ class SseParser:
 
         Raises ``LimitExceeded`` (and the pairs of this call are lost) when
         an unfinished event outgrows MAX_EVENT_BYTES."""
+        if self.idle:
+            # The commonest pieces of a stream: one whole event, nothing
+            # pending before it.  What _lines would make of them, without the loop.
+            if start := whole_event_data_start(data):
+                value = data[start:-2].decode("utf-8", "replace")
+                return [(None if start == 6 else data[7 : start - 7].decode("utf-8", "replace"), value)]
+            end = len(data) - 4
+            if data.find(b"\r") == end and data.find(b"\n") == end + 1 and data.endswith(b"\r\n\r\n") and (
+                    data.startswith(b"data: ")):
+                # One data line and the blank line, CRLF-ended (Gemini's).
+                return [(None, data[6:end].decode("utf-8", "replace"))]
         done: list[tuple[str | None, str]] = []
         buf = self._buffer
-        if (not buf and not self._data and self._event is None and data.startswith(b"data: ")
-                and data.endswith(b"\n\n") and data.count(b"\n") == 2):
-            # The commonest piece of a stream (an OpenAI chunk): one whole
-            # event of one data line, nothing pending before it.  What
-            # _lines would make of it, without the loop.
-            return [(None, data[6:-2].decode("utf-8", "replace"))]
         if not buf and b"\r" not in data:
             # The usual case, a piece of LF-ended lines and nothing held
             # over: one split of the new bytes, no copy into the buffer.
@@ -72,6 +102,7 @@ class SseParser:
             # at the end before may now be complete, so look then too).
             if b"\n" in data or b"\r" in data or buf[-len(data) - 1 : -len(data)] == b"\r":
                 self._split_lines(done)
+        self.idle = not self._buffer and not self._data and self._event is None
         if len(self._buffer) + self._pending_size > MAX_EVENT_BYTES:
             raise LimitExceeded("server-sent event exceeds MAX_EVENT_BYTES")
         return done
@@ -82,6 +113,7 @@ class SseParser:
         lines = [bytes(self._buffer)] if self._buffer else []
         self._buffer.clear()
         self._lines(lines + [b""], done)
+        self.idle = True
         return done
 
     def _split_lines(self, done: list[tuple[str | None, str]]) -> None:

@@ -165,3 +165,27 @@ def test_a_real_agent_keeps_writing_past_a_refused_row_and_stops_cleanly(tmp_pat
     dead = db.with_name("calls.duckdb.deadletter.jsonl")
     assert stat.S_IMODE(dead.stat().st_mode) == 0o600
     assert [json.loads(line)["model"] for line in dead.read_text().splitlines()] == ["poison-model"]
+
+
+def test_clean_text_passes_printable_ascii_as_the_pattern_would():
+    """clean_text returns printable ASCII unscanned: the same text the
+    escaping pattern gives, for every character below U+0200, lone
+    surrogates and line separators, in short and multi-line fields."""
+    import random
+
+    from lumen_agent.pipeline import bounds
+
+    def by_pattern(value: str, limit: int, multiline: bool) -> str:
+        value = value[: limit * 6]
+        value = (bounds._UNSAFE if multiline else bounds._UNSAFE_SHORT).sub(bounds._escape, value)
+        return value[:limit]
+
+    rng = random.Random(20)
+    chars = [chr(i) for i in range(0x200)] + ["\ud800", "\udfff", "\u2028", "é"]
+    for _ in range(20000):
+        value = "".join(rng.choice(chars) for _ in range(rng.randint(0, 8)))
+        for multiline in (False, True):
+            for limit in (3, 1024):
+                assert bounds.clean_text(value, limit, multiline=multiline) == by_pattern(value, limit, multiline)
+    assert bounds.clean_text("api.openai.com") == "api.openai.com"
+    assert bounds.clean_text("a\tb") == "a\\x09b" and bounds.clean_text("a\tb", multiline=True) == "a\tb"

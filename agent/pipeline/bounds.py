@@ -54,6 +54,10 @@ def clean_text(value: object, limit: int = MAX_TEXT_CHARS, *, multiline: bool = 
     escaped as ``\\xNN`` / ``\\uNNNN``, cut to ``limit`` characters."""
     if value is None:
         return None
+    if type(value) is str and len(value) <= limit and value.isascii() and value.isprintable():
+        # Printable ASCII holds none of the characters escaped below (most
+        # values: hosts, models, ids): no scan by the pattern.
+        return value
     if not isinstance(value, str):
         value = str(value)
     if len(value) > limit * 6:  # bound the work before escaping

@@ -126,8 +126,7 @@ class Http1Tap:
         responses = self._responses
         if flags and flags & EventFlag.GAP:
             responses.lost_data()
-        responses.receive_data(data)
-        if not responses.has_events():
+        if not responses.receive_data(data):
             return []  # body bytes only: the parser handed them to the exchange
         done: list[Exchange] = []
         for event in responses.next_events():

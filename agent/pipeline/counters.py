@@ -17,18 +17,29 @@ LOG_EVERY = 1000
 
 
 class Counters:
+    """``events`` and ``bytes`` (every input event and its size) are plain
+    integer attributes that the pipeline adds to once per event, cheaper
+    than a keyed count; reads see them as the ``"events"`` and ``"bytes"``
+    counters, as if they were counted like the rest."""
+
     def __init__(self) -> None:
         self._values: Counter[str] = Counter()
         self._occurrences: Counter[str] = Counter()
+        self.events = 0
+        self.bytes = 0
 
     def add(self, name: str, n: int = 1) -> None:
-        self._values[name] += n
+        if name == "events":
+            self.events += n
+        elif name == "bytes":
+            self.bytes += n
+        else:
+            self._values[name] += n
 
     def add_event(self, nbytes: int) -> None:
-        """One input event of ``nbytes``: ``events`` and ``bytes`` in one call (once per event read)."""
-        values = self._values
-        values["events"] += 1
-        values["bytes"] += nbytes
+        """One input event of ``nbytes``: ``events`` and ``bytes`` in one call."""
+        self.events += 1
+        self.bytes += nbytes
 
     def skip(self, reason: str, detail: str = "", n: int = 1) -> None:
         key = f"skipped.{reason}"
@@ -40,7 +51,15 @@ class Counters:
                         self._values[key], occurrences)
 
     def __getitem__(self, name: str) -> int:
+        if name == "events":
+            return self.events
+        if name == "bytes":
+            return self.bytes
         return self._values[name]
 
     def snapshot(self) -> dict[str, int]:
-        return dict(self._values)
+        """Every counter counted so far (``events`` and ``bytes`` once an event was)."""
+        values = self._values
+        if self.events or self.bytes:
+            return {"events": self.events, "bytes": self.bytes, **values}
+        return dict(values)

@@ -28,7 +28,7 @@ from lumen_agent.parsers.providers import (
 )
 from lumen_agent.parsers.providers.batch import BATCH_ENDPOINTS, BatchLine, BatchResultsReader
 from lumen_agent.parsers.providers.bedrock import event_objects
-from lumen_agent.parsers.sse import SseParser
+from lumen_agent.parsers.sse import SseParser, whole_event_data_start
 from lumen_agent.parsers.usage import Usage
 
 # Request bodies carry prompts, sometimes images: keep this much for
@@ -65,6 +65,9 @@ MAX_CONTENT_CAPTURE = 1024 * 1024
 # may close the connection right after one (the openai SDK does, before the
 # chunked body's last chunk), and the call still ended normally.
 _FINAL_SSE_EVENTS = frozenset({"message_stop", "response.completed", "response.incomplete", "response.failed"})
+# The same names as bytes, to look an event's name up before decoding it
+# (the names are ASCII: their bytes decode to them and nothing else does).
+_FINAL_SSE_EVENTS_RAW = frozenset(name.encode() for name in _FINAL_SSE_EVENTS)
 
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
@@ -201,14 +204,30 @@ class Exchange:
         self._plain_sse = self._mode == "sse" and self._identity and self._content is None
 
     def on_response_body(self, data: bytes) -> None:
-        if self._plain_sse and self._decoded_total + len(data) <= self._stream_limit:
+        if self._plain_sse and self._decoded_total + (size := len(data)) <= self._stream_limit:
             # What the general path below does for such a stream, less its
             # branches: this runs once per token.  Past the limit, the
             # general path gives up.
-            self._decoded_total += len(data)
+            self._decoded_total += size
             try:
-                if events := self._sse.receive(data):
-                    self._feed_sse_events(events)
+                if not self._sse.idle or not (start := whole_event_data_start(data)):
+                    if events := self._sse.receive(data):
+                        self._feed_sse_events(events)
+                    return
+                # One whole event (most pieces of a stream), read from its
+                # bytes (whole_event_data_start says where its data begins):
+                # what _feed_sse_events does with it, except that an event
+                # the reader would ignore is counted and never decoded.
+                self._stream_events += 1
+                if self._stream_events > MAX_STREAM_EVENTS:
+                    raise LimitExceeded(f"stream exceeds MAX_STREAM_EVENTS ({MAX_STREAM_EVENTS}) events")
+                raw = data[start:-2]
+                if start != 6 and data[7 : start - 7] in _FINAL_SSE_EVENTS_RAW or raw == b"[DONE]":
+                    self._stream_finished = True
+                elif self._reader.ignores_sse_data(raw):
+                    return
+                name = None if start == 6 else data[7 : start - 7].decode("utf-8", "replace")
+                self._reader.feed_sse(name, raw.decode("utf-8", "replace"))
             except ParseError as exc:
                 self._give_up(str(exc))
             return

@@ -66,7 +66,12 @@ class Http2Tap:
         return self._receive(MessageKind.REQUEST, data, ts_ns, flags)
 
     def received(self, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
-        return self._receive(_RESPONSE, data, ts_ns, flags)
+        # _receive(_RESPONSE, ...), inline: once per streamed chunk.
+        if flags and flags & EventFlag.GAP:
+            self._parser.lost_data(_RESPONSE)
+        if not self._parser.receive_data(_RESPONSE, data):
+            return []  # body bytes only, which the parser handed to _response_body
+        return self._handle(self._parser.next_events(), ts_ns)
 
     def close(self, ts_ns: int) -> list[Exchange]:
         """The connection ended: whatever is still open was cut off."""
@@ -83,10 +88,9 @@ class Http2Tap:
     def _receive(self, kind: MessageKind, data: bytes, ts_ns: int, flags: EventFlag) -> list[Exchange]:
         if flags and flags & EventFlag.GAP:
             self._parser.lost_data(kind)
-        self._parser.receive_data(kind, data)
-        events = self._parser.next_events()
-        # None: body bytes only, which the parser handed to _response_body.
-        return self._handle(events, ts_ns) if events else []
+        if not self._parser.receive_data(kind, data):
+            return []  # body bytes only, which the parser handed to _response_body
+        return self._handle(self._parser.next_events(), ts_ns)
 
     def _response_body(self, stream_id: int, data: bytes) -> None:
         """A piece of a response body, straight from the parser (the hot path of a stream)."""

@@ -70,6 +70,8 @@ class UsageReader(Protocol):
 
     def feed_sse(self, event: str | None, data: str) -> None: ...
 
+    def ignores_sse_data(self, raw: bytes) -> bool: ...
+
     def feed_ndjson(self, obj: Any) -> None: ...
 
     def feed_headers(self, headers: Mapping[str, str]) -> None: ...
@@ -79,6 +81,8 @@ class UsageReader(Protocol):
 
 def token_count(value: Any) -> int | None:
     """A JSON token count, or None when it is not a plausible one."""
+    if type(value) is int:  # the common case first (a bool's type is bool, not int)
+        return value if 0 <= value <= MAX_TOKEN_COUNT else None
     if isinstance(value, bool):
         return None
     if isinstance(value, float):
@@ -118,10 +122,17 @@ def decode_event_data(data: Any) -> Any:
     text = data.strip()
     if not text or text == "[DONE]":
         return None
+    # json.loads without its wrapper (once per event read): the stripped text
+    # has no whitespace around it, so one value that ends where the text
+    # ends is exactly what json.loads accepts; StopIteration: no value at all.
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        obj, end = _scan_json(text, 0)
+    except (StopIteration, ValueError, RecursionError):
         return None
+    return obj if end == len(text) else None
+
+
+_scan_json = json.JSONDecoder().scan_once
 
 
 # How an OpenAI-shaped stream chunk says it carries no usage: with
@@ -142,6 +153,35 @@ def _may_carry_usage(data: str) -> bool:
     if not mentions:
         return False
     return mentions != data.count(_NULL_USAGE[0]) + data.count(_NULL_USAGE[1])
+
+
+_NULL_USAGE_RAW = tuple(form.encode() for form in _NULL_USAGE)
+
+
+def may_carry_usage_raw(raw: bytes) -> bool:
+    """``_may_carry_usage`` of the text ``raw`` decodes to (UTF-8, errors
+    replaced), read from the bytes.
+
+    Every pattern is ASCII, and that decoding turns each ASCII byte into the
+    same character and nothing else into an ASCII one, so each count is the
+    same in the bytes as in the text.  Ordered for the common events: one
+    scan when nothing says ``sage`` (a text delta), two when each ``sage``
+    is the one of a compact ``"usage":null`` (an OpenAI chunk).  No pattern
+    overlaps itself, and each null form holds one ``usage`` and so one
+    ``sage``, which a ``Usage`` cannot share."""
+    sage = raw.count(b"sage")
+    if not sage:
+        return False
+    compact = raw.count(_NULL_USAGE_RAW[0])
+    if compact == sage:
+        return False
+    mentions = raw.count(b"usage")
+    # Some "sage" outside a "usage": Usage, or a word such as message.
+    if sage != mentions and raw.find(b"Usage") >= 0:
+        return True
+    if not mentions:
+        return False
+    return mentions != compact + raw.count(_NULL_USAGE_RAW[1])
 
 
 def service_tier(value: Any) -> str | None:
@@ -213,6 +253,12 @@ class BaseReader:
         if obj is not None:
             self._take(obj)
 
+    def ignores_sse_data(self, raw: bytes) -> bool:
+        """``feed_sse`` of the data ``raw`` decodes to would change nothing,
+        whatever the event's name: the caller may count the event and drop
+        it undecoded (most events of a stream, once the model is known)."""
+        return self._model is not None and not may_carry_usage_raw(raw)
+
     def feed_ndjson(self, obj: Any) -> None:
         self._take(obj)
 
@@ -223,11 +269,28 @@ class BaseReader:
         raise NotImplementedError
 
     def _note(self, key: str, value: Any) -> None:
+        # token_count's common cases, inline: a plausible int; nothing reported.
+        if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+            self._counts[key] = value
+            return
+        if value is None:
+            return
         count = token_count(value)
         if count is not None:
             self._counts[key] = count
-        elif value is not None:
+        else:
             self._rejected = True
+
+    def _note_fields(self, source: dict[str, Any], fields: tuple[tuple[str, str], ...]) -> None:
+        """``_note(key, source.get(name))`` for each ``(key, name)``, in one
+        call (for counts read from every chunk of a stream)."""
+        counts = self._counts
+        for key, name in fields:
+            value = source.get(name)
+            if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+                counts[key] = value
+            elif value is not None:
+                self._note(key, value)
 
     def _note_identity(self, model: Any, response_id: Any) -> None:
         # Latest non-empty wins: Azure streams open with a content-filter chunk

@@ -105,6 +105,9 @@ class BatchResultsReader:
     def feed_sse(self, event: str | None, data: str) -> None:
         self.not_batch += 1
 
+    def ignores_sse_data(self, raw: bytes) -> bool:
+        return False  # every event is counted as not a batch line
+
     def feed_ndjson(self, obj: Any) -> None:
         line = self._openai_line(obj) if self._vendor == "openai" else self._anthropic_line(obj)
         if line is None:

@@ -34,7 +34,6 @@ from typing import Any
 from lumen_agent.parsers.providers.base import (
     BaseReader,
     decode_event_data,
-    dig,
     plus,
     service_tier,
     token_count,
@@ -54,7 +53,9 @@ def _search_queries(candidates: Any) -> int | None:
         return None
     total = None
     for candidate in candidates[:MAX_CANDIDATES]:
-        queries = dig(candidate, "groundingMetadata", "webSearchQueries")
+        # dig(candidate, "groundingMetadata", "webSearchQueries"), inline: every chunk has a candidate.
+        grounding = candidate.get("groundingMetadata") if isinstance(candidate, dict) else None
+        queries = grounding.get("webSearchQueries") if isinstance(grounding, dict) else None
         if isinstance(queries, list) and queries:
             total = (total or 0) + min(len(queries), MAX_SEARCH_QUERIES)
     return total
@@ -70,6 +71,12 @@ def _modality_count(details: Any, modality: str) -> int | None:
         if isinstance(item, dict) and item.get("modality") == modality:
             total += token_count(item.get("tokenCount")) or 0
     return total
+
+
+# (key, usageMetadata field) of the plain counts, read from every chunk.
+_USAGE_FIELDS = (("prompt", "promptTokenCount"), ("cached", "cachedContentTokenCount"),
+                 ("candidates", "candidatesTokenCount"), ("thoughts", "thoughtsTokenCount"),
+                 ("tool_prompt", "toolUsePromptTokenCount"))
 
 
 class GeminiReader(BaseReader):
@@ -94,6 +101,9 @@ class GeminiReader(BaseReader):
             return
         super().feed_sse(event, data)
 
+    def ignores_sse_data(self, raw: bytes) -> bool:
+        return raw.find(b"webSearchQueries") < 0 and super().ignores_sse_data(raw)
+
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
@@ -104,11 +114,7 @@ class GeminiReader(BaseReader):
         usage = obj.get("usageMetadata")
         if not isinstance(usage, dict):
             return
-        self._note("prompt", usage.get("promptTokenCount"))
-        self._note("cached", usage.get("cachedContentTokenCount"))
-        self._note("candidates", usage.get("candidatesTokenCount"))
-        self._note("thoughts", usage.get("thoughtsTokenCount"))
-        self._note("tool_prompt", usage.get("toolUsePromptTokenCount"))
+        self._note_fields(usage, _USAGE_FIELDS)
         self._note("prompt_audio", _modality_count(usage.get("promptTokensDetails"), "AUDIO"))
         self._note("cached_audio", _modality_count(usage.get("cacheTokensDetails"), "AUDIO"))
 
