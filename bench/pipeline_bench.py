@@ -57,16 +57,22 @@ def stream_events(n: int, chunks: int = 100, per_connection: int = 1):
     request = request_bytes("POST", "https://api.openai.com/v1/chat/completions",
                             {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
                              "messages": [{"role": "user", "content": "count"}]})
+    return streamed_calls(request, pieces, n, per_connection, first_pid=2000)
+
+
+def streamed_calls(request: bytes, reads: list[bytes], n: int, per_connection: int, *, first_pid: int):
+    """``n`` calls of ``request`` answered by ``reads`` (one RECV event each),
+    ``per_connection`` calls on each connection, over 50 processes."""
     from lumen_agent.pipeline.events import DataEvent, Direction
     events = []
     ts = 1
     for i in range(n):
         conn = i // per_connection
-        pid = 2000 + conn % 50
+        pid = first_pid + conn % 50
         events.append(DataEvent(ts, pid, pid, conn, Direction.SEND, request))
-        for piece in pieces:
+        for read in reads:
             ts += 1000
-            events.append(DataEvent(ts, pid, pid, conn, Direction.RECV, piece))
+            events.append(DataEvent(ts, pid, pid, conn, Direction.RECV, read))
     return events
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS / "support"))
 import fake_provider  # noqa: E402
+from pipeline_bench import streamed_calls  # noqa: E402
 
-from lumen_agent.pipeline.events import DataEvent, Direction  # noqa: E402
+from lumen_agent.pipeline.events import DataEvent  # noqa: E402
 
 # (label, host, path, request body, extra request headers, CRLF line ends)
 SHAPES = (
@@ -46,13 +47,4 @@ def shape_events(label: str, n: int, chunks: int = 100, per_connection: int = 10
     reads += [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
     request = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k != "x-api-key" or "anthropic" in host)
     request = f"POST {path} HTTP/1.1\r\n{request}Content-Length: {len(raw)}\r\n\r\n".encode() + raw
-    events = []
-    ts = 1
-    for i in range(n):
-        conn = i // per_connection
-        pid = 4000 + conn % 50
-        events.append(DataEvent(ts, pid, pid, conn, Direction.SEND, request))
-        for read in reads:
-            ts += 1000
-            events.append(DataEvent(ts, pid, pid, conn, Direction.RECV, read))
-    return events
+    return streamed_calls(request, reads, n, per_connection, first_pid=4000)
