@@ -474,8 +474,6 @@ class EbpfCapture:
         offset = self._clock_offset
         directions = _DIRECTIONS
         no_flags = EventFlag.NONE
-        s_ts, s_pid, s_tid, s_conn, s_dir, s_data, s_flags = _EVENT_SLOTS
-        new = object.__new__
         while self._records:
             records, self._records = self._records, []
             events = nbytes = 0
@@ -495,15 +493,7 @@ class EbpfCapture:
                             conns.add(conn)
                         events += 1
                         nbytes += len(payload)
-                        event = new(DataEvent)
-                        s_ts(event, ts + offset)
-                        s_pid(event, pid)
-                        s_tid(event, tid)
-                        s_conn(event, conn)
-                        s_dir(event, directions[direction])
-                        s_data(event, payload)
-                        s_flags(event, no_flags)
-                        on_event(event)
+                        on_event(_new_event(ts + offset, pid, tid, conn, directions[direction], payload, no_flags))
                     elif kind == EV_CLOSE:
                         self._on_close(hdr[2], hdr[3], hdr[1], hdr[0])
                     elif kind == EV_PROC:
