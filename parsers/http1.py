@@ -162,8 +162,8 @@ class Http1Parser:
     # -- public API ---------------------------------------------------------
 
     def receive_data(self, data: bytes) -> bool:
-        """Parse ``data``; whether events now wait for ``next_events`` (as
-        ``has_events`` says: not when every byte went to ``body_sink``)."""
+        """Parse ``data``; whether events now wait for ``next_events`` (not
+        when every byte went to ``body_sink``)."""
         if self._hunting:
             data = self._hunt(data)
             if not data:
@@ -177,10 +177,6 @@ class Http1Parser:
             self._events.append(Truncated())
             self._events.append(Skipped(len(data), "header block exceeds MAX_HEAD_BYTES"))
             self._reset(hunting=True)
-        return bool(self._events)
-
-    def has_events(self) -> bool:
-        """Events wait for ``next_events`` (else every body byte went to ``body_sink``)."""
         return bool(self._events)
 
     def lost_data(self) -> None:

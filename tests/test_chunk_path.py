@@ -428,7 +428,8 @@ def test_counters_events_and_bytes_read_as_counted_ones():
     counters = Counters()
     assert counters.snapshot() == {} and counters["events"] == 0
     counters.add("calls")
-    counters.add_event(330)
+    counters.add("events")
+    counters.add("bytes", 330)
     counters.events += 1  # as Pipeline.feed counts, inline
     counters.bytes += 12
     counters.add("bytes", 8)

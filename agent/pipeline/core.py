@@ -93,7 +93,7 @@ class Pipeline:
             if len(self._origins) >= MAX_ORIGINS:
                 self._origins.pop(next(iter(self._origins)))
             self._origins[event.conn_key] = origin
-        counters = self.counters  # Counters.add_event, inline: once per event
+        counters = self.counters  # plain ints, added to once per event (counters.py)
         counters.events += 1
         counters.bytes += len(event.data)
         if event.ts_ns > self._last_ns:

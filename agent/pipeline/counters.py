@@ -36,11 +36,6 @@ class Counters:
         else:
             self._values[name] += n
 
-    def add_event(self, nbytes: int) -> None:
-        """One input event of ``nbytes``: ``events`` and ``bytes`` in one call."""
-        self.events += 1
-        self.bytes += nbytes
-
     def skip(self, reason: str, detail: str = "", n: int = 1) -> None:
         key = f"skipped.{reason}"
         self._values[key] += n
