@@ -47,6 +47,12 @@ POLL_MS = 100  # longest wait of a capture that cannot wait on the wake-up pipe
 HOUSEKEEPING_S = 1.0
 # A status file older than this means the agent is gone or stuck.
 STATUS_STALE_S = 5.0
+# The status file is rewritten this often (and at once when a target is
+# attached or detached).  `status` asks the agent over its socket for live
+# figures, so the file is the liveness mark and the fallback.  Each rewrite creates and
+# renames a file: ~0.5 ms of CPU on ext4, a quarter of an idle agent's budget
+# if done every second.
+STATUS_FILE_EVERY_S = 2.0
 # Ingested events handled per turn, so capture is never starved.
 MAX_INGEST_PER_TURN = 10_000
 
@@ -110,6 +116,8 @@ class Agent:
         self._record_file: IO[str] | Any | None = None
         self._recorder: Recorder | Any | None = None
         self._status: dict[str, Any] = {}
+        self._status_written_at = -math.inf
+        self._status_written_targets = -1  # how many targets the file names
         self._ready_listeners: list[Callable[[], None]] = []
         self._stop_listeners: list[Callable[[], None]] = []
         self.ready_at: float | None = None
@@ -273,7 +281,11 @@ class Agent:
         if self._recorder is not None:
             self._recorder.flush()
         self._status = self.status()
-        self.write_status()
+        now = time.monotonic()
+        # (half a turn of slack: the turns come a second apart, give or take)
+        if (now - self._status_written_at >= STATUS_FILE_EVERY_S - HOUSEKEEPING_S / 2
+                or len(self._status["targets"]) != self._status_written_targets):
+            self.write_status()
 
     def shutdown(self) -> None:
         started = time.monotonic()
@@ -335,14 +347,20 @@ class Agent:
 
     def write_status(self) -> None:
         path = self.config.status_path
+        tmp = path.with_suffix(".tmp")
+        data = json.dumps(self._status, default=str).encode()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._status, default=str))
-            os.chmod(tmp, 0o644)
+            try:
+                _write_file(tmp, data, 0o644)  # 0644 whatever the umask: other users' `status` reads it
+            except FileNotFoundError:  # the folder is made when missing, not checked at every rewrite
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+                _write_file(tmp, data, 0o644)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%s", path, exc)
+            return
+        self._status_written_at = time.monotonic()
+        self._status_written_targets = len(self._status.get("targets", ()))
 
 
 def _describe_target(target: Any) -> str:
@@ -350,6 +368,17 @@ def _describe_target(target: Any) -> str:
     if path is None:
         return str(target)
     return f"{path} ({target.kind}, {target.mode}, {len(target.pids)} processes)"
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def read_status(runtime_dir: Path | None = None) -> dict[str, Any] | None:

@@ -50,8 +50,6 @@ SYN_SOCKET_BUFFER_BYTES = 1024 * 1024
 # SYNs read before their owners are looked up together (a flood is cut in
 # batches, so the first ones are not looked up too late).
 MAX_SYNS_PER_BATCH = 64
-# Longest wait for a packet before the socket list is looked at again.
-WAIT_S = 0.5
 # First wait before a connection the kernel's map has not filed yet is asked
 # about again (a loopback handshake takes ~0.1 ms, a descheduled client's a
 # few ms); each later wait is twice as long, so a handshake that never ends
@@ -60,7 +58,10 @@ PENDING_POLL_S = 0.001
 # Connections waiting for their handshake at once; more (a flood of SYNs
 # nobody answers) go to sock_diag at once, so a poll stays a few map lookups.
 MAX_PENDING = 64
-# How often the kernel's drop counts of the SYN sockets are read.
+# How often, at most, the kernel's drop counts of the SYN sockets are read.
+# Only after SYNs were read: a socket drops only when packets arrive faster
+# than they are read, and arriving packets wake this thread.  So an idle
+# thread sleeps until a SYN, a wake-up byte or a pending connection's turn.
 DROPS_CHECK_S = 1.0
 # The thread's nice value (it sleeps but for the moments a connection opens).
 SYN_THREAD_NICE = -10
@@ -103,6 +104,7 @@ class SynWatcher:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._next_drops_check = 0.0
+        self._drops_owed = False  # SYNs were read since the drop counts were
         self._pending: list[_Pending] = []
         self.counters = {"syn_packets": 0, "syn_batches": 0, "syn_skipped": 0, "syn_faults": 0,
                          "syn_kernel_drops": 0}
@@ -183,13 +185,15 @@ class SynWatcher:
         for fd in ready:
             entry = self._sockets.get(fd)
             if entry is not None:
+                self._drops_owed = True
                 self._read(entry[1], batch)
                 if len(batch) >= MAX_SYNS_PER_BATCH:
                     self._resolve(batch)
                     batch = []
         self._resolve(batch)
         now = time.monotonic()
-        if now >= self._next_drops_check:
+        if self._drops_owed and now >= self._next_drops_check:
+            self._drops_owed = False
             self._next_drops_check = now + DROPS_CHECK_S
             self.counters["syn_kernel_drops"] += sum(sock.kernel_drops() for _name, sock in self._sockets.values())
 
@@ -219,10 +223,12 @@ class SynWatcher:
                 overflow, self._pending = self._pending[:-MAX_PENDING], self._pending[-MAX_PENDING:]
                 self._owners.resolve_new([p.flow for p in overflow], waited=True)
 
-    def _timeout(self) -> float:
-        if not self._pending:
-            return WAIT_S
-        return max(0.0, min(p.due for p in self._pending) - time.monotonic())
+    def _timeout(self) -> float | None:
+        """Until the next pending connection's turn or owed drop check; None: until woken."""
+        dues = [p.due for p in self._pending]
+        if self._drops_owed:
+            dues.append(self._next_drops_check)
+        return max(0.0, min(dues) - time.monotonic()) if dues else None
 
     def _ask_pending(self) -> None:
         """Ask again about connections whose handshake had not ended; past ``HANDSHAKE_WAIT_S``, for the last time."""
