@@ -144,6 +144,36 @@ def test_flush_closes_the_file_so_readers_can_open_it(db):
     assert s["last_flush_ms"] > 0
 
 
+def test_flushes_share_one_in_memory_duckdb_closed_when_idle_and_renewed(db, monkeypatch):
+    from lumen_agent.outputs import store as store_module
+
+    monkeypatch.setattr(store_module, "HOST_OPENS", 3)
+    store = CallStore(db, flush_interval=2.0)
+    store.check()
+    assert store._host is None  # none held until rows come
+    store.add(make_call(0))
+    assert store.maybe_flush(now=100.0) == 1
+    host = store._host
+    assert host is not None  # kept between flushes; the file itself is detached (test above)
+    store.add(make_call(1))
+    assert store.maybe_flush(now=102.0) == 1
+    assert store._host is host
+    store.add(make_call(2))
+    assert store.maybe_flush(now=104.0) == 1
+    assert store._host is host  # its third open
+    store.add(make_call(3))
+    assert store.maybe_flush(now=106.0) == 1
+    assert store._host is not host  # HOST_OPENS reached: a new one
+    store.on_tick(106.0 + store_module.HOST_IDLE_S - 0.5)
+    assert store._host is not None
+    store.on_tick(106.0 + store_module.HOST_IDLE_S)  # nothing to flush for HOST_IDLE_S: closed
+    assert store._host is None
+    store.add(make_call(4))
+    store.close()
+    assert store._host is None
+    assert _count(db) == 5
+
+
 def test_parent_directory_is_created_0750(tmp_path):
     db = tmp_path / "a" / "b" / "lumen.duckdb"
     CallStore(db)

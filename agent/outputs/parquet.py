@@ -41,13 +41,15 @@ import duckdb
 
 from lumen_agent.outputs.base import Output
 from lumen_agent.outputs.schema import CALLS_TABLE
-from lumen_agent.outputs.store import is_lock_error
+from lumen_agent.outputs.store import connect_when_free, is_lock_error
 
 log = logging.getLogger(__name__)
 
 MARKS_TABLE = "lumen_export_marks"
 # Digits of the row numbers in file names: lexical order is numeric order.
 ROW_DIGITS = 20
+# How long a round waits for the database while it is held.
+LOCK_WAIT_S = 5.0
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet$")
 
 
@@ -78,7 +80,9 @@ class ParquetExporter:
 
     def export_once(self) -> ExportResult | None:
         """Export what is new (or finish an interrupted range); None when nothing was."""
-        con = duckdb.connect(str(self.db))
+        # The store's flush holds the file for milliseconds every few seconds;
+        # a reader holding it longer makes this round give up (next round).
+        con = connect_when_free(self.db, timeout=LOCK_WAIT_S)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if not _has_table(con, CALLS_TABLE):

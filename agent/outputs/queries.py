@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import duckdb
 
 from lumen_agent.errors import LumenError
 from lumen_agent.outputs.schema import CALLS_TABLE, SCHEMA_VERSION, SchemaError, schema_version
-from lumen_agent.outputs.store import LOCK_POLL_INTERVAL, is_lock_error
+from lumen_agent.outputs.store import connect_when_free, is_lock_error
 
 # How long a reader waits for the agent to finish a flush.
 DEFAULT_LOCK_TIMEOUT = 5.0
@@ -56,21 +55,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.Error as exc:
-            if not is_lock_error(exc):
-                raise QueryError(f"cannot open {path}: {_one_line(exc)}") from None
-            if time.monotonic() >= deadline:
-                raise QueryError(
-                    f"{path} stayed locked by another process for {timeout:g} s; try again"
-                ) from None
-            time.sleep(LOCK_POLL_INTERVAL)
-            continue
-        con.execute("SET TimeZone = 'UTC'")
-        return con
+    try:
+        con = connect_when_free(path, read_only=read_only, timeout=timeout)
+    except duckdb.Error as exc:
+        if is_lock_error(exc):
+            raise QueryError(f"{path} stayed locked by another process for {timeout:g} s; try again") from None
+        raise QueryError(f"cannot open {path}: {_one_line(exc)}") from None
+    con.execute("SET TimeZone = 'UTC'")
+    return con
 
 
 def open_readonly(
