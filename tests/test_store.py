@@ -144,6 +144,40 @@ def test_flush_closes_the_file_so_readers_can_open_it(db):
     assert s["last_flush_ms"] > 0
 
 
+def test_in_process_readers_and_the_flush_wait_for_each_other(db):
+    """The flush ATTACHes the file to the store's own DuckDB; while it is there,
+    duckdb.connect of it elsewhere in this process is refused, and the other
+    way round.  Both are the file being held: waited for, never an error."""
+    from lumen_agent.outputs.store import connect_when_free, is_lock_error
+
+    store = CallStore(db)
+    store.add(make_call(0))
+    assert store.flush() == 1
+    reader = duckdb.connect(str(db), read_only=True)  # as the Parquet exporter's thread would
+    try:
+        store.add(make_call(1))
+        assert store.maybe_flush(now=1e9) == 0  # held: the row stays pending, counted
+        assert store.stats()["lock_conflicts"] == 1 and store.pending() == 1
+    finally:
+        reader.close()
+    assert store.maybe_flush(now=2e9) == 1
+    store._connect()  # the file attached, as mid-flush
+    try:
+        with pytest.raises(duckdb.Error) as refused:
+            duckdb.connect(str(db), read_only=True)
+        assert is_lock_error(refused.value)
+        released = threading.Timer(0.3, store._release, args=(store._host,))
+        released.start()
+        con = connect_when_free(db, read_only=True, timeout=10)  # waits for the DETACH
+        released.join()
+    finally:
+        if store._attached.locked():
+            store._release(store._host)
+    assert con.execute("SELECT count(*) FROM llm_calls").fetchone() == (2,)
+    con.close()
+    store.close()
+
+
 def test_flushes_share_one_in_memory_duckdb_closed_when_idle_and_renewed(db, monkeypatch):
     from lumen_agent.outputs import store as store_module
 
