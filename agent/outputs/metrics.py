@@ -405,7 +405,7 @@ class Metrics:
         one("lumen_store_flush_errors_total", "counter", "Flushes that failed with an error other than a lock.",
             store.get("flush_errors"))
         one("lumen_store_lock_conflicts_total", "counter",
-            "Flush attempts that found the database held by another process (rows stay pending).",
+            "Flush attempts that found the database held by another process or DuckDB (rows stay pending).",
             store.get("lock_conflicts"))
         last_ms = store.get("last_flush_ms")
         lines.append(gauge("lumen_store_last_flush_duration_seconds", "Duration of the last flush.",
