@@ -47,12 +47,6 @@ POLL_MS = 100  # longest wait of a capture that cannot wait on the wake-up pipe
 HOUSEKEEPING_S = 1.0
 # A status file older than this means the agent is gone or stuck.
 STATUS_STALE_S = 5.0
-# The status file is rewritten this often (and at once when a target is
-# attached or detached).  `status` asks the agent over its socket for live
-# figures, so the file is the liveness mark and the fallback.  A rewrite
-# creates a file and renames it over the last: ~0.6 ms of the loop's CPU on
-# ext4 (measured), a third of an idle agent's budget if done every second.
-STATUS_FILE_EVERY_S = 2.0
 # Ingested events handled per turn, so capture is never starved.
 MAX_INGEST_PER_TURN = 10_000
 
@@ -116,8 +110,6 @@ class Agent:
         self._record_file: IO[str] | Any | None = None
         self._recorder: Recorder | Any | None = None
         self._status: dict[str, Any] = {}
-        self._status_written_at = -math.inf
-        self._status_written_targets = -1  # how many targets the file names
         self._ready_listeners: list[Callable[[], None]] = []
         self._stop_listeners: list[Callable[[], None]] = []
         self.ready_at: float | None = None
@@ -281,11 +273,7 @@ class Agent:
         if self._recorder is not None:
             self._recorder.flush()
         self._status = self.status()
-        now = time.monotonic()
-        # (half a turn of slack: the turns come a second apart, give or take)
-        if (now - self._status_written_at >= STATUS_FILE_EVERY_S - HOUSEKEEPING_S / 2
-                or len(self._status["targets"]) != self._status_written_targets):
-            self.write_status()
+        self.write_status()
 
     def shutdown(self) -> None:
         started = time.monotonic()
@@ -358,9 +346,6 @@ class Agent:
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%s", path, exc)
-            return
-        self._status_written_at = time.monotonic()
-        self._status_written_targets = len(self._status.get("targets", ()))
 
 
 def _describe_target(target: Any) -> str:
