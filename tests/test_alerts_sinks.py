@@ -78,6 +78,7 @@ def test_webhook_receives_the_exact_json(tmp_path, caplog):
     receiver = Receiver()
     try:
         h = Harness(tmp_path, CONFIG.format(url=receiver.url, retries=3))
+        caplog.clear()  # the harness's start-up lines, kept when an earlier test left INFO on
         with caplog.at_level(logging.WARNING, logger="lumen_agent.alerts"):
             h.call("2026-03-02T10:00:00", out_tokens=10)
         h.tick("2026-03-02T10:00:01")
