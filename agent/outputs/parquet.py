@@ -41,7 +41,7 @@ import duckdb
 
 from lumen_agent.outputs.base import Output
 from lumen_agent.outputs.schema import CALLS_TABLE
-from lumen_agent.outputs.store import connect_when_free, is_lock_error
+from lumen_agent.outputs.store import connect_when_free, is_lock_error, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,6 @@ class ExportResult:
     first: int
     last: int
     files: tuple[Path, ...]
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _part_name(first: int, last: int) -> str:
@@ -138,7 +134,7 @@ class ParquetExporter:
             final = folder / _part_name(first, last)
             temporary = folder / f".{final.name}.tmp"
             con.execute(f"COPY (SELECT * FROM {CALLS_TABLE} WHERE {in_range} AND {day} = ? ORDER BY rowid) "
-                        f"TO {_sql_string(str(temporary))} (FORMAT parquet, COMPRESSION zstd)", [d])
+                        f"TO {sql_string(str(temporary))} (FORMAT parquet, COMPRESSION zstd)", [d])
             _fsync(temporary)
             os.replace(temporary, final)
             _fsync(folder)

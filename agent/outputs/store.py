@@ -141,8 +141,9 @@ def _without_stored_batch_lines(con: duckdb.DuckDBPyConnection, batch: list[Call
     return [c for c in batch if c.id not in stored]
 
 
-def _sql_string(text: str) -> str:
-    """``text`` as an SQL string literal (ATTACH takes no parameters)."""
+def sql_string(text: str) -> str:
+    """``text`` as an SQL string literal, for statements that take no
+    parameters (ATTACH, COPY ... TO)."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -456,7 +457,7 @@ class CallStore(Output):
         self._attached.acquire()
         try:
             host = self._host_connection()
-            host.execute(f"ATTACH {_sql_string(str(self.path))} AS {FILE_ALIAS}")
+            host.execute(f"ATTACH {sql_string(str(self.path))} AS {FILE_ALIAS}")
         except BaseException:
             self._attached.release()
             raise
