@@ -335,14 +335,11 @@ class Agent:
 
     def write_status(self) -> None:
         path = self.config.status_path
-        tmp = path.with_suffix(".tmp")
-        data = json.dumps(self._status, default=str).encode()
         try:
-            try:
-                _write_file(tmp, data, 0o644)  # 0644 whatever the umask: other users' `status` reads it
-            except FileNotFoundError:  # the folder is made when missing, not checked at every rewrite
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-                _write_file(tmp, data, 0o644)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._status, default=str))
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%s", path, exc)
@@ -353,17 +350,6 @@ def _describe_target(target: Any) -> str:
     if path is None:
         return str(target)
     return f"{path} ({target.kind}, {target.mode}, {len(target.pids)} processes)"
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
 
 
 def read_status(runtime_dir: Path | None = None) -> dict[str, Any] | None:
