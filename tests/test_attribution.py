@@ -30,6 +30,24 @@ def test_exited_process_keeps_what_was_learnt():
     assert attribution.lookup(child.pid).process == "sleep"
 
 
+def test_an_exec_read_as_the_process_exits_keeps_the_kernels_name(tmp_path):
+    """The exec record named the program; the process then exits between
+    psutil's start time (still there) and the /proc reads (gone): here a
+    /proc with no entry for this live pid.  The kernel's comm fills in."""
+    import pwd
+
+    import psutil
+
+    from lumen_agent.pipeline.attribution import ProcessIdentity
+
+    me = os.getpid()
+    attribution = Attribution(proc=tmp_path)
+    attribution.remember(ProcessIdentity(me, 1000.0, ProcessInfo(process="curl")))
+    attribution.forget(me)
+    assert attribution.lookup(me) == ProcessInfo(process="curl", user=pwd.getpwuid(os.getuid()).pw_name)
+    assert attribution.identify(me).start == psutil.Process(me).create_time()  # read anew, not the stand-in
+
+
 def test_unknown_pid_is_unknown_not_an_error():
     assert Attribution().lookup(2**22 + 12345) == ProcessInfo()
 

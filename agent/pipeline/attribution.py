@@ -13,7 +13,7 @@ from __future__ import annotations
 import pwd
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 # psutil is imported where it is used: the hook, in a program's own
@@ -103,14 +103,23 @@ class Attribution:
     def forget(self, pid: int) -> None:
         """Drop what is known of ``pid`` (it exec'd: /proc will tell the new program).
 
-        Kept when a capture source handed it in and the process is gone: the
-        eBPF exec record of a curl can reach the run loop after the sniffer
-        handed in who that curl was at connect(), and /proc has nothing now.
+        What a capture source handed in is of the new program (the eBPF exec
+        record's comm, handed in just before; the sniffer's owner found at
+        connect()), so it is not dropped but read over: all of it is kept
+        when the process is gone (its exec record was read after it exited),
+        and it fills what /proc no longer had when the process exited while
+        being read (a short-lived curl: its comm vanished mid-read).
         """
-        if pid in self._handed_in and pid in self._by_pid and self._start_time(pid) is None:
-            return
+        handed_in = self._by_pid.get(pid) if pid in self._handed_in else None
         self._by_pid.pop(pid, None)
         self._handed_in.pop(pid, None)
+        if handed_in is None:
+            return
+        start = self._start_time(pid)
+        if start is None:
+            self.remember(ProcessIdentity(pid, handed_in[0], handed_in[1]))
+        else:
+            self.remember(ProcessIdentity(pid, start, _filled(self._read(pid), handed_in[1])))
 
     def _start_time(self, pid: int) -> float | None:
         """When ``pid`` started: with the pid, names one process (pids are reused)."""
@@ -150,6 +159,12 @@ class Attribution:
             except KeyError:
                 self._users[uid] = str(uid)
         return self._users[uid]
+
+
+def _filled(info: ProcessInfo, fallback: ProcessInfo) -> ProcessInfo:
+    """``info``, with what it lacks taken from ``fallback``."""
+    return ProcessInfo(*(mine if mine is not None else theirs
+                         for mine, theirs in zip(astuple(info), astuple(fallback), strict=True)))
 
 
 def _read_text(path: Path) -> str | None:
