@@ -40,6 +40,7 @@ from lumen_agent.pipeline.core import Origin
 from lumen_agent.pipeline.events import DataEvent
 from lumen_agent.pipeline.gate import ProcessGate
 from lumen_agent.recording import Recorder, open_private
+from lumen_agent.status_file import StatusFile
 
 log = logging.getLogger("lumen_agent")
 
@@ -110,6 +111,7 @@ class Agent:
         self._record_file: IO[str] | Any | None = None
         self._recorder: Recorder | Any | None = None
         self._status: dict[str, Any] = {}
+        self._status_file = StatusFile(config.status_path)
         self._ready_listeners: list[Callable[[], None]] = []
         self._stop_listeners: list[Callable[[], None]] = []
         self.ready_at: float | None = None
@@ -295,7 +297,7 @@ class Agent:
                     log.exception("output failed to close output=%s", output.name)
             if self._record_file is not None:
                 self._record_file.close()
-            self._remove_status()
+            self._status_file.remove(os.getpid())
             for fd in (self._wake_r, self._wake_w):
                 try:
                     os.close(fd)
@@ -303,15 +305,6 @@ class Agent:
                     pass
             log.info("stopped rows_written=%d shutdown_s=%.2f",
                      self.store.stats().get("rows_written", 0), time.monotonic() - started)
-
-    def _remove_status(self) -> None:
-        """Remove the status file if it is still ours (never another agent's)."""
-        path = self.config.status_path
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError, AttributeError):
-            pass
 
     def status(self) -> dict[str, Any]:
         return {
@@ -334,15 +327,7 @@ class Agent:
         }
 
     def write_status(self) -> None:
-        path = self.config.status_path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._status, default=str))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write status file path=%s error=%s", path, exc)
+        self._status_file.write(self._status)
 
 
 def _describe_target(target: Any) -> str:

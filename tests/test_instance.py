@@ -111,10 +111,10 @@ def test_stopping_agent_never_removes_another_agents_status_file(tmp_path) -> No
     agent = Agent(config, lambda on_event, on_exec: IngestOnly(), capture_name="hook")
     config.status_path.parent.mkdir()
     config.status_path.write_text(json.dumps({"pid": os.getpid() + 1}))  # another agent's
-    agent._remove_status()
+    agent._status_file.remove(os.getpid())
     assert config.status_path.exists()
     config.status_path.write_text(json.dumps({"pid": os.getpid()}))
-    agent._remove_status()
+    agent._status_file.remove(os.getpid())
     assert not config.status_path.exists()
 
 
