@@ -24,7 +24,7 @@ from lumen_agent.cli.app import (
     user_errors,
 )
 from lumen_agent.cli.format import Format, render
-from lumen_agent.outputs.queries import REPORT_KEYS, QueryError
+from lumen_agent.outputs.query_terms import REPORT_KEYS, QueryError
 
 
 @app.command()

@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from lumen_agent.errors import LumenError
+from lumen_agent.outputs.query_terms import REPORT_KEYS, QueryError
 from lumen_agent.outputs.schema import CALLS_TABLE, SCHEMA_VERSION, SchemaError, schema_version
 from lumen_agent.outputs.store import connect_when_free, is_lock_error
 
@@ -31,10 +31,6 @@ from lumen_agent.outputs.store import connect_when_free, is_lock_error
 DEFAULT_LOCK_TIMEOUT = 5.0
 # Rows fetched per round trip when re-pricing.
 _REPRICE_CHUNK = 50_000
-
-
-class QueryError(LumenError):
-    """A user-facing error: bad SQL, missing file, bad --since, lock timeout."""
 
 
 @dataclass(slots=True)
@@ -167,16 +163,6 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 
 
 # -- report --------------------------------------------------------------
-
-REPORT_KEYS: dict[str, tuple[str, str]] = {
-    # --by value: (SQL expression, output column)
-    "model": ("model", "model"),
-    "process": ("process", "process"),
-    "provider": ("provider", "provider"),
-    "day": ("CAST(ts_start AT TIME ZONE 'UTC' AS DATE)", "day"),
-    "key": ("api_key_hash", "api_key_hash"),
-    "tenant": ("tenant", "tenant"),
-}
 
 
 def report(path: str | os.PathLike[str], by: str, since: str | None = None) -> Result:
