@@ -140,24 +140,6 @@ class AttachedTarget:
 # Decoded once: a record's direction byte and flag bits -> the event's values.
 _DIRECTIONS = (Direction.SEND, Direction.RECV)
 _FLAGS = tuple(EventFlag(i) for i in range(8))
-_EVENT_SLOTS = tuple(getattr(DataEvent, name).__set__ for name in
-                     ("ts_ns", "pid", "tid", "conn", "direction", "data", "flags"))
-
-
-def _new_event(ts_ns, pid, tid, conn, direction, data, flags) -> DataEvent:
-    """DataEvent(...) without the frozen dataclass's __init__, which goes
-    through object.__setattr__ once per field: a third of the cost, and this
-    runs once per record (2.4x faster under timeit)."""
-    event = object.__new__(DataEvent)
-    s_ts, s_pid, s_tid, s_conn, s_dir, s_data, s_flags = _EVENT_SLOTS
-    s_ts(event, ts_ns)
-    s_pid(event, pid)
-    s_tid(event, tid)
-    s_conn(event, conn)
-    s_dir(event, direction)
-    s_data(event, data)
-    s_flags(event, flags)
-    return event
 
 
 class _Partial:
@@ -493,7 +475,7 @@ class EbpfCapture:
                             conns.add(conn)
                         events += 1
                         nbytes += len(payload)
-                        on_event(_new_event(ts + offset, pid, tid, conn, directions[direction], payload, no_flags))
+                        on_event(DataEvent(ts + offset, pid, tid, conn, directions[direction], payload, no_flags))
                     elif kind == EV_CLOSE:
                         self._on_close(hdr[2], hdr[3], hdr[1], hdr[0])
                     elif kind == EV_PROC:
@@ -555,7 +537,7 @@ class EbpfCapture:
         if opened is None:
             opened = self._open_conns[pid] = set()
         opened.add(conn)
-        self.on_event(_new_event(ts + self._clock_offset, pid, tid, conn, _DIRECTIONS[direction], data, _FLAGS[flags]))
+        self.on_event(DataEvent(ts + self._clock_offset, pid, tid, conn, _DIRECTIONS[direction], data, _FLAGS[flags]))
 
     def _flush_stale_partials(self, force: bool = False) -> None:
         if not self._partials:

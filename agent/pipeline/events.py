@@ -29,8 +29,13 @@ class EventFlag(enum.IntFlag):
     CLOSE = 4
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataEvent:
+    """Never changed once made (``dataclasses.replace`` makes another), but
+    not ``frozen``: one is made per captured SSL call (a streamed response is
+    ~100), and a frozen dataclass sets each field through
+    ``object.__setattr__``, 4x the cost of the whole plain ``__init__``."""
+
     ts_ns: int  # CLOCK_REALTIME nanoseconds
     pid: int
     tid: int
