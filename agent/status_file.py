@@ -53,7 +53,8 @@ class StatusFile:
     def write(self, status: dict[str, Any]) -> None:
         data = json.dumps(status, default=str).encode()
         try:
-            if self._exchange is not None and self._still_ours():
+            if self._exchange is not None:
+                self._open_both()
                 self._write_exchanged(data)
             else:
                 self._write_renamed(data)
@@ -93,13 +94,14 @@ class StatusFile:
             return
         self._files = [spare, current]
 
-    def _still_ours(self) -> bool:
-        """Both names still on our two open files; else (first write, or the
-        folder or a file was removed or replaced) both opened afresh."""
+    def _open_both(self) -> None:
+        """Both files open, and still named as we left them; else (the first
+        write, or the folder or a file was removed or replaced) opened afresh."""
         try:
-            if len(self._files) == 2 and all(_identity(os.stat(path, follow_symlinks=False)) == ident
-                                   for path, (_fd, ident) in zip((self.path, self.spare), self._files, strict=True)):
-                return True
+            if len(self._files) == 2 and all(
+                    _identity(os.stat(path, follow_symlinks=False)) == ident
+                    for path, (_fd, ident) in zip((self.path, self.spare), self._files, strict=True)):
+                return
         except FileNotFoundError:
             pass
         self._close()
@@ -108,7 +110,6 @@ class StatusFile:
             fd = os.open(path, _OPEN_FLAGS, MODE)
             self._files.append((fd, _identity(os.fstat(fd))))
             os.fchmod(fd, MODE)
-        return True
 
     def _write_renamed(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
