@@ -275,7 +275,7 @@ class Agent:
         if self._recorder is not None:
             self._recorder.flush()
         self._status = self.status()
-        self.write_status()
+        self._status_file.write(self._status)
 
     def shutdown(self) -> None:
         started = time.monotonic()
@@ -325,9 +325,6 @@ class Agent:
             "store": self.store.stats(),
             "outputs": {o.name: o.stats() for o in self.outputs if o is not self.store},
         }
-
-    def write_status(self) -> None:
-        self._status_file.write(self._status)
 
 
 def _describe_target(target: Any) -> str:

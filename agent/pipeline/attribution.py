@@ -111,14 +111,12 @@ class Attribution:
         being read (a short-lived curl: its comm vanished mid-read).
         """
         handed_in = self._by_pid.get(pid) if pid in self._handed_in else None
-        self._by_pid.pop(pid, None)
-        self._handed_in.pop(pid, None)
         if handed_in is None:
+            self._by_pid.pop(pid, None)
+            self._handed_in.pop(pid, None)
             return
         start = self._start_time(pid)
-        if start is None:
-            self.remember(ProcessIdentity(pid, handed_in[0], handed_in[1]))
-        else:
+        if start is not None:  # else gone: what was handed in stays as it is
             self.remember(ProcessIdentity(pid, start, _filled(self._read(pid), handed_in[1])))
 
     def _start_time(self, pid: int) -> float | None:
