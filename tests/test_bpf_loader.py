@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from ebpf_env import ebpf_skip_reason
@@ -64,6 +66,29 @@ def test_non_pie_executable_offsets_are_translated_and_outside_text_is_an_error(
     with pytest.raises(ValueError, match="in no executable segment"):
         file_offset("/usr/bin/node", 0x10)
 
+
+
+@pytest.mark.parametrize("path", ["/usr/bin/node", "/bin/ls", sys.executable, "libssl"])
+def test_executable_segments_are_the_ones_pyelftools_reads(path):
+    from elftools.elf.elffile import ELFFile
+
+    from lumen_agent.capture.elf_offsets import _text_segments
+
+    path = _libssl_path() if path == "libssl" else os.path.realpath(path)
+    with open(path, "rb") as f:
+        theirs = tuple((s["p_vaddr"], s["p_vaddr"] + s["p_memsz"], s["p_offset"])
+                       for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1)
+    st = os.stat(path)
+    assert theirs and _text_segments(path, st.st_dev, st.st_ino, st.st_mtime_ns) == theirs
+
+
+def test_a_file_that_is_no_whole_elf64_is_a_value_error(tmp_path):
+    head = Path("/bin/ls").read_bytes()[:80]  # the ELF header, and program headers cut short
+    for name, data in (("text", b"#!/bin/sh\n"), ("empty", b""), ("cut", head), ("elf32", head[:4] + b"\x01" + head[5:])):
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match="not an ELF64 file|truncated ELF"):
+            file_offset(str(bad), 0x1000)
 
 CHILD = textwrap.dedent(
     """

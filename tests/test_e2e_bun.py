@@ -59,7 +59,7 @@ def compiled(bun, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def altered(bun, tmp_path_factory) -> Path:
     """A copy of bun with SSL_read's and SSL_write's prologues re-encoded."""
-    from lumen_agent.capture.runtimes import analyse_file
+    from lumen_agent.capture.runtime_analysis import analyse_file
 
     res = analyse_file(str(bun))
     assert res is not None and len(res.probes) == 2, res

@@ -11,14 +11,16 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from elftools.elf.elffile import ELFFile
 from support import bun_client, go_client
 
-from lumen_agent.capture import boringssl, go_tls, runtimes
+from lumen_agent.capture import boringssl, go_tls, runtime_analysis, runtimes
 
 # ------------------------------------------------------------------------- Go
 
@@ -78,12 +80,12 @@ def test_go_before_1_17_is_reported_not_probed(go_builds, monkeypatch):
     monkeypatch.setattr(go_tls, "go_version", lambda elf: "go1.16.15")
     with pytest.raises(go_tls.GoAnalysisError, match="stack"):
         _analyse(go_builds["symtab"])
-    res = runtimes.analyse_file(str(go_builds["symtab"]))
+    res = runtime_analysis.analyse_file(str(go_builds["symtab"]))
     assert res.runtime == "go" and res.probes == () and "Go < 1.17" in res.reason
 
 
 def test_not_go_and_not_bun():
-    assert runtimes.analyse_file(shutil.which("ls")) is None
+    assert runtime_analysis.analyse_file(shutil.which("ls")) is None
     assert go_tls.version_tuple("go1.19.8") == (1, 19) and go_tls.version_tuple("devel") is None
 
 
@@ -93,16 +95,16 @@ def test_truncated_go_binary_gives_no_crash(go_builds, tmp_path, cut):
     bad = tmp_path / "truncated"
     bad.write_bytes(data)
     try:
-        res = runtimes.analyse_file(str(bad))
+        res = runtime_analysis.analyse_file(str(bad))
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"analyse_file raised {exc!r}")
     assert res is None or res.probes == ()
 
 
 def test_go_analysis_is_cached_by_build_id(go_builds):
-    first = runtimes.analyse_file(str(go_builds["symtab"]))
+    first = runtime_analysis.analyse_file(str(go_builds["symtab"]))
     cache = {first.build_id: first}
-    again = runtimes.analyse_file(str(go_builds["symtab"]), cache)
+    again = runtime_analysis.analyse_file(str(go_builds["symtab"]), cache)
     assert first.build_id and again.probes == first.probes and again.detail.endswith("cached")
 
 
@@ -119,7 +121,72 @@ def test_analyser_looks_at_a_file_once(go_builds):
     got += a.take()
     assert [r.runtime for r in got] == ["go"] and a.analysed == 1
     assert a.not_found_lines() == []
+    a.close()
 
+
+
+def _analysis_processes() -> list[psutil.Process]:
+    """Our analysis processes, exited and not yet reaped ones included."""
+    found = []
+    for c in psutil.Process().children():
+        try:
+            if "lumen_agent.capture.runtime_analysis" in " ".join(c.cmdline()):
+                found.append(c)
+        except psutil.ZombieProcess:
+            found.append(c)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _take_one(a: runtimes.RuntimeAnalyser, timeout: float = 30) -> list[runtimes.RuntimeResult]:
+    """What the analyser has for the file submitted last, once it has it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = a.take()
+        if got or not a.busy():
+            return got
+        time.sleep(0.05)
+    raise AssertionError("no analysis within the timeout")
+
+
+def test_the_analysis_process_goes_when_idle_and_comes_back_when_needed(go_builds, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtimes, "PROCESS_IDLE_S", 1.0)
+    a = runtimes.RuntimeAnalyser()
+    a.submit(str(go_builds["symtab"]))
+    assert [r.runtime for r in _take_one(a)] == ["go"]
+    assert len(_analysis_processes()) == 1
+    deadline = time.monotonic() + 10
+    while _analysis_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _analysis_processes() == []  # exited, and reaped
+    copy = tmp_path / "again"
+    shutil.copy2(go_builds["stripped"], copy)
+    a.submit(str(copy))
+    got = _take_one(a)
+    assert [(r.path, r.runtime, bool(r.probes)) for r in got] == [(str(copy), "go", True)]
+    assert (a.analysed, a.failed) == (2, 0)
+    a.close()
+    assert _analysis_processes() == []
+
+
+def test_an_analysis_that_gives_no_answer_is_counted_and_the_next_file_still_analysed(go_builds, monkeypatch):
+    monkeypatch.setattr(runtimes, "ANALYSIS_TIMEOUT_S", 0.001)  # no process answers that fast
+    a = runtimes.RuntimeAnalyser()
+    a.submit(str(go_builds["symtab"]))
+    assert _take_one(a) == [] and (a.analysed, a.failed) == (0, 1)
+    assert _analysis_processes() == []  # killed
+    monkeypatch.setattr(runtimes, "ANALYSIS_TIMEOUT_S", 120.0)
+    a.submit(str(go_builds["stripped"]))
+    assert [r.runtime for r in _take_one(a)] == ["go"] and (a.analysed, a.failed) == (1, 1)
+    a.close()
+
+
+def test_the_capture_process_does_not_import_pyelftools_or_capstone():
+    code = ("import sys, lumen_agent.run_process, lumen_agent.capture.ebpf, lumen_agent.capture.elf_offsets; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'elftools', 'capstone'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 # ------------------------------------------------------------------------- Bun
 
@@ -141,7 +208,7 @@ def test_hex_pattern():
 
 
 def test_bun_functions_are_the_verified_ones(bun):
-    res = runtimes.analyse_file(str(bun))
+    res = runtime_analysis.analyse_file(str(bun))
     assert res is not None and res.runtime == "bun", res
     data = json.loads(boringssl.PATTERNS_FILE.read_text())
     verified = {v["build_id"]: v for p in data["patterns"] for v in p["verified_on"]}
@@ -156,13 +223,13 @@ def test_bun_functions_are_the_verified_ones(bun):
 
 def test_bun_compiled_executable_shares_the_cached_result(bun, tmp_path):
     exe = bun_client.compile_script(bun, tmp_path)
-    first = runtimes.analyse_file(str(bun))
-    res = runtimes.analyse_file(str(exe), {first.build_id: first})
+    first = runtime_analysis.analyse_file(str(bun))
+    res = runtime_analysis.analyse_file(str(exe), {first.build_id: first})
     assert res.build_id == first.build_id and res.probes == first.probes
 
 
 def test_altered_bun_is_not_probed_even_with_a_cached_result(bun, tmp_path):
-    good = runtimes.analyse_file(str(bun))
+    good = runtime_analysis.analyse_file(str(bun))
     copy = tmp_path / "bun-altered"
     shutil.copy2(bun, copy)
     with open(copy, "r+b") as f:
@@ -171,7 +238,7 @@ def test_altered_bun_is_not_probed_even_with_a_cached_result(bun, tmp_path):
             f.seek(probe.addr - text["sh_addr"] + text["sh_offset"])
             f.write(bytes.fromhex("55488bec"))  # same instructions, other encoding
     for cache in (None, {good.build_id: good}):
-        res = runtimes.analyse_file(str(copy), cache)
+        res = runtime_analysis.analyse_file(str(copy), cache)
         assert res.runtime == "bun" and res.probes == ()
         assert res.reason.startswith("no known BoringSSL pattern matches"), res.reason
     a = runtimes.RuntimeAnalyser()

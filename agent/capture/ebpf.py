@@ -203,7 +203,7 @@ class EbpfCapture:
         self.last_attach_error = ""
         self._exe_scan: threading.Thread | None = None
         self._exe_found: list | None = None
-        # Go and Bun executables: analysed on a worker thread (runtimes.py)
+        # Go and Bun executables: analysed in a process of their own (runtimes.py)
         self.runtimes = RuntimeAnalyser()
 
     # -- lifecycle -----------------------------------------------------------
@@ -304,6 +304,7 @@ class EbpfCapture:
             self._flush_stale_partials(force=True)
         except Exception:  # noqa: BLE001 - closing must not raise
             pass
+        self.runtimes.close()
         b, self._bpf = self._bpf, None
         if self._reader is not None:
             self._reader.close()
@@ -687,6 +688,9 @@ class EbpfCapture:
         s["ignored_calls"] = self._counter(CNT_IGNORED)
         s["targets_attached"] = len({k[0] for k in self._attached})
         s["probes_attached"] = sum(len(v) for v in self._attached.values())
+        # Executables the analysis process gave no answer for, or that found its queue full.
+        s["runtime_analysis_failed"] = self.runtimes.failed
+        s["runtime_analysis_dropped"] = self.runtimes.dropped
         if self._reader is not None:
             # How well records are batched: records / ring_reads per read.
             s["ring_wakeups"] = self._reader.wakeups

@@ -11,19 +11,22 @@ is what BCC's ``bcc_resolve_symname`` does before ``bpf_attach_uprobe``.
 from __future__ import annotations
 
 import os
+import struct
 from functools import lru_cache
-
-from elftools.common.utils import struct_parse
-from elftools.elf.constants import P_FLAGS
-from elftools.elf.elffile import ELFFile
 
 # Files whose segments are remembered (one entry per file version).
 MAX_CACHED_FILES = 256
 
+PT_LOAD = 1
+PF_X = 1
+# e_phnum's escape (ELF gABI): the real count is section header 0's sh_info.
+PN_XNUM = 0xFFFF
+
 
 def file_offset(path: str, vaddr: int) -> int:
     """The file offset of ``vaddr`` in the ELF file ``path``; ValueError when
-    no executable segment holds it (OSError when the file cannot be read)."""
+    no executable segment holds it or the file is no readable ELF64 (OSError
+    when it cannot be read)."""
     st = os.stat(path)
     for start, end, offset in _text_segments(path, st.st_dev, st.st_ino, st.st_mtime_ns):
         if start <= vaddr < end:
@@ -33,15 +36,37 @@ def file_offset(path: str, vaddr: int) -> int:
 
 @lru_cache(maxsize=MAX_CACHED_FILES)
 def _text_segments(path: str, _dev: int, _inode: int, _mtime_ns: int) -> tuple[tuple[int, int, int], ...]:
-    """(p_vaddr, p_vaddr + p_memsz, p_offset) of each executable PT_LOAD segment."""
+    """(p_vaddr, p_vaddr + p_memsz, p_offset) of each executable PT_LOAD segment.
+
+    Read with ``struct`` from the ELF64 header and program headers (a few
+    hundred bytes): pyelftools would do the same, but importing it keeps
+    ~3 MB of code resident in the agent, which needs nothing else of it
+    (Go and Bun binaries are analysed in a process of their own)."""
     with open(path, "rb") as f:
-        elf = ELFFile(f)
-        # The program headers alone, parsed with pyelftools' own struct:
-        # iter_segments() makes a Segment object of each, and the PT_DYNAMIC
-        # one reads the dynamic section and its GNU hash table on the way,
-        # 0.2 s of CPU for node (at each start, for every target).
-        phoff, phentsize = elf["e_phoff"], elf["e_phentsize"]
-        headers = (struct_parse(elf.structs.Elf_Phdr, elf.stream, stream_pos=phoff + i * phentsize)
-                   for i in range(elf.num_segments()))
-        return tuple((h["p_vaddr"], h["p_vaddr"] + h["p_memsz"], h["p_offset"])
-                     for h in headers if h["p_type"] == "PT_LOAD" and h["p_flags"] & P_FLAGS.PF_X)
+        ident = f.read(64)
+        if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] not in (1, 2):
+            raise ValueError(f"{path}: not an ELF64 file")
+        end = "<" if ident[5] == 1 else ">"
+        phoff, shoff = struct.unpack_from(end + "QQ", ident, 0x20)
+        phentsize, phnum = struct.unpack_from(end + "HH", ident, 0x36)
+        if phnum == PN_XNUM:
+            f.seek(shoff + 0x2C)
+            phnum, = struct.unpack(end + "I", _read(f, 4, path))
+        if phentsize < 56:
+            raise ValueError(f"{path}: program headers of {phentsize} bytes")
+        f.seek(phoff)
+        table = _read(f, phnum * phentsize, path)
+    segments = []
+    for i in range(phnum):
+        p_type, p_flags, p_offset, p_vaddr, _paddr, _filesz, p_memsz = struct.unpack_from(
+            end + "IIQQQQQ", table, i * phentsize)
+        if p_type == PT_LOAD and p_flags & PF_X:
+            segments.append((p_vaddr, p_vaddr + p_memsz, p_offset))
+    return tuple(segments)
+
+
+def _read(f, n: int, path: str) -> bytes:
+    data = f.read(n)
+    if len(data) < n:
+        raise ValueError(f"{path}: truncated ELF")
+    return data

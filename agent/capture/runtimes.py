@@ -1,7 +1,8 @@
 """Executables with TLS of their own that export no SSL_write: Go and Bun.
 
 At exec the capture hands each new executable (by device + inode) to
-``RuntimeAnalyser``, which looks at it on a worker thread, off the hot path:
+``RuntimeAnalyser``, which has it looked at off the hot path, in a process
+of its own (``runtime_analysis.py`` says why):
 
 * a Go program (``.go.buildinfo``) that links crypto/tls -> probes on
   ``crypto/tls.(*Conn).Write/Read/Close`` (``go_tls.py``);
@@ -20,16 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import queue
-import struct
+import select
+import subprocess
+import sys
 import threading
-import time
 from dataclasses import dataclass
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-from lumen_agent.capture import boringssl, go_tls
+from typing import Any
 
 log = logging.getLogger("lumen_agent.capture")
 
@@ -39,6 +38,17 @@ MAX_QUEUED = 1024
 # Files remembered as already looked at; past this the memory is cleared and
 # a file seen again is looked at again (cheap for non-Go/Bun files).
 MAX_SEEN_FILES = 65536
+# The analysis process exits after this long with nothing to look at (a
+# host's executables are looked at once; then it would only hold memory).
+PROCESS_IDLE_S = 30.0
+# One executable's analysis, start-up included (bun's 107 MB: 0.4-1 s here);
+# past this the process is killed and the file counted as failed.
+ANALYSIS_TIMEOUT_S = 120.0
+# Below the agent's CPU priority: capture comes first, analysis can wait.
+ANALYSIS_NICE = 10
+# close(): an analysis under way may take this long before the agent stops
+# without it (the process then exits at the end of its input).
+CLOSE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,82 +73,51 @@ class RuntimeResult:
     seconds: float = 0.0  # analysis time
 
 
-def build_id(elf: ELFFile) -> str:
-    """GNU build id, else Go build id, else "" (then the cache is by file only)."""
-    for name in (".note.gnu.build-id", ".note.go.buildid"):
-        sec = elf.get_section_by_name(name)
-        if sec is None:
-            continue
-        for note in sec.iter_notes():
-            desc = note["n_desc"]
-            if isinstance(desc, bytes):
-                return desc.hex() if name.endswith("build-id") else desc.decode("ascii", "replace")
-            return str(desc)
-    return ""
+class AnalysisFailed(Exception):
+    """The analysis process died, timed out or answered nonsense."""
 
 
-def go_probe_specs(p: go_tls.GoTlsProbes) -> tuple[ProbeSpec, ...]:
-    specs = [ProbeSpec(p.write_entry, "go_write_enter"), ProbeSpec(p.read_entry, "go_read_enter")]
-    specs += [ProbeSpec(a, "go_read_return") for a in p.read_returns]
-    if p.close_entry is not None:
-        specs.append(ProbeSpec(p.close_entry, "go_close_enter"))
-    return tuple(specs)
+class AnalysisProcess:
+    """One ``python -m lumen_agent.capture.runtime_analysis``: a request, then its reply."""
 
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "lumen_agent.capture.runtime_analysis"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-def analyse_file(path: str, cache: dict[str, RuntimeResult] | None = None) -> RuntimeResult | None:
-    """What to probe in ``path``; None when it is neither a Go TLS program nor Bun.
-
-    A file that is not a readable ELF (truncated, corrupt, not an executable)
-    is None too: it cannot be probed and it is nothing to report.
-    """
-    try:
-        return _analyse_file(path, cache)
-    except (ELFError, struct.error, ValueError, OSError):
-        return None
-
-
-def _analyse_file(path: str, cache: dict[str, RuntimeResult] | None) -> RuntimeResult | None:
-    started = time.perf_counter()
-    st = os.stat(path)
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        bid = build_id(elf)
-        cached = cache.get(bid) if (cache is not None and bid) else None
-
-        def result(runtime: str, probes: tuple[ProbeSpec, ...], reason: str = "", detail: str = "") -> RuntimeResult:
-            return RuntimeResult(path, st.st_dev, st.st_ino, runtime, bid, probes, reason, detail,
-                                 time.perf_counter() - started)
-
-        if cached is not None and cached.runtime == "go":
-            return result("go", cached.probes, cached.reason, cached.detail + ", cached")
+    def analyse(self, path: str, cache: dict[str, RuntimeResult]) -> tuple[RuntimeResult | None, str | None]:
+        """(result, error) for ``path``; :class:`AnalysisFailed` when no answer came."""
         try:
-            go = go_tls.analyse(elf)
-        except go_tls.GoAnalysisError as exc:
-            return result("go", (), str(exc))
-        except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the worker
-            if go_tls.go_version(elf) is None:
-                go = None
-            else:
-                return result("go", (), f"cannot read Go tables: {exc}")
-        if go is not None:
-            return result("go", go_probe_specs(go), detail=f"{go.go_version}, {go.source}")
-        if not boringssl.looks_like_bun(elf):
-            return None
-        found = boringssl.locate(elf, f, cached=cached)
-        if isinstance(found, str):
-            return result("bun", (), found)
-        probes = (
-            ProbeSpec(found.ssl_write, "probe_write_enter", "probe_rw_return"),
-            ProbeSpec(found.ssl_read, "probe_read_enter", "probe_rw_return"),
-        )
-        return result("bun", probes, detail=found.describe())
+            pickle.dump((path, cache), self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._proc.stdin.flush()
+            ready, _, _ = select.select([self._proc.stdout], [], [], ANALYSIS_TIMEOUT_S)
+            if not ready:
+                raise AnalysisFailed(f"no answer within {ANALYSIS_TIMEOUT_S:.0f} s")
+            reply: Any = pickle.load(self._proc.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            raise AnalysisFailed(f"the analysis process exited ({self._proc.poll()}): {exc}") from None
+        if not (isinstance(reply, tuple) and len(reply) == 2):
+            raise AnalysisFailed(f"unexpected reply {type(reply).__name__}")
+        return reply
+
+    def close(self) -> None:
+        """End of input: it finishes and exits (killed if it does not)."""
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+
+    def kill(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
 
 
 class RuntimeAnalyser:
-    """A worker thread that analyses executables; the capture polls results."""
+    """Queues executables; a worker thread has each analysed by the analysis
+    process (started on demand, let go when idle); the capture polls results."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[str] = queue.Queue(MAX_QUEUED)
+        self._queue: queue.Queue[str | None] = queue.Queue(MAX_QUEUED)
         self._results: list[RuntimeResult] = []
         self._lock = threading.Lock()
         self._seen: set[tuple[int, int, int]] = set()  # (dev, inode, mtime) queued once
@@ -146,6 +125,7 @@ class RuntimeAnalyser:
         self.not_found: dict[tuple[int, int], RuntimeResult] = {}
         self.dropped = 0
         self.analysed = 0
+        self.failed = 0  # files the analysis process gave no answer for
         self._thread: threading.Thread | None = None
 
     def submit(self, path: str) -> None:
@@ -170,28 +150,57 @@ class RuntimeAnalyser:
             self._thread = threading.Thread(target=self._run, name="lumen-runtime-analysis", daemon=True)
             self._thread.start()
 
-    def _run(self) -> None:
-        while True:
-            path = self._queue.get()
+    def close(self) -> None:
+        """Let the analysis process go (what is still queued is not looked at)."""
+        if self._thread is not None:
             try:
-                self._analyse(path)
+                self._queue.put_nowait(None)
+            except queue.Full:
+                return  # the daemon worker goes with the agent; the process, at end of its input
+            self._thread.join(CLOSE_WAIT_S)
+
+    def _run(self) -> None:
+        worker: AnalysisProcess | None = None
+        while True:
+            try:
+                path = self._queue.get(timeout=PROCESS_IDLE_S if worker is not None else None)
+            except queue.Empty:
+                worker.close()
+                worker = None
+                continue
+            try:
+                if path is None:
+                    if worker is not None:
+                        worker.close()
+                    return
+                worker = self._analyse(worker, path)
             finally:
                 # After the result is in: busy() never sees neither.
                 self._queue.task_done()
 
-    def _analyse(self, path: str) -> None:
+    def _analyse(self, worker: AnalysisProcess | None, path: str) -> AnalysisProcess | None:
+        """Analyse ``path``; the process to use next (None: start a new one)."""
         try:
-            res = analyse_file(path, self.cache)
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the worker
-            log.debug("runtime analysis failed path=%s error=%s", path, exc)
-            return
+            if worker is None:
+                worker = AnalysisProcess()
+            res, error = worker.analyse(path, self.cache)
+        except (AnalysisFailed, OSError) as exc:
+            self.failed += 1
+            log.warning("runtime analysis failed path=%s error=%s", path, exc)
+            if worker is not None:
+                worker.kill()
+            return None
+        if error is not None:
+            log.debug("runtime analysis failed path=%s error=%s", path, error)
+            return worker
         self.analysed += 1
         if res is None:
-            return
+            return worker
         if res.build_id and res.probes:
             self.cache[res.build_id] = res
         with self._lock:
             self._results.append(res)
+        return worker
 
     def busy(self) -> bool:
         """Files queued or being analysed, or results not yet taken."""
