@@ -29,7 +29,7 @@ Go's crypto/tls ((*Conn).Write entry, (*Conn).Read entry and every RET; a
 Go worker in bench/go_tls_worker, built here) and Bun's static BoringSSL
 (SSL_write/SSL_read entry + return; bench/bun_tls_worker.js).  `empty` puts
 an empty BPF program on exactly those addresses.  These modes also time the
-analysis of the executable (runtimes.analyse_file): first look with the
+analysis of the executable (runtime_analysis.analyse_file): first look with the
 file's pages dropped from the page cache, warm, and a build-id cache hit.
 """
 
@@ -312,7 +312,7 @@ def run_argv(argv: list[str], before_go=None) -> float:
 
 def _analysis_times(exe: str) -> dict[str, float]:
     """Seconds to analyse ``exe``: pages dropped, warm, and a build-id cache hit."""
-    from lumen_agent.capture.runtimes import analyse_file
+    from lumen_agent.capture.runtime_analysis import analyse_file
 
     t0 = time.perf_counter()
     import capstone  # noqa: F401 - once per agent process, timed apart
@@ -369,7 +369,7 @@ def runtime_main(args) -> None:
                       CaptureOptions(scan_executables=False, scan_proc_at_start=False))
     cap.start()
     try:
-        cap.runtimes.submit(exe)  # the agent's own path: worker thread, then attach
+        cap.runtimes.submit(exe)  # the agent's own path: the analysis process, then attach
         deadline = time.monotonic() + 60
         while not any(t.path == exe for t in cap.targets()) and time.monotonic() < deadline:
             cap.poll(20)
