@@ -115,7 +115,8 @@ class Agent:
         self._ready_listeners: list[Callable[[], None]] = []
         self._stop_listeners: list[Callable[[], None]] = []
         self.ready_at: float | None = None
-        self.store = CallStore(config.db, flush_interval=config.flush_interval_s, adopt=config.adopt_db)
+        self.store = CallStore(config.db, flush_interval=config.flush_interval_s, adopt=config.adopt_db,
+                               background_flush=True)
         self.outputs: list[Output] = [self.store]
         self.attribution = Attribution()
         self.gate = ProcessGate(config.filters, self.attribution, on_exclude=self._exclude)

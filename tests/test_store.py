@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import threading
+import time
 from decimal import Decimal
 
 import duckdb
@@ -271,6 +272,38 @@ def test_add_from_another_thread_while_flushing(db):
     assert run_sql(db, "SELECT count(DISTINCT id) FROM llm_calls").rows == [(n_threads * per_thread,)]
     assert store.stats()["rows_written"] == n_threads * per_thread
 
+
+
+def test_background_flush_leaves_the_ticking_thread_free_and_close_writes_the_rest(db, monkeypatch):
+    store = CallStore(db, flush_interval=0.0, background_flush=True)
+    store.check()
+    writing, release = threading.Event(), threading.Event()
+    write = store._write
+
+    def slow_write(batch, counts):  # a flush that ends in a long checkpoint
+        writing.set()
+        assert release.wait(10)
+        return write(batch, counts)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    store.add(make_call(0))
+    ticks = []
+    for i in range(3):  # the first wakes the flusher; the others come while its flush holds the file
+        started = time.monotonic()
+        store.on_tick(started)
+        ticks.append(time.monotonic() - started)
+        assert writing.wait(5)
+        store.add(make_call(i + 1))
+    assert max(ticks) < 0.5 and store.stats()["pending"] == 4
+    assert store._flusher.name == "lumen-store-flush" and store._flusher.is_alive()
+    release.set()
+    deadline = time.monotonic() + 10
+    while store.stats()["rows_written"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.close()  # the flusher ends; what came during its flush is written now
+    assert not store._flusher.is_alive()
+    assert _count(db) == 4 and store.stats()["pending"] == 0
+    assert run_sql(db, "SELECT count(DISTINCT id) FROM llm_calls").rows == [(4,)]
 
 # -- lock conflicts (a real second process) --------------------------------
 
