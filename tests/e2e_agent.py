@@ -66,9 +66,11 @@ class AgentProcess:
 
     @classmethod
     def start(cls, workdir: str | os.PathLike[str], *, db_name: str = "x.duckdb",
-              args: Sequence[str] = (), wrap: Sequence[str] = (), lumen: str = LUMEN) -> AgentProcess:
+              args: Sequence[str] = (), wrap: Sequence[str] = (), lumen: str | None = None) -> AgentProcess:
         """``wrap``: a command prefix that execs the agent (e.g. a new mount namespace);
-        ``lumen``: another build's ``lumen-agent`` (a benchmark's baseline)."""
+        ``lumen``: another build's ``lumen-agent`` (a benchmark's baseline); by default
+        the module's ``LUMEN`` as it is now (``capture_bench.py --agent-bin`` sets it)."""
+        lumen = lumen or LUMEN
         workdir = Path(workdir)
         for sub in ("state", "run", "config"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)

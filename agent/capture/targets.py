@@ -77,16 +77,19 @@ def _read_dynsym(path: str | os.PathLike, wanted: Iterable[str]) -> dict[str, in
                 continue
             sym_off, sym_size, link, entsize = sec[4], sec[5], sec[6], sec[9] or 24
             str_off = sections[link][4]
-            str_size = sections[link][5]
-            strtab = mm[str_off : str_off + str_size]
+            str_end = str_off + sections[link][5]
+            # Names are read in place: a copy of the string table is 5 MB
+            # for node, freed at once, and glibc then serves allocations up
+            # to that size from the heap, where they fragment it.
             for j in range(sym_size // entsize):
                 st_name, st_info, _other, st_shndx, st_value, _size = struct.unpack_from(
                     end + "IBBHQQ", mm, sym_off + j * entsize
                 )
                 if st_shndx == 0 or (st_info & 0xF) != 2 or st_value == 0:
                     continue  # undefined, or not STT_FUNC
-                nul = strtab.find(b"\0", st_name)
-                name = strtab[st_name:nul].decode("ascii", "replace")
+                start = str_off + st_name
+                nul = mm.find(b"\0", start, str_end)
+                name = mm[start : nul if nul >= 0 else str_end].decode("ascii", "replace")
                 if name in wanted:
                     found[name] = st_value
             break
