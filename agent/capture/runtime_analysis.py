@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import struct
 import sys
 import time
@@ -25,6 +24,7 @@ from elftools.elf.elffile import ELFFile
 
 from lumen_agent.capture import boringssl, go_tls
 from lumen_agent.capture.runtimes import ANALYSIS_NICE, ProbeSpec, RuntimeResult
+from lumen_agent.helper_process import become_helper
 
 
 def build_id(elf: ELFFile) -> str:
@@ -98,16 +98,8 @@ def _analyse_file(path: str, cache: dict[str, RuntimeResult] | None) -> RuntimeR
         return result("bun", probes, detail=found.describe())
 
 
-
 def main() -> int:
-    # Ctrl-C or a service stop reaches the agent too, which then closes our
-    # stdin: an analysis under way finishes, and we exit at end of input.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(ANALYSIS_NICE)
-    # Our stdout is the reply pipe: anything a library prints goes to stderr.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    out = become_helper(ANALYSIS_NICE)  # at the end of its input (the agent stopped) it exits
     requests = sys.stdin.buffer
     while True:
         try:

@@ -29,13 +29,13 @@ import collections
 import logging
 import os
 import pickle
-import signal
 import sys
 import threading
 import time
 from typing import Any, BinaryIO
 
 from lumen_agent.errors import LumenError
+from lumen_agent.helper_process import become_helper
 from lumen_agent.outputs.base import Output
 from lumen_agent.outputs.export_process import REPORT_INTERVAL_S, ROW_FIELDS
 
@@ -86,13 +86,7 @@ EXPORTER_NICE = 10
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(EXPORTER_NICE)
-    # Our stdout is the report pipe: keep it to ourselves, and send anything a
-    # library prints to stderr (the agent's log) instead.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    out = become_helper(EXPORTER_NICE)  # the report pipe
     inp = sys.stdin.buffer
     config = pickle.load(inp)
     logging.basicConfig(level=config.get("log_level", logging.INFO), stream=sys.stderr,
