@@ -23,6 +23,18 @@ PF_X = 1
 PN_XNUM = 0xFFFF
 
 
+def elf64_byte_order(ident: bytes, path: str | os.PathLike, error: type[Exception] = ValueError) -> str:
+    """``struct``'s byte order ("<" or ">") of an ELF64 file from its first
+    bytes (``e_ident``); ``error`` when they are not those of one."""
+    if ident[:4] != b"\x7fELF":
+        raise error(f"{path}: not ELF")
+    if ident[4:5] != b"\x02":
+        raise error(f"{path}: not ELF64")
+    if ident[5:6] not in (b"\x01", b"\x02"):
+        raise error(f"{path}: unknown byte order")
+    return "<" if ident[5] == 1 else ">"
+
+
 def file_offset(path: str, vaddr: int) -> int:
     """The file offset of ``vaddr`` in the ELF file ``path``; ValueError when
     no executable segment holds it or the file is no readable ELF64 (OSError
@@ -44,9 +56,9 @@ def _text_segments(path: str, _dev: int, _inode: int, _mtime_ns: int) -> tuple[t
     (Go and Bun binaries are analysed in a process of their own)."""
     with open(path, "rb") as f:
         ident = f.read(64)
-        if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] not in (1, 2):
-            raise ValueError(f"{path}: not an ELF64 file")
-        end = "<" if ident[5] == 1 else ">"
+        end = elf64_byte_order(ident, path)
+        if len(ident) < 64:
+            raise ValueError(f"{path}: truncated ELF")
         phoff, shoff = struct.unpack_from(end + "QQ", ident, 0x20)
         phentsize, phnum = struct.unpack_from(end + "HH", ident, 0x36)
         if phnum == PN_XNUM:

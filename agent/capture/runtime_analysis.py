@@ -7,8 +7,9 @@ lets go when none has come for a while.  Why not a thread of the agent:
 importing pyelftools keeps ~4.6 MB of code objects resident in the
 agent for good, capstone (once a Go program was seen) 5.1 MB more, the
 analysis of a 100 MB binary leaves its heap fragmented behind it, and its
-Python work holds the GIL that capture needs.  The process reads pickled ``(path, cache)`` requests on stdin and
-writes a pickled ``(result, error)`` for each on stdout.
+Python work holds the GIL that capture needs.  The process reads pickled
+``(path, cache)`` requests on stdin and writes a pickled ``(result, error)``
+for each on stdout.
 """
 
 from __future__ import annotations

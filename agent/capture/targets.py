@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from lumen_agent.capture.elf_offsets import elf64_byte_order
+
 # Functions we probe.  SSL_write/SSL_read are required; the rest are used
 # when present (OpenSSL 1.0 has no _ex functions).
 REQUIRED_SYMBOLS = ("SSL_write", "SSL_read")
@@ -57,11 +59,7 @@ def _read_dynsym(path: str | os.PathLike, wanted: Iterable[str]) -> dict[str, in
         except ValueError as exc:  # empty file
             raise ElfError(f"{path}: empty") from exc
     try:
-        if mm[:4] != b"\x7fELF":
-            raise ElfError(f"{path}: not ELF")
-        if mm[4] != 2:
-            raise ElfError(f"{path}: not ELF64")
-        end = "<" if mm[5] == 1 else ">"
+        end = elf64_byte_order(mm[:6], path, ElfError)
         e_shoff, = struct.unpack_from(end + "Q", mm, 0x28)
         e_shentsize, e_shnum = struct.unpack_from(end + "HH", mm, 0x3A)
         if e_shoff == 0 or e_shentsize < 64:
