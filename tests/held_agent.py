@@ -14,6 +14,7 @@ import os
 import select
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,11 +60,20 @@ def finish_all(running):
     return results
 
 
-def assert_one_row_per_call(calls, rows) -> None:
-    """Each call (a started client with its ``pid``) is exactly one row with that pid."""
+def assert_one_row_per_call(calls, rows, counters=None) -> None:
+    """Each call (a started client with its ``pid``) is exactly one row with that pid.
+
+    A failure names the calls and rows that differ, with ``counters`` (the
+    agent's capture status): a flake on a loaded host says what happened."""
     pids = sorted(r.pid for r in calls)
     assert len(set(pids)) == len(pids) == len(rows)
-    assert sorted(row["pid"] for row in rows) == pids
+    got = sorted(row["pid"] for row in rows)
+    if got != pids:
+        made, stored = Counter(pids), Counter(got)
+        odd = [{k: row.get(k) for k in ("pid", "ts_start", "ts_end", "process", "capture")}
+               for row in rows if stored[row["pid"]] != made[row["pid"]]]
+        raise AssertionError(f"calls without their row: {sorted((made - stored).elements())}; "
+                             f"rows whose pid is not one call's: {odd}; capture counters: {counters}")
 
 
 def updated(agent):

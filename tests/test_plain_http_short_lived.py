@@ -73,7 +73,7 @@ def test_the_run_loop_was_held_up_while_the_stalled_curls_ran(session):
 
 
 def test_every_call_is_one_row_with_its_curls_pid(session):
-    assert_one_row_per_call(session["calls"], session["rows"])
+    assert_one_row_per_call(session["calls"], session["rows"], session["status"].get("capture"))
 
 
 def test_every_row_names_curl(session):

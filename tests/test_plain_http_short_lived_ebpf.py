@@ -80,7 +80,7 @@ def test_the_run_loop_was_held_up_while_the_stalled_curls_ran(session):
 
 
 def test_every_call_is_one_row_with_its_curls_pid_and_name(session):
-    assert_one_row_per_call(session["calls"], session["rows"])
+    assert_one_row_per_call(session["calls"], session["rows"], session["status"].get("capture"))
     assert {row["process"] for row in session["rows"]} == {"curl"}
     # exe and user are read from /proc while the curl lives, NULL when it had exited.
     curl = os.path.realpath(shutil.which("curl"))

@@ -61,7 +61,7 @@ def session(tmp_path_factory, certs):
 
 
 def test_every_call_is_one_row_with_its_curls_pid_and_name(session):
-    assert_one_row_per_call(session["calls"], session["rows"])
+    assert_one_row_per_call(session["calls"], session["rows"], session["status"].get("capture"))
     assert {row["process"] for row in session["rows"]} == {"curl"}
 
 
