@@ -94,3 +94,45 @@ def test_ring_reader_wait_ends_on_a_watched_fd(monkeypatch):
         reader._epoll.close()
         os.close(r)
         os.close(w)
+
+
+def test_ring_reader_lingers_longer_while_records_stream_in(monkeypatch):
+    from lumen_agent.capture import ringbuf
+
+    # The waiting half of RingBufferReader over an epoll that records each
+    # wait: the first of a wake-up blocks until a record comes, the second is
+    # the linger.  _took(n) is what read() reports after taking n records.
+    waits = []
+
+    class Epoll:
+        def poll(self, timeout):
+            waits.append(timeout)
+            return []
+
+    reader = object.__new__(ringbuf.RingBufferReader)
+    reader._epoll = Epoll()
+    reader.wakeups = 0
+    reader.coalesce_s, reader.streaming_coalesce_s = 0.004, 0.012
+    reader.streaming, reader._lingered = False, False
+    readable = []
+    monkeypatch.setattr(ringbuf.RingBufferReader, "readable", lambda self: readable.pop(0))
+
+    def woken_then_read(records):
+        readable.extend([False, True])  # nothing unread, then a record came
+        waits.clear()
+        assert reader.wait(30.0) is True
+        reader._took(records)
+        return waits[1]
+
+    assert woken_then_read(3) == 0.004  # sparse records: the short linger
+    assert woken_then_read(ringbuf.STREAMING_BATCH_RECORDS) == 0.004 and reader.streaming
+    assert woken_then_read(40) == 0.012
+    # Records that came while the last batch was handled are read at once,
+    # with no linger: a small read then says nothing of the rate.
+    readable.append(True)
+    waits.clear()
+    assert reader.wait(30.0) is True and waits == []
+    reader._took(2)
+    assert reader.streaming
+    assert woken_then_read(ringbuf.STREAMING_BATCH_RECORDS - 1) == 0.012 and not reader.streaming
+    assert woken_then_read(1) == 0.004

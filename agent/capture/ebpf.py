@@ -117,8 +117,10 @@ class CaptureOptions:
     # max_call_bytes bytes flagged TRUNCATED.  Rounded up to 16 KiB chunks.
     max_call_bytes: int = 256 * 1024
     ringbuf_pages: int = 4096  # 16 MiB of 4 KiB pages; a power of two
-    # After a wake-up, let records gather this long before reading them.
+    # After a wake-up, let records gather this long before reading them;
+    # the second while they stream in (capture/ringbuf.py).
     coalesce_ms: float = 4.0
+    streaming_coalesce_ms: float = 12.0
     # More TLS files to probe (e.g. an app's bundled libssl) by path.
     extra_targets: list[str] = field(default_factory=list)
     scan_proc_at_start: bool = True
@@ -390,7 +392,8 @@ class EbpfCapture:
     def _open_ring(self) -> None:
         size = self.options.ringbuf_pages * mmap.PAGESIZE
         self._reader = RingBufferReader(self._bpf.maps["events"].fd, size, HDR, HDR_CHUNK_LEN,
-                                        coalesce_s=self.options.coalesce_ms / 1000)
+                                        coalesce_s=self.options.coalesce_ms / 1000,
+                                        streaming_coalesce_s=self.options.streaming_coalesce_ms / 1000)
 
     def _read_ring(self, timeout_ms: int) -> None:
         reader = self._reader
