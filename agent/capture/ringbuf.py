@@ -24,12 +24,12 @@ and ``streaming_coalesce_s`` once a lingered read brought
 ``STREAMING_BATCH_RECORDS`` or more (records stream in: streamed responses,
 many calls at once), until a lingered read brings fewer again.  A wake-up
 costs the agent ~0.9 ms of CPU beyond its records' work (its run-loop
-turns, on caches gone cold; measured at STREAMING_COALESCE_S), so while records stream in,
-fewer wake-ups are less CPU per call; while they come sparsely, the short
-linger reads a new process's first records while it still runs and /proc
-still names it.  A program that submits with BPF_RB_FORCE_WAKEUP ends the
-linger early (the epoll registration is edge-triggered, so each wake-up is
-one event).  Ours never need to: a byte threshold would need
+turns, on caches gone cold; see STREAMING_COALESCE_S), so while records
+stream in, fewer wake-ups are less CPU per call; while they come sparsely,
+the short linger reads a new process's first records while it still runs
+and /proc still names it.  A program that submits with BPF_RB_FORCE_WAKEUP
+ends the linger early (the epoll registration is edge-triggered, so each
+wake-up is one event).  Ours never need to: a byte threshold would need
 bpf_ringbuf_query on the map, which bcc 0.26 cannot express ("invalid
 bpf_table operation"), and in a few ms the 16 MiB buffer cannot fill (that
 would take GB/s).  An idle host pays nothing: with nothing unread the reader
