@@ -80,6 +80,23 @@ def test_a_reused_four_tuple_is_looked_up_afresh():
     assert len(diag.batches) == 2
 
 
+def test_a_connection_read_late_takes_its_own_answer_not_a_later_connections_on_the_same_four_tuple():
+    # Loopback reuses a client port within a second or two (tcp_tw_reuse):
+    # seen in test_plain_http_short_lived, two curls 1.5 s apart on one port.
+    wall = [1_000]
+    table = {(CLIENT, SERVER): 4242}
+    owners, diag, _ = owners_with(table, wall)
+    owners.resolve_new([(CLIENT, SERVER, 990)])  # the SYN thread, at the first connection's SYN
+    table[(CLIENT, SERVER)] = 5151  # it ended; another process connects from the same port
+    wall[0] = 2_600
+    owners.resolve_new([(CLIENT, SERVER, 2_500)])
+    # The run loop, held up meanwhile, reads both connections' SYNs only now.
+    wall[0] = 9_000
+    assert owners.lookup(CLIENT, SERVER, seen_ns=990) == Owner(4242, True)
+    assert owners.lookup(CLIENT, SERVER, seen_ns=2_500) == Owner(5151, True)
+    assert len(diag.batches) == 2
+
+
 def test_a_local_client_gone_before_it_was_looked_up_is_counted_and_not_looked_for_again():
     wall = [1_000]
     owners, diag, scans = owners_with({}, wall)

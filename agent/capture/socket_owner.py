@@ -21,7 +21,11 @@ instance; a lock keeps them from doing the same lookup twice.
 Every cached answer carries the time it was found: it answers only for a
 connection first seen before then.  A four-tuple reused by a later
 connection (another process, another ephemeral port cycle) is looked up
-afresh, never taken from an older connection's answer.
+afresh, never taken from an older connection's answer.  And the other way
+round: a connection is answered by the FIRST answer found after it was
+seen, so the run loop, reading late, does not take the answer the SYN
+thread found for a later connection on the same four-tuple (loopback
+reuses a client port within a second or two: tcp_tw_reuse).
 
 With eBPF, the kernel's connect-owner map (``connect_owner``) is asked
 first.  It files a connection when the client's handshake ends, and a SYN
@@ -42,6 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import psutil
 
@@ -55,6 +60,9 @@ log = logging.getLogger("lumen_agent")
 MAX_SCANS_PER_S = 20
 # Owners remembered at once (local endpoint, remote endpoint) -> pid.
 MAX_CACHED_SOCKETS = 65536
+# Answers kept per four-tuple, oldest first: the connections on it that the
+# run loop may not have read yet.
+ANSWERS_PER_SOCKET = 4
 # Fast-path lookups allowed per second (a netlink request each, and a walk
 # of /proc per batch; a SYN flood on a sniffed port must not become a flood
 # of them either).
@@ -134,7 +142,7 @@ class SocketOwners:
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._addresses: set[str] = set()
         self._addresses_expire = 0.0
-        self._cache: OrderedDict[Pair, _Answer] = OrderedDict()
+        self._cache: OrderedDict[Pair, tuple[_Answer, ...]] = OrderedDict()  # by found_ns
         self._budget = float(MAX_SCANS_PER_S)
         self._refilled = clock()
         self._wall_ns = time.time_ns
@@ -176,8 +184,8 @@ class SocketOwners:
         found = self._scan_all()
         with self._lock:
             for key, pid in found.items():
-                answer = self._cache.get(key)
-                if answer is None or not answer.pid or answer.found_ns < scan_ns:  # never over a newer owner
+                answers = self._cache.get(key)
+                if not answers or not answers[-1].pid or answers[-1].found_ns < scan_ns:  # never over a newer owner
                     self._store(key, _Answer(pid, None, scan_ns))
             return self._cached(client, server, seen_ns)[0]
 
@@ -277,25 +285,31 @@ class SocketOwners:
                 return None
             pid = self._find([(local, remote)])[0]
             if pid:
-                return Owner(pid, is_client, self._cache[(local, remote)].identity)
+                return Owner(pid, is_client, self._cache[(local, remote)][-1].identity)
             if is_client and self._is_local(client.ip):
                 self.counters["owner_misses"] += 1  # a local client, gone already
         return None
 
     def _cached(self, client: Endpoint, server: Endpoint, seen_ns: int) -> tuple[Owner | None, bool]:
-        """(owner, final) from answers found after ``seen_ns``; ``final``: looked for, gone."""
-        answer = self._cache.get((client, server))
-        if answer is not None and answer.found_ns >= seen_ns:
+        """(owner, final) from the first answer found after ``seen_ns``; ``final``: looked for, gone."""
+        answer = self._first_after((client, server), seen_ns)
+        if answer is not None:
             if answer.pid:
                 self._note_recent(answer.pid)
                 return Owner(answer.pid, True, answer.identity), True
             if self._is_local(client.ip):
                 return None, True  # the local client's socket was gone when looked for: so it stays
-        answer = self._cache.get((server, client))
-        if answer is not None and answer.pid and answer.found_ns >= seen_ns and not self._is_local(client.ip):
+        answer = self._first_after((server, client), seen_ns)
+        if answer is not None and answer.pid and not self._is_local(client.ip):
             self._note_recent(answer.pid)
             return Owner(answer.pid, False, answer.identity), True
         return None, False
+
+    def _first_after(self, pair: Pair, seen_ns: int) -> _Answer | None:
+        for answer in self._cache.get(pair, ()):
+            if answer.found_ns >= seen_ns:
+                return answer
+        return None
 
     def _note_recent(self, pid: int) -> None:
         self._recent[pid] = None
@@ -304,7 +318,13 @@ class SocketOwners:
             self._recent.popitem(last=False)
 
     def _store(self, pair: Pair, answer: _Answer) -> None:
-        self._cache[pair] = answer
+        kept = self._cache.get(pair, ())
+        if answer.pid:
+            # Found where it was not found before: that miss was the fast
+            # path's (a scan finds what sock_diag did not), not an answer.
+            kept = tuple(a for a in kept if a.pid)
+        answers = sorted((*kept, answer), key=attrgetter("found_ns"))
+        self._cache[pair] = tuple(answers[-ANSWERS_PER_SOCKET:])
         self._cache.move_to_end(pair)
         while len(self._cache) > MAX_CACHED_SOCKETS:
             self._cache.popitem(last=False)
