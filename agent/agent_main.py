@@ -132,12 +132,18 @@ def _with_plain_http(make_primary, config: Config, observe):
 def install_extensions(agent: Agent, config: Config) -> None:
     """What rides along the run loop: live view for `top`, metrics, exporters, the service manager."""
     from lumen_agent import service
-    from lumen_agent.outputs import live, metrics
+    from lumen_agent.outputs import live
     from lumen_agent.outputs.alerts import output as alerts
     from lumen_agent.outputs.exporters import build_exporters
 
     live.install(agent, config)
-    server = metrics.install(agent, config)
+    server = None
+    if config.metrics_addr:
+        # Only then: prometheus_client and http.server are ~1.1 MB of heap
+        # that an agent not serving /metrics (the default) never uses.
+        from lumen_agent.outputs import metrics
+
+        server = metrics.install(agent, config)
     alerts.install(agent, config, metrics_server=server)
     for exporter in build_exporters(config):
         agent.add_output(exporter)

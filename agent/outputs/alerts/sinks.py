@@ -20,8 +20,6 @@ import os
 import queue
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
@@ -129,6 +127,11 @@ class SinkWorker:
 
 class WebhookSink(SinkWorker):
     def deliver(self, body: dict[str, Any]) -> bool | None:
+        # Here, not at the top: urllib.request (http.client, email, ssl) is
+        # ~1.1 MB of heap that an agent without a webhook sink never needs.
+        import urllib.error
+        import urllib.request
+
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "User-Agent": f"lumen-agent/{__version__}",
                    **dict(self.sink.headers)}
