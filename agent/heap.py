@@ -10,12 +10,20 @@ store flushes (bench/capture_bench.py (g)).  (The BPF compile, which left
 from __future__ import annotations
 
 import ctypes
+import functools
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Once: each CDLL() is a dlopen and a new function-pointer class (~9 KB),
+    # and release_free_heap runs after every store flush.
+    return ctypes.CDLL(None)
 
 
 def release_free_heap() -> None:
     """malloc_trim(0): a few hundred microseconds; call after big, rare work."""
     try:
-        ctypes.CDLL(None).malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
 
@@ -30,6 +38,6 @@ MAX_ARENAS = 2
 def limit_arenas(arenas: int = MAX_ARENAS) -> None:
     """mallopt(M_ARENA_MAX, arenas), as MALLOC_ARENA_MAX would at start; call early."""
     try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
+        _libc().mallopt(M_ARENA_MAX, arenas)
     except (OSError, AttributeError):  # not glibc
         pass
