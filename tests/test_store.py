@@ -145,6 +145,20 @@ def test_flush_closes_the_file_so_readers_can_open_it(db):
     assert s["last_flush_ms"] > 0
 
 
+def test_rows_go_into_row_groups_of_row_group_size(db):
+    # DuckDB's own 122,880-row groups made the flush that filled one take
+    # ~125 MB and 0.6 s (store.ROW_GROUP_SIZE says why).
+    from lumen_agent.outputs.store import ROW_GROUP_SIZE
+
+    store = CallStore(db)
+    store.add_many(make_call(i) for i in range(2 * ROW_GROUP_SIZE + 50))
+    store.close()
+    groups = run_sql(db, "SELECT row_group_id, max(count) FROM pragma_storage_info('llm_calls') "
+                         "GROUP BY row_group_id ORDER BY row_group_id").rows
+    assert groups == [(0, ROW_GROUP_SIZE), (1, ROW_GROUP_SIZE), (2, 50)]
+    assert _count(db) == 2 * ROW_GROUP_SIZE + 50
+
+
 def test_in_process_readers_and_the_flush_wait_for_each_other(db):
     """The flush ATTACHes the file to the store's own DuckDB; while it is there,
     duckdb.connect of it elsewhere in this process is refused, and the other
