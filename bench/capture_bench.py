@@ -33,7 +33,8 @@ agent CPU and memory, and start-up time.  Figures from ONE run, printed, not ass
     return), in the same run: what any uprobe costs, before our programs'
     work.
 (g) memory: RssAnon once the agent has made ``--mem-calls`` calls (load as in
-    (e)), and its growth over the last half of them.
+    (e)), its growth over the last half of them, and the highest RssAnon
+    read (every 0.2 s) on the way.
 (h) idle with background non-LLM TLS: a process makes a new HTTPS connection
     and a GET every 0.5 s and another a keep-alive GET every 0.1 s (neither
     is an LLM call) while the agent's CPU is measured over ``--idle-seconds``.
@@ -363,18 +364,36 @@ def floor_probes():
     return bpf, attached
 
 
-def memory_run(agent: AgentProcess, server, certs, *, calls: int, clients: int) -> list[tuple[int, float]]:
-    """(calls the agent made, its RssAnon MB) after each 10 s round of load, until ``calls``."""
+def memory_run(agent: AgentProcess, server, certs, *, calls: int,
+               clients: int) -> tuple[list[tuple[int, float]], float]:
+    """(calls the agent made, its RssAnon MB) after each 10 s round of load,
+    until ``calls``; and the highest RssAnon read meanwhile (every 0.2 s: a
+    flush's transient memory comes and goes between the rounds' samples)."""
+    import threading
+
     samples = [(0, mem(agent.pid)[1])]
+    peak = [samples[0][1]]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], mem(agent.pid)[1])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     made = 0
-    while made < calls:
-        load = Load(server, certs, n=clients, seconds=10, python=PY)
-        load.go()
-        load.wait()
-        time.sleep(1.2)
-        made = int(((agent.status_file() or {}).get("pipeline") or {}).get("calls", 0))
-        samples.append((made, mem(agent.pid)[1]))
-    return samples
+    try:
+        while made < calls:
+            load = Load(server, certs, n=clients, seconds=10, python=PY)
+            load.go()
+            load.wait()
+            time.sleep(1.2)
+            made = int(((agent.status_file() or {}).get("pipeline") or {}).get("calls", 0))
+            samples.append((made, mem(agent.pid)[1]))
+    finally:
+        done.set()
+        watcher.join()
+    return samples, peak[0]
 
 
 def idle_with_background(agent: AgentProcess, server, certs, seconds: float) -> dict:
@@ -460,8 +479,8 @@ def main() -> None:
                                       streaming=streaming, chunks=args.chunks)
                      for kind, streaming in (("non-streaming", False), ("streamed", True))}
             # (g) memory after many calls.
-            mem_samples = memory_run(agent, server, certs, calls=args.mem_calls,
-                                     clients=args.load_clients) if args.mem_calls else []
+            mem_samples, mem_peak = memory_run(agent, server, certs, calls=args.mem_calls,
+                                               clients=args.load_clients) if args.mem_calls else ([], 0.0)
             status = agent.status() or {}
         finally:
             rc = agent.stop()
@@ -551,6 +570,7 @@ def main() -> None:
               f"{last[1]:.1f} MB at {last[0]} calls; last half added {last[1] - half[1]:+.1f} MB "
               "(aims: <= 45 MB, < 2 MB)")
         print("    samples (calls, MB): " + ", ".join(f"({c}, {m:.1f})" for c, m in mem_samples))
+        print(f"    highest RssAnon meanwhile (read every 0.2 s): {mem_peak:.1f} MB")
         print()
     print(f"(h) idle {args.idle_seconds:.0f} s with background non-LLM TLS (GET every 0.1 s keep-alive, a new "
           f"connection every 0.5 s): CPU {idle_bg['cpu_pct']:.3f} %  ({idle_bg['events']} events; quiet idle "
