@@ -74,11 +74,15 @@ FILE_ALIAS = "lumen_store_file"
 # (bench/store_flush_bench.py, DuckDB 2.0.1).  Files stay readable by
 # DuckDB versions that can read them now (the storage version is the file's).
 ROW_GROUP_SIZE = 8192
-# Opens one in-memory DuckDB serves before a new one replaces it: one kept
-# for ever grew the heap (RssAnon 36 -> 44 MB over 600 flushes of 200 rows,
-# DuckDB 2.0.1); replaced every 64 it stayed within 33-40 MB over 2,000.
-# One new instance (~40 ms of CPU) per ~2 min at one flush per 2 s.
-HOST_OPENS = 64
+# Opens one in-memory DuckDB serves before a new one replaces it: an
+# instance's heap grows with the flushes it serves.  1,000 flushes of 300
+# rows, RssAnon after every 200 (DuckDB 2.0.1, row groups as above): one
+# instance kept for ever 32.4 -> 34.6 MB; replaced every 64 flushes 28.0 ->
+# 29.6 MB; every 16, 27.9-28.7; every 8, 27.9 throughout.  In the agent after
+# ~125k calls at ~1,600/s: 42.6/38.6/45.7 MB with 8 against 46.6/41.8/45.0 with
+# 64 (alternating runs), agent CPU per call the same.  A new instance is
+# ~17 ms of CPU: ~1 ms a second at one flush per 2 s.
+HOST_OPENS = 8
 # Seconds without a flush after which the in-memory DuckDB is closed: an
 # idle agent does not keep its heap.
 HOST_IDLE_S = 10.0
