@@ -4,9 +4,9 @@ Printed, not asserted.
 
 Each variant runs in a fresh process: ``--flushes`` flushes of ``--rows`` rows
 (2,600 is 2 s of the agent at ~1,300 calls/s, its flush interval) into a new
-file through CallStore, as the agent's flush thread does.  Per flush: CPU
-(process_time) and how far RSS rose above where it started (VmHWM, reset
-before each flush through /proc/self/clear_refs).  At the end: file size,
+file through CallStore, each followed by the heap release the agent's flush
+thread does.  Per flush: CPU (process_time) and how far RSS rose above where
+it started (batch_bench's VmHWM reset and read).  At the end: file size,
 row groups, and a GROUP BY over the whole table.  Baseline: DuckDB's default
 row group (122,880 rows), in the same run.
 
@@ -31,24 +31,12 @@ DUCKDB_DEFAULT_ROW_GROUP = 122_880
 QUERY = "SELECT model, count(*), sum(cost_usd), avg(latency_ms) FROM llm_calls GROUP BY model"
 
 
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
-def _rise_since_reset() -> float:
-    """MB the RSS peaked above what it is now; then start a new peak."""
-    rise = _status_mb("VmHWM") - _status_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    return rise
-
-
 def measure(row_group_size: int, flushes: int, rows: int) -> dict:
     import duckdb
+    from batch_bench import peak_mib, reset_peak
     from pipeline_bench import stream_events
 
+    from lumen_agent.heap import release_free_heap
     from lumen_agent.outputs import store as store_mod
     from lumen_agent.pipeline.core import Pipeline, new_call_id
     from lumen_agent.pricing.table import PriceTable
@@ -68,11 +56,12 @@ def measure(row_group_size: int, flushes: int, rows: int) -> dict:
             for k in range(rows):
                 store.add(dataclasses.replace(template, id=new_call_id(), request_id=f"req_{i}_{k}",
                                               latency_ms=k % 977))
-            _rise_since_reset()
+            start_mib = reset_peak()
             started = time.process_time()
             store.flush()
+            release_free_heap()
             cpu.append(time.process_time() - started)
-            rises.append(_rise_since_reset())
+            rises.append(peak_mib() - start_mib)
         store.close()
         con = duckdb.connect(str(path), read_only=True)
         for _ in range(3):
