@@ -28,6 +28,11 @@ agent CPU and memory, and start-up time.  Figures from ONE run, printed, not ass
     replay also runs once more while the same load runs uncaptured beside
     it (no agent): the agent is measured beside its load, so that is the
     pipeline-only cost in the agent's conditions, and both ratios print.
+    Last, the replay runs in the agent's rhythm, quiet and beside the load:
+    batches of as many events as the agent's ring reads took under that
+    load, each after a sleep as long as the reader's linger.  A consumer
+    that sleeps between batches starts each on cold caches; this prints
+    what that costs the bare pipeline, apart from anything the agent adds.
 (f) latency floor: the sequential calls of (a) with EMPTY BPF programs on the
     agent's attach points (every system libssl, same symbols, entry and
     return), in the same run: what any uprobe costs, before our programs'
@@ -266,8 +271,13 @@ def record_load(server, certs, *, seconds: float, clients: int, streaming: bool,
     return events, result.calls, lost
 
 
-def replay_cpu(events) -> tuple[float, int]:
+def replay_cpu(events, *, burst: int = 0, pause_s: float = 0.0) -> tuple[float, int]:
     """CPU seconds the bare pipeline (and a DuckDB store) spends on ``events``, and the calls it made.
+
+    With ``burst``, the replay sleeps ``pause_s`` after every ``burst``
+    events: the agent's rhythm, which reads a batch of records, handles it
+    and sleeps through the next linger.  The sleep costs no CPU itself, but
+    each batch after it starts on cold caches.
 
     The store flushes as the agent's does, every DEFAULT_FLUSH_INTERVAL of
     the recording's own time, so each flush holds as many rows as the
@@ -285,18 +295,21 @@ def replay_cpu(events) -> tuple[float, int]:
         pipeline = Pipeline(prices, store.add, salt=b"b" * 32)
         next_flush_ns = events[0].ts_ns + interval_ns if events else 0
         c0 = time.process_time()
-        for event in events:
+        for i, event in enumerate(events, 1):
             pipeline.feed(event)
             if event.ts_ns >= next_flush_ns:
                 store.flush()
                 next_flush_ns = event.ts_ns + interval_ns
+            if burst and i % burst == 0:
+                time.sleep(pause_s)
         pipeline.close()
         store.close()
         cpu = time.process_time() - c0
     return cpu, pipeline.counters["calls"]
 
 
-def replay_cpu_under_load(events, server, certs, *, clients: int, streaming: bool, chunks: int) -> float:
+def replay_cpu_under_load(events, server, certs, *, clients: int, streaming: bool, chunks: int,
+                          burst: int = 0, pause_s: float = 0.0) -> float:
     """CPU seconds of the replay of ``events`` while the same load runs uncaptured beside it.
 
     The agent's figure is taken while the load's clients and the provider
@@ -308,7 +321,7 @@ def replay_cpu_under_load(events, server, certs, *, clients: int, streaming: boo
     load.go()
     try:
         time.sleep(1.0)  # the clients connected and calling
-        cpu, _ = replay_cpu(events)
+        cpu, _ = replay_cpu(events, burst=burst, pause_s=pause_s)
     finally:
         for p in load.procs:
             p.kill()
@@ -323,7 +336,7 @@ def agent_load(agent: AgentProcess, server, certs, *, seconds: float, clients: i
     load = Load(server, certs, n=clients, seconds=seconds, streaming=streaming, chunks=chunks, python=PY)
     pids = [p.pid for p in load.procs]
     proc = psutil.Process(agent.pid)
-    lost0 = ((agent.status_file() or {}).get("capture") or {}).get("lost", 0)
+    capture0 = (agent.status_file() or {}).get("capture") or {}
     c0 = cpu_seconds(proc)
     load.go()
     result = load.wait()
@@ -337,9 +350,14 @@ def agent_load(agent: AgentProcess, server, certs, *, seconds: float, clients: i
         time.sleep(0.5)
     c1 = cpu_seconds(proc)
     time.sleep(1.1)
-    lost = ((agent.status_file() or {}).get("capture") or {}).get("lost", 0) - lost0
+    capture1 = (agent.status_file() or {}).get("capture") or {}
+
+    def delta(key: str) -> int:
+        return capture1.get(key, 0) - capture0.get(key, 0)
+
     return {"calls": result.calls, "rows": rows, "rate": result.rate, "cpu_s": c1 - c0,
-            "us_per_call": (c1 - c0) / max(rows, 1) * 1e6, "lost": lost}
+            "us_per_call": (c1 - c0) / max(rows, 1) * 1e6, "lost": delta("lost"),
+            "events_per_read": delta("events") / max(delta("ring_reads"), 1)}
 
 
 def floor_probes():
@@ -487,9 +505,23 @@ def main() -> None:
         # The replay again, now that the agent phases are over: the host's
         # load changes over minutes, the lower of the two is the pipeline's cost.
         for r in replay.values():
-            cpu, _ = replay_cpu(r.pop("recorded"))
+            cpu, _ = replay_cpu(r["recorded"])
             r["us_per_call_2"] = cpu / max(r["calls"], 1) * 1e6
             r["us_per_call"] = min(r["us_per_call"], r["us_per_call_2"])
+        # And in the agent's rhythm: its batches as it read them under that
+        # load, each after the linger's sleep; quiet, then beside the load.
+        from lumen_agent.capture.ringbuf import DEFAULT_COALESCE_S, STREAMING_BATCH_RECORDS, STREAMING_COALESCE_S
+
+        for kind, streaming in (("non-streaming", False), ("streamed", True)):
+            r = replay[kind]
+            events = r.pop("recorded")
+            r["burst"] = burst = max(1, round(loads[kind]["events_per_read"]))
+            r["pause_s"] = pause = STREAMING_COALESCE_S if burst >= STREAMING_BATCH_RECORDS else DEFAULT_COALESCE_S
+            cpu, _ = replay_cpu(events, burst=burst, pause_s=pause)
+            r["us_per_call_rhythm"] = cpu / max(r["calls"], 1) * 1e6
+            cpu = replay_cpu_under_load(events, server, certs, clients=args.load_clients, streaming=streaming,
+                                        chunks=args.chunks, burst=burst, pause_s=pause)
+            r["us_per_call_rhythm_loaded"] = cpu / max(r["calls"], 1) * 1e6
         rows_a = count_rows(agent, pid_a)
         rows_c = count_rows(agent, pid_c)
         _, base2 = run_client_proc(server, certs, "seq", n=args.calls)
@@ -559,6 +591,11 @@ def main() -> None:
         beside = rp["us_per_call_loaded"]
         print(f"    {'':14s} pipeline-only under the same load (uncaptured clients beside the replay) "
               f"{beside:7.0f} us/call: agent / that = x{ag['us_per_call'] / beside:.2f}")
+        rhythm_quiet, rhythm_loaded = rp["us_per_call_rhythm"], rp["us_per_call_rhythm_loaded"]
+        print(f"    {'':14s} pipeline-only in the agent's rhythm ({rp['burst']} events, then {rp['pause_s'] * 1000:.0f} "
+              f"ms asleep, as the agent read them): quiet {rhythm_quiet:7.0f} us/call (x{rhythm_quiet / rp['us_per_call']:.2f} of "
+              f"the replay), under the same load {rhythm_loaded:7.0f} us/call: agent / that = "
+              f"x{ag['us_per_call'] / rhythm_loaded:.2f}")
     streamed_us = loads["streamed"]["us_per_call"]
     print(f"    streamed calls of {args.chunks} chunks per core: {1e6 / streamed_us:.0f} calls/s agent, "
           f"{1e6 / replay['streamed']['us_per_call']:.0f} calls/s pipeline-only  (aim >= 1000)")
