@@ -167,6 +167,11 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def status_delta(before: dict, after: dict, section: str, key: str) -> int:
+    """How far one counter of the agent's status file moved between two reads of it."""
+    return int((after.get(section) or {}).get(key, 0)) - int((before.get(section) or {}).get(key, 0))
+
+
 def measure(agent: AgentProcess, seconds: float, during=None) -> dict:
     """Agent CPU % and memory over ``seconds`` (or over ``during()``, if given)."""
     proc = psutil.Process(agent.pid)
@@ -177,12 +182,9 @@ def measure(agent: AgentProcess, seconds: float, during=None) -> dict:
     rss, anon = mem(agent.pid)
     time.sleep(1.1)  # the status file is rewritten every second
     s1 = agent.status_file() or {}
-
-    def delta(section: str, key: str) -> int:
-        return int((s1.get(section) or {}).get(key, 0)) - int((s0.get(section) or {}).get(key, 0))
-
     return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "wall_s": t1 - t0, "rss_mb": rss, "anon_mb": anon,
-            "extra": extra, "events": delta("capture", "events"), "calls": delta("pipeline", "calls")}
+            "extra": extra, "events": status_delta(s0, s1, "capture", "events"),
+            "calls": status_delta(s0, s1, "pipeline", "calls")}
 
 
 def count_rows(agent: AgentProcess, pid: int) -> int:
@@ -233,6 +235,10 @@ BACKGROUND_TLS = textwrap.dedent(
         time.sleep(0.1)
     """
 )
+
+
+# The two kinds of (e) load: (name, streaming).
+LOAD_KINDS = (("non-streaming", False), ("streamed", True))
 
 
 def record_load(server, certs, *, seconds: float, clients: int, streaming: bool, chunks: int):
@@ -336,7 +342,7 @@ def agent_load(agent: AgentProcess, server, certs, *, seconds: float, clients: i
     load = Load(server, certs, n=clients, seconds=seconds, streaming=streaming, chunks=chunks, python=PY)
     pids = [p.pid for p in load.procs]
     proc = psutil.Process(agent.pid)
-    capture0 = (agent.status_file() or {}).get("capture") or {}
+    s0 = agent.status_file() or {}
     c0 = cpu_seconds(proc)
     load.go()
     result = load.wait()
@@ -350,14 +356,11 @@ def agent_load(agent: AgentProcess, server, certs, *, seconds: float, clients: i
         time.sleep(0.5)
     c1 = cpu_seconds(proc)
     time.sleep(1.1)
-    capture1 = (agent.status_file() or {}).get("capture") or {}
-
-    def delta(key: str) -> int:
-        return capture1.get(key, 0) - capture0.get(key, 0)
-
+    s1 = agent.status_file() or {}
     return {"calls": result.calls, "rows": rows, "rate": result.rate, "cpu_s": c1 - c0,
-            "us_per_call": (c1 - c0) / max(rows, 1) * 1e6, "lost": delta("lost"),
-            "events_per_read": delta("events") / max(delta("ring_reads"), 1)}
+            "us_per_call": (c1 - c0) / max(rows, 1) * 1e6, "lost": status_delta(s0, s1, "capture", "lost"),
+            "events_per_read": status_delta(s0, s1, "capture", "events")
+            / max(status_delta(s0, s1, "capture", "ring_reads"), 1)}
 
 
 def floor_probes():
@@ -460,7 +463,7 @@ def main() -> None:
 
         # (e) the load's events recorded here (no agent), replayed through the bare pipeline.
         replay = {}
-        for kind, streaming in (("non-streaming", False), ("streamed", True)):
+        for kind, streaming in LOAD_KINDS:
             events, made, rec_lost = record_load(server, certs, seconds=args.record_seconds,
                                                  clients=args.load_clients, streaming=streaming, chunks=args.chunks)
             cpu, calls = replay_cpu(events)
@@ -495,7 +498,7 @@ def main() -> None:
             # (e) load through the agent.
             loads = {kind: agent_load(agent, server, certs, seconds=args.load_seconds, clients=args.load_clients,
                                       streaming=streaming, chunks=args.chunks)
-                     for kind, streaming in (("non-streaming", False), ("streamed", True))}
+                     for kind, streaming in LOAD_KINDS}
             # (g) memory after many calls.
             mem_samples, mem_peak = memory_run(agent, server, certs, calls=args.mem_calls,
                                                clients=args.load_clients) if args.mem_calls else ([], 0.0)
@@ -503,18 +506,18 @@ def main() -> None:
         finally:
             rc = agent.stop()
         # The replay again, now that the agent phases are over: the host's
-        # load changes over minutes, the lower of the two is the pipeline's cost.
-        for r in replay.values():
-            cpu, _ = replay_cpu(r["recorded"])
-            r["us_per_call_2"] = cpu / max(r["calls"], 1) * 1e6
-            r["us_per_call"] = min(r["us_per_call"], r["us_per_call_2"])
-        # And in the agent's rhythm: its batches as it read them under that
-        # load, each after the linger's sleep; quiet, then beside the load.
+        # load changes over minutes, the lower of the two is the pipeline's
+        # cost.  Then in the agent's rhythm: its batches as it read them
+        # under that load, each after the linger's sleep; quiet, then beside
+        # the load.
         from lumen_agent.capture.ringbuf import DEFAULT_COALESCE_S, STREAMING_BATCH_RECORDS, STREAMING_COALESCE_S
 
-        for kind, streaming in (("non-streaming", False), ("streamed", True)):
+        for kind, streaming in LOAD_KINDS:
             r = replay[kind]
             events = r.pop("recorded")
+            cpu, _ = replay_cpu(events)
+            r["us_per_call_2"] = cpu / max(r["calls"], 1) * 1e6
+            r["us_per_call"] = min(r["us_per_call"], r["us_per_call_2"])
             r["burst"] = burst = max(1, round(loads[kind]["events_per_read"]))
             r["pause_s"] = pause = STREAMING_COALESCE_S if burst >= STREAMING_BATCH_RECORDS else DEFAULT_COALESCE_S
             cpu, _ = replay_cpu(events, burst=burst, pause_s=pause)
@@ -580,7 +583,7 @@ def main() -> None:
     print()
     print(f"(e) load: {args.load_clients} keep-alive clients as fast as they can; replay = the same kind of calls "
           f"recorded here for {args.record_seconds:.0f} s and fed to the bare pipeline + store")
-    for kind in ("non-streaming", "streamed"):
+    for kind, _ in LOAD_KINDS:
         ag, rp = loads[kind], replay[kind]
         ratio = ag["us_per_call"] / rp["us_per_call"] if rp["us_per_call"] else float("nan")
         print(f"    {kind:14s} agent {ag['us_per_call']:7.0f} us CPU/call ({ag['rows']}/{ag['calls']} rows, "
